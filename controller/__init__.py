@@ -1,0 +1,1 @@
+"""The unprivileged controller: discovery, gossip and path selection."""

@@ -1,0 +1,1 @@
+"""The minimal root helper: applies WireGuard peers and /32 routes on request."""

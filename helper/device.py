@@ -1,0 +1,140 @@
+"""Creating, adopting and removing the WireGuard link, its address and the backend.
+
+Kernel WireGuard (link kind ``wireguard``) is used where it exists; otherwise a
+userspace implementation found on PATH (wireguard-go, then boringtun) is started. It
+daemonizes, so it outlives the helper: killing the helper never takes the data
+plane down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import shutil
+import subprocess
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .kernel import KernelBackend
+from .uapi import SOCKET_DIR, UapiBackend, socket_path
+
+log = logging.getLogger("wg_netmanager.helper")
+
+IFA_F_NOPREFIXROUTE = 0x200
+USERSPACE_IMPLEMENTATIONS = ("wireguard-go", "boringtun-cli", "boringtun")
+
+
+class DeviceError(Exception):
+    pass
+
+
+class NoDevice(DeviceError):
+    pass
+
+
+async def link_info(ifname: str) -> tuple[int, str | None] | None:
+    """(ifindex, link kind) or None when there is no such link."""
+    async with AsyncIPRoute() as ipr:
+        found = await ipr.link_lookup(ifname=ifname)
+        if not found:
+            return None
+        (link,) = await ipr.link("get", index=found[0])
+        return found[0], link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+
+
+async def _spawn_userspace(ifname: str) -> str:
+    for name in USERSPACE_IMPLEMENTATIONS:
+        path = shutil.which(name)
+        if path:
+            break
+    else:
+        raise DeviceError("no kernel WireGuard and no userspace implementation (wireguard-go, boringtun) on PATH")
+    SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    argv = [path, ifname]
+    if "boringtun" in name:
+        argv = [path, "--disable-drop-privileges", ifname]
+    # Without LOG_LEVEL the daemonized child gets /dev/null for stdio, so our pipe
+    # closes when the launcher exits (with it, the daemon would hold the pipe open).
+    env = {k: v for k, v in os.environ.items() if k not in ("WG_PROCESS_FOREGROUND", "LOG_LEVEL")}
+    # Daemonizes: the parent returns once the device exists; the daemon is not our child.
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, start_new_session=True)
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    if proc.returncode != 0:
+        raise DeviceError(f"{name} {ifname} failed (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}")
+    for _ in range(200):
+        if UapiBackend.available(ifname):
+            return name
+        await asyncio.sleep(0.01)
+    raise DeviceError(f"{name} started but {socket_path(ifname)} did not appear")
+
+
+async def open_backend(ifname: str, create: bool) -> tuple[int, KernelBackend | UapiBackend]:
+    """Find (or create) the device and return (ifindex, backend)."""
+    info = await link_info(ifname)
+    if info is None:
+        if not create:
+            raise NoDevice(f"interface {ifname} does not exist")
+        try:
+            async with AsyncIPRoute() as ipr:
+                await ipr.link("add", ifname=ifname, kind="wireguard")
+            log.info("created kernel wireguard device", extra={"ifname": ifname})
+        except NetlinkError as e:
+            if e.code not in (errno.EOPNOTSUPP, errno.ENODEV, errno.EINVAL):
+                raise DeviceError(f"cannot create {ifname}: {e}") from None
+            impl = await _spawn_userspace(ifname)
+            log.info("started userspace wireguard", extra={"ifname": ifname, "impl": impl})
+        info = await link_info(ifname)
+        if info is None:
+            raise DeviceError(f"{ifname} vanished right after creation")
+    index, kind = info
+    if kind == "wireguard":
+        return index, KernelBackend(ifname)
+    if UapiBackend.available(ifname):
+        return index, UapiBackend(ifname)
+    raise DeviceError(f"interface {ifname} exists but is not a WireGuard device (kind {kind or 'unknown'})")
+
+
+async def ensure_address(index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                         subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+    """Exactly one overlay address from the subnet, noprefixroute; link up. Returns changes made."""
+    changes = 0
+    async with AsyncIPRoute() as ipr:
+        present = False
+        async for a in await ipr.addr("dump", index=index):
+            addr = ipaddress.ip_address(a.get("IFA_ADDRESS"))
+            if addr.version != iface.version or addr not in subnet:
+                continue
+            if addr == iface.ip and a["prefixlen"] == iface.network.prefixlen:
+                present = True
+            else:  # a stale overlay address (the node was renumbered)
+                await ipr.addr("del", index=index, address=str(addr), prefixlen=a["prefixlen"])
+                changes += 1
+        if not present:
+            await ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                           IFA_FLAGS=IFA_F_NOPREFIXROUTE)
+            changes += 1
+        (link,) = await ipr.link("get", index=index)
+        if not link["flags"] & 1:  # IFF_UP
+            await ipr.link("set", index=index, state="up")
+            changes += 1
+    return changes
+
+
+async def own_address(index: int, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
+    async with AsyncIPRoute() as ipr:
+        async for a in await ipr.addr("dump", index=index):
+            addr = ipaddress.ip_address(a.get("IFA_ADDRESS"))
+            if addr.version == subnet.version and addr in subnet:
+                return str(addr)
+    return None
+
+
+async def delete_link(index: int) -> None:
+    async with AsyncIPRoute() as ipr:
+        await ipr.link("del", index=index)

@@ -1,0 +1,294 @@
+"""Validated desired state, live state, and the declarative diff between them.
+
+Pure: no I/O. The D-Bus layer turns caller input into these types (refusing
+anything outside the bounds read from root-owned config), the backends report
+live state in them, and :func:`plan_peers` / :func:`plan_routes` compute the
+smallest set of changes, ordered make-before-break.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Caps on caller-supplied arrays. A /20 overlay is already 4094 hosts; a mesh
+# that needs more than this is not one we can gossip about anyway.
+MAX_PEERS = 4096
+MAX_ROUTES = 4096
+MAX_ALLOWED_IPS = 4096  # in total, over all peers
+MAX_KEEPALIVE = 3600
+IFNAME_MAX = 15
+
+
+class InvalidArgs(ValueError):
+    """Caller input outside the rules; the message is safe to return to the caller."""
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    public_key: bytes
+    endpoint: str | None  # normalized "ip:port" / "[ip6]:port"; None = leave as is
+    allowed_ips: frozenset[str]
+    keepalive: int
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    dst: str  # "10.1.1.3/32"
+    gateway: str | None  # overlay IP of the relay, or None for a plain device route
+
+
+@dataclass
+class PeerState:
+    public_key: bytes
+    endpoint: str | None = None
+    allowed_ips: frozenset[str] = frozenset()
+    keepalive: int = 0
+    last_handshake: float = 0.0  # unix seconds, 0 = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass
+class DeviceState:
+    private_key: bytes | None = None
+    public_key: bytes | None = None
+    listen_port: int = 0
+    peers: dict[bytes, PeerState] = field(default_factory=dict)
+
+
+@dataclass
+class PeerOp:
+    """One peer change. Rendered by a backend into UAPI lines or a netlink message."""
+
+    public_key: bytes
+    remove: bool = False
+    new: bool = False
+    endpoint: str | None = None
+    keepalive: int | None = None
+    replace_allowed_ips: bool = False
+    allowed_ips: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------- validation
+
+
+def check_ifname(name: object) -> str:
+    if not isinstance(name, str) or not 1 <= len(name) <= IFNAME_MAX:
+        raise InvalidArgs(f"interface name must be 1..{IFNAME_MAX} characters")
+    if name in (".", "..") or any(c in name for c in "/ \t\n:") or not name.isprintable():
+        raise InvalidArgs(f"interface name {name!r} is not valid")
+    return name
+
+
+def decode_key(text: object, what: str = "public key") -> bytes:
+    if not isinstance(text, str):
+        raise InvalidArgs(f"{what} must be a base64 string")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgs(f"{what} {text[:60]!r} is not valid base64") from None
+    if len(raw) != 32:
+        raise InvalidArgs(f"{what} {text[:60]!r} decodes to {len(raw)} bytes, not 32")
+    return raw
+
+
+def encode_key(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def parse_endpoint(text: str, subnet: IPNetwork) -> str | None:
+    """Literal ``ip:port`` / ``[ip6]:port`` -> normalized form; "" -> None (leave as is)."""
+    if text == "":
+        return None
+    if len(text) > 64:
+        raise InvalidArgs("endpoint is too long")
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise InvalidArgs(f"endpoint {text!r}: an IPv6 endpoint is written [addr]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise InvalidArgs(f"endpoint {text!r} must be ip:port or [ipv6]:port")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidArgs(f"endpoint {text!r}: {host!r} is not an IP address (resolve names first)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidArgs(f"endpoint {text!r}: port must be 1..65535")
+    if addr.is_unspecified or addr.is_multicast:
+        raise InvalidArgs(f"endpoint {text!r}: {addr} cannot be a peer address")
+    if addr.version == subnet.version and addr in subnet:
+        raise InvalidArgs(f"endpoint {text!r} lies inside the overlay {subnet} (routing loop)")
+    return f"[{addr}]:{int(port)}" if addr.version == 6 else f"{addr}:{int(port)}"
+
+
+def parse_host_route(text: object, subnet: IPNetwork, what: str) -> str:
+    """A host route inside the subnet, normalized to ``a.b.c.d/32``."""
+    if not isinstance(text, str) or len(text) > 64:
+        raise InvalidArgs(f"{what} must be a host address string")
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        raise InvalidArgs(f"{what} {text!r} is not an address or prefix") from None
+    if net.prefixlen != net.max_prefixlen:
+        raise InvalidArgs(f"{what} {text!r} is not a host route (/{net.max_prefixlen}); refused")
+    addr = net.network_address
+    if addr.version != subnet.version or addr not in subnet:
+        raise InvalidArgs(f"{what} {text!r} is outside the managed subnet {subnet}; refused")
+    if subnet.num_addresses > 2 and addr in (subnet.network_address, subnet.broadcast_address):
+        raise InvalidArgs(f"{what} {text!r} is the network or broadcast address of {subnet}")
+    return str(net)
+
+
+def parse_interface_address(text: object, subnet: IPNetwork) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    if not isinstance(text, str):
+        raise InvalidArgs("address must be a string like 10.1.1.1/24")
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise InvalidArgs(f"address {text!r} is not addr/prefix") from None
+    if "/" not in text:
+        iface = ipaddress.ip_interface(f"{iface.ip}/{subnet.prefixlen}")
+    if iface.version != subnet.version or iface.ip not in subnet:
+        raise InvalidArgs(f"address {text!r} is outside the managed subnet {subnet}")
+    if iface.network.prefixlen not in (subnet.prefixlen, iface.max_prefixlen):
+        raise InvalidArgs(f"address {text!r}: prefix must be /{subnet.prefixlen} (the subnet's) or a host prefix")
+    if subnet.num_addresses > 2 and iface.ip in (subnet.network_address, subnet.broadcast_address):
+        raise InvalidArgs(f"address {text!r} is the network or broadcast address")
+    return iface
+
+
+def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None) -> dict[bytes, PeerSpec]:
+    """D-Bus ``a(ssasu)`` -> validated specs; every rule is checked before anything is applied."""
+    if not isinstance(raw, list):
+        raise InvalidArgs("peers must be an array")
+    if len(raw) > MAX_PEERS:
+        raise InvalidArgs(f"{len(raw)} peers exceed the cap of {MAX_PEERS}")
+    peers: dict[bytes, PeerSpec] = {}
+    owner: dict[str, int] = {}
+    total_ips = 0
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+            raise InvalidArgs(f"peer #{i} must be (public_key, endpoint, allowed_ips, keepalive)")
+        key_text, endpoint, allowed, keepalive = entry
+        key = decode_key(key_text, f"peer #{i} public key")
+        if key in peers:
+            raise InvalidArgs(f"peer #{i}: public key {key_text} is listed twice")
+        if own_key is not None and key == own_key:
+            raise InvalidArgs(f"peer #{i}: public key {key_text} is this device's own key")
+        if not isinstance(endpoint, str):
+            raise InvalidArgs(f"peer #{i}: endpoint must be a string")
+        ep = parse_endpoint(endpoint, subnet)
+        if not isinstance(allowed, list):
+            raise InvalidArgs(f"peer #{i}: allowed IPs must be an array")
+        total_ips += len(allowed)
+        if total_ips > MAX_ALLOWED_IPS:
+            raise InvalidArgs(f"more than {MAX_ALLOWED_IPS} allowed IPs in total")
+        ips = set()
+        for a in allowed:
+            ip = parse_host_route(a, subnet, f"peer #{i} allowed IP")
+            if ip in owner:
+                # WireGuard would silently move it; the caller's state is contradictory.
+                raise InvalidArgs(f"allowed IP {ip} is given to peer #{owner[ip]} and peer #{i}")
+            owner[ip] = i
+            ips.add(ip)
+        if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 0 <= keepalive <= MAX_KEEPALIVE:
+            raise InvalidArgs(f"peer #{i}: keepalive must be 0..{MAX_KEEPALIVE} seconds")
+        peers[key] = PeerSpec(key, ep, frozenset(ips), keepalive)
+    return peers
+
+
+def parse_routes(raw: object, subnet: IPNetwork, own_ip: IPAddress | None) -> dict[str, RouteSpec]:
+    """D-Bus ``a(ss)`` (destination, gateway or "") -> validated specs."""
+    if not isinstance(raw, list):
+        raise InvalidArgs("routes must be an array")
+    if len(raw) > MAX_ROUTES:
+        raise InvalidArgs(f"{len(raw)} routes exceed the cap of {MAX_ROUTES}")
+    own = f"{own_ip}/{own_ip.max_prefixlen}" if own_ip is not None else None
+    routes: dict[str, RouteSpec] = {}
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise InvalidArgs(f"route #{i} must be (destination, gateway)")
+        dst = parse_host_route(entry[0], subnet, f"route #{i} destination")
+        if dst in routes:
+            raise InvalidArgs(f"route #{i}: destination {dst} is listed twice")
+        if dst == own:
+            raise InvalidArgs(f"route #{i}: {dst} is this node's own address")
+        gw = None
+        if entry[1] != "":
+            gw_net = parse_host_route(entry[1], subnet, f"route #{i} gateway")
+            if gw_net == dst or gw_net == own:
+                raise InvalidArgs(f"route #{i}: gateway {entry[1]} cannot be the destination or this node")
+            gw = gw_net.split("/")[0]
+        routes[dst] = RouteSpec(dst, gw)
+    return routes
+
+
+# ----------------------------------------------------------------- planning
+
+
+def plan_peers(live: Mapping[bytes, PeerState], desired: Mapping[bytes, PeerSpec]) -> list[PeerOp]:
+    """The smallest ordered list of peer changes turning ``live`` into ``desired``.
+
+    Make before break: first add peers and grow allowed-IP sets (WireGuard moves an
+    allowed IP atomically when another peer claims it), then shrink and remove.
+    A peer that only lost IPs to such moves needs no second change.
+    """
+    make: list[PeerOp] = []
+    for key, spec in desired.items():
+        cur = live.get(key)
+        if cur is None:
+            make.append(PeerOp(key, new=True, endpoint=spec.endpoint, keepalive=spec.keepalive,
+                               allowed_ips=tuple(sorted(spec.allowed_ips))))
+            continue
+        op = PeerOp(key)
+        if spec.endpoint is not None and spec.endpoint != cur.endpoint:
+            op.endpoint = spec.endpoint
+        if spec.keepalive != cur.keepalive:
+            op.keepalive = spec.keepalive
+        gained = spec.allowed_ips - cur.allowed_ips
+        op.allowed_ips = tuple(sorted(gained))
+        if op.endpoint is not None or op.keepalive is not None or gained:
+            make.append(op)
+    claimed = {ip for op in make for ip in op.allowed_ips}
+    brk: list[PeerOp] = []
+    for key, cur in live.items():
+        spec = desired.get(key)
+        if spec is None:
+            brk.append(PeerOp(key, remove=True))
+            continue
+        after = (cur.allowed_ips - (claimed - spec.allowed_ips)) | spec.allowed_ips
+        if after != spec.allowed_ips:
+            brk.append(PeerOp(key, replace_allowed_ips=True, allowed_ips=tuple(sorted(spec.allowed_ips))))
+    return make + brk
+
+
+def plan_routes(live: Mapping[str, str | None], desired: Mapping[str, RouteSpec]
+                ) -> tuple[list[RouteSpec], list[RouteSpec], list[str]]:
+    """(add, replace, delete): adds and replaces go first, deletes last."""
+    add = [r for d, r in desired.items() if d not in live]
+    replace = [r for d, r in desired.items() if d in live and live[d] != r.gateway]
+    delete = [d for d in live if d not in desired]
+    return add, replace, delete
+
+
+def summarize(ops: Iterable[PeerOp], add: list, replace: list, delete: list) -> dict[str, int]:
+    ops = list(ops)
+    summary = {
+        "peers_added": sum(op.new for op in ops),
+        "peers_removed": sum(op.remove for op in ops),
+        "peers_updated": sum(not op.new and not op.remove for op in ops),
+        "routes_added": len(add),
+        "routes_replaced": len(replace),
+        "routes_removed": len(delete),
+    }
+    summary["changes"] = sum(summary.values())
+    return summary

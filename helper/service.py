@@ -1,0 +1,350 @@
+"""org.wgnetmanager.Helper1: the root helper on the system bus.
+
+It trusts root-owned files, not its caller: the subnet comes from the root-owned
+net.yaml and the managed interfaces from its own command line; every call is checked
+against the caller's UID (in addition to the bus policy); every refusal is a named
+D-Bus error. Nothing here tears the data plane down except an explicit Teardown.
+"""
+
+# No `from __future__ import annotations`: the D-Bus signatures are the annotations.
+
+import argparse
+import asyncio
+import contextvars
+import functools
+import ipaddress
+import logging
+import os
+import pwd
+import signal
+import socket
+import stat
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from wg_netmanager.controller import logsetup
+from wg_netmanager.controller.config import ConfigError, load_network_config
+from wg_netmanager.dbus import (
+    CONTROLLER_USER,
+    HELPER_BUS_NAME,
+    HELPER_INTERFACE,
+    HELPER_OBJECT_PATH,
+    HelperErrors,
+)
+from wg_netmanager.dbus.compat import (
+    LIBRARY,
+    BusType,
+    DBusError,
+    Message,
+    MessageBus,
+    MessageType,
+    PropertyAccess,
+    ServiceInterface,
+    dbus_property,
+    method,
+)
+
+from . import device, keys
+from .model import (
+    InvalidArgs,
+    check_ifname,
+    encode_key,
+    parse_interface_address,
+    parse_peers,
+    parse_routes,
+    plan_peers,
+    plan_routes,
+    summarize,
+)
+from .routes import RouteError, RouteTable
+from .uapi import UapiError
+
+VERSION = "0.1.0"
+log = logging.getLogger("wg_netmanager.helper")
+
+# The unique bus name of the caller of the method being dispatched. Set by a message
+# handler that runs, synchronously, right before the library dispatches the call; the
+# task running the (async) method copies the context at creation.
+_SENDER: contextvars.ContextVar = contextvars.ContextVar("sender", default=None)
+
+
+class _Device:
+    def __init__(self, ifname: str, index: int, backend) -> None:
+        self.ifname = ifname
+        self.index = index
+        self.backend = backend
+        self.own_ip = None
+
+
+def _guarded(fn):
+    """Authorize the caller, then map every failure to a named error (never a traceback)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        started = time.monotonic()
+        name = fn.__name__
+        try:
+            await self._authorize(name)
+            return await fn(self, *args)
+        except DBusError:
+            raise
+        except InvalidArgs as e:
+            log.warning("refused", extra={"method": name, "reason": str(e)})
+            raise DBusError(HelperErrors.INVALID_ARGS, str(e)) from None
+        except device.NoDevice as e:
+            raise DBusError(HelperErrors.NO_DEVICE, str(e)) from None
+        except (device.DeviceError, UapiError, RouteError) as e:
+            log.error("backend failure", extra={"method": name, "error": str(e)})
+            raise DBusError(HelperErrors.BACKEND_FAILED, str(e)) from None
+        except Exception as e:
+            log.exception("internal error", extra={"method": name})
+            raise DBusError(HelperErrors.INTERNAL, f"internal error ({type(e).__name__}); see the helper's log") \
+                from None
+        finally:
+            log.debug("call done", extra={"method": name, "ms": round((time.monotonic() - started) * 1000, 2)})
+
+    return wrapper
+
+
+class Helper1(ServiceInterface):
+    def __init__(self, bus, config_path: Path, interfaces: list[str], state_dir: Path, allowed_uids: set[int]):
+        super().__init__(HELPER_INTERFACE)
+        self.bus = bus
+        self.config_path = config_path
+        self.interfaces = interfaces
+        self.state_dir = state_dir
+        self.allowed_uids = allowed_uids
+        self.subnet = load_trusted_subnet(config_path)
+        self._uids: OrderedDict[str, int] = OrderedDict()
+        self._locks = {name: asyncio.Lock() for name in interfaces}
+        self._devices: dict[str, _Device] = {}
+        self._routes = RouteTable()
+
+    # ------------------------------------------------------------ authorization
+
+    async def _authorize(self, method_name: str) -> None:
+        sender = _SENDER.get()
+        if sender is None:
+            raise DBusError(HelperErrors.NOT_AUTHORIZED, "caller could not be identified")
+        uid = self._uids.get(sender)
+        if uid is None:
+            reply = await self.bus.call(Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus", member="GetConnectionUnixUser", signature="s", body=[sender]))
+            if reply.message_type != MessageType.METHOD_RETURN:
+                raise DBusError(HelperErrors.NOT_AUTHORIZED, "caller's UID could not be determined")
+            uid = int(reply.body[0])
+            self._uids[sender] = uid  # unique names are never reused on a bus
+            if len(self._uids) > 256:
+                self._uids.popitem(last=False)
+        if uid not in self.allowed_uids:
+            log.warning("refused caller", extra={"method": method_name, "uid": uid, "sender": sender})
+            raise DBusError(HelperErrors.NOT_AUTHORIZED,
+                            f"UID {uid} may not call {HELPER_INTERFACE}; only root and the "
+                            f"'{CONTROLLER_USER}' user may")
+
+    def _managed(self, ifname: str) -> str:
+        check_ifname(ifname)
+        if ifname not in self.interfaces:
+            raise DBusError(HelperErrors.NOT_MANAGED,
+                            f"interface {ifname!r} is not managed by this helper (managed: "
+                            f"{', '.join(self.interfaces)})")
+        return ifname
+
+    async def _device(self, ifname: str) -> _Device:
+        dev = self._devices.get(ifname)
+        try:
+            index = socket.if_nametoindex(ifname)
+        except OSError:
+            self._devices.pop(ifname, None)
+            raise device.NoDevice(f"interface {ifname} does not exist; call EnsureDevice first") from None
+        if dev is None or dev.index != index:
+            index, backend = await device.open_backend(ifname, create=False)
+            dev = _Device(ifname, index, backend)
+            dev.own_ip = await device.own_address(index, self.subnet)
+            self._devices[ifname] = dev
+        return dev
+
+    # ------------------------------------------------------------ methods
+
+    @method()
+    @_guarded
+    async def EnsureDevice(self, ifname: "s", listen_port: "q", address: "s", adopt: "b") -> "ss":  # noqa: F821
+        """Create (or with adopt=true, only take over) the device; returns (public key, backend)."""
+        self._managed(ifname)
+        iface = parse_interface_address(address, self.subnet)
+        async with self._locks[ifname]:
+            index, backend = await device.open_backend(ifname, create=not adopt)
+            live = await backend.get()
+            private = None
+            if not (adopt and live.private_key and any(live.private_key)):
+                private = keys.load_or_create(self.state_dir, ifname)
+                if live.private_key == private:
+                    private = None
+            port = listen_port if listen_port and listen_port != live.listen_port else None
+            await backend.set_device(private_key=private, listen_port=port)
+            changes = await device.ensure_address(index, iface, self.subnet)
+            live = await backend.get()
+            dev = _Device(ifname, index, backend)
+            dev.own_ip = str(iface.ip)
+            self._devices[ifname] = dev
+            pub = keys.public_key(live.private_key)
+            log.info("device ready", extra={"ifname": ifname, "backend": backend.name, "port": live.listen_port,
+                                            "address": str(iface), "key_set": private is not None,
+                                            "changes": changes})
+            return [encode_key(pub), backend.name]
+
+    @method()
+    @_guarded
+    async def Apply(self, ifname: "s", peers: "a(ssasu)", routes: "a(ss)") -> "a{su}":  # noqa: F821
+        """Make the device's peers and our routes exactly this; returns counts of what changed."""
+        self._managed(ifname)
+        async with self._locks[ifname]:
+            dev = await self._device(ifname)
+            live = await dev.backend.get()
+            own_key = keys.public_key(live.private_key) if live.private_key else None
+            own_ip = ipaddress.ip_address(dev.own_ip) if dev.own_ip else None
+            desired_peers = parse_peers(peers, self.subnet, own_key)
+            desired_routes = parse_routes(routes, self.subnet, own_ip)
+            ops = plan_peers(live.peers, desired_peers)
+            live_routes = self._routes.list(dev.index)
+            add, replace, delete = plan_routes(live_routes, desired_routes)
+            # make before break: new peers/IPs, then new routes, then removals
+            make = [op for op in ops if not op.remove and not op.replace_allowed_ips]
+            brk = [op for op in ops if op.remove or op.replace_allowed_ips]
+            await dev.backend.apply(make)
+            if add or replace:
+                self._routes.add_or_replace(dev.index, add + replace, dev.own_ip)
+            if delete:
+                self._routes.delete(dev.index, delete)
+            await dev.backend.apply(brk)
+            summary = summarize(ops, add, replace, delete)
+            log.info("applied", extra={"ifname": ifname, **summary})
+            return summary
+
+    @method()
+    @_guarded
+    async def GetState(self, ifname: "s") -> "sqa(ssdttasu)":  # noqa: F821
+        """(public key, listen port, peers: key, endpoint, last handshake, rx, tx, allowed IPs, keepalive)."""
+        self._managed(ifname)
+        dev = await self._device(ifname)
+        live = await dev.backend.get()
+        pub = encode_key(keys.public_key(live.private_key)) if live.private_key else ""
+        peers = [[encode_key(p.public_key), p.endpoint or "", float(p.last_handshake), p.rx_bytes, p.tx_bytes,
+                  sorted(p.allowed_ips), p.keepalive] for p in live.peers.values()]
+        return [pub, live.listen_port, peers]
+
+    @method()
+    @_guarded
+    async def Teardown(self, ifname: "s") -> "a{su}":  # noqa: F821
+        """Remove our routes and the device. The private key is kept for the next EnsureDevice."""
+        self._managed(ifname)
+        async with self._locks[ifname]:
+            try:
+                index = socket.if_nametoindex(ifname)
+            except OSError:
+                return {"routes_removed": 0, "device_removed": 0}
+            ours = self._routes.list(index)
+            self._routes.delete(index, list(ours))
+            dev = self._devices.pop(ifname, None)
+            if dev is not None:
+                await dev.backend.close()
+            await device.delete_link(index)
+            log.info("teardown", extra={"ifname": ifname, "routes_removed": len(ours)})
+            return {"routes_removed": len(ours), "device_removed": 1}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":  # noqa: F821
+        return VERSION
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ManagedInterfaces(self) -> "as":  # noqa: F821
+        return list(self.interfaces)
+
+
+def load_trusted_subnet(path: Path):
+    """The subnet from net.yaml, which must be a root-owned file nobody else can write."""
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(path, None, "not a regular file")
+    if st.st_uid != 0:
+        raise ConfigError(path, None, "must be owned by root: the helper trusts only root-owned configuration")
+    if st.st_mode & 0o022:
+        raise ConfigError(path, None, "must not be writable by group or others (chmod go-w)")
+    return load_network_config(path).subnet
+
+
+def _controller_uids(users: list[str]) -> set[int]:
+    uids = {0}
+    for user in users:
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            log.warning("allowed user does not exist; only root may call", extra={"user": user})
+    return uids
+
+
+async def serve(args: argparse.Namespace) -> int:
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+
+    def remember_sender(msg):
+        _SENDER.set(msg.sender if msg.message_type == MessageType.METHOD_CALL else None)
+        return None  # never handles anything itself
+
+    bus.add_message_handler(remember_sender)
+    helper = Helper1(bus, Path(args.config), args.interface, Path(args.state_dir), _controller_uids(args.allow_user))
+    bus.export(HELPER_OBJECT_PATH, helper)
+    reply = await bus.request_name(HELPER_BUS_NAME)
+    if getattr(reply, "value", reply) != 1:  # RequestNameReply.PRIMARY_OWNER
+        log.error("could not own the bus name", extra={"busname": HELPER_BUS_NAME, "reply": str(reply)})
+        return 1
+    log.info("helper ready", extra={"busname": HELPER_BUS_NAME, "interfaces": ",".join(args.interface),
+                                    "subnet": str(helper.subnet), "dbus": LIBRARY, "pid": os.getpid()})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([disconnected, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if disconnected.done():
+        log.error("system bus connection lost")
+        return 1
+    log.info("stopping; the data plane stays up")
+    bus.disconnect()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wg-netmanager-helper", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", default="/etc/wg-netmanager/net.yaml",
+                        help="root-owned net.yaml: the subnet bounds every request")
+    parser.add_argument("-i", "--interface", action="append", default=[],
+                        help="interface this helper manages (repeatable; default wg0)")
+    parser.add_argument("--state-dir", default=os.environ.get("STATE_DIRECTORY", "/var/lib/wg-netmanager"),
+                        help="where private keys are kept (0700)")
+    parser.add_argument("--allow-user", action="append", default=None,
+                        help=f"system user allowed to call besides root (default {CONTROLLER_USER})")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    args.interface = args.interface or ["wg0"]
+    args.allow_user = args.allow_user if args.allow_user is not None else [CONTROLLER_USER]
+    logsetup.setup(args.verbose)
+    try:
+        for name in args.interface:
+            check_ifname(name)
+        if os.geteuid() != 0:
+            raise SystemExit("wg-netmanager-helper: must run as root (it changes links and routes)")
+        load_trusted_subnet(Path(args.config))
+        return asyncio.run(serve(args))
+    except (ConfigError, InvalidArgs, OSError, DBusError) as e:
+        print(f"wg-netmanager-helper: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
