@@ -171,7 +171,7 @@ class Helper1(ServiceInterface):
 
     @method()
     @_guarded
-    async def EnsureDevice(self, ifname: "s", listen_port: "q", address: "s", adopt: "b") -> "ss":  # noqa: F821
+    async def EnsureDevice(self, ifname: "s", listen_port: "q", address: "s", adopt: "b") -> "ss":
         """Create (or with adopt=true, only take over) the device; returns (public key, backend)."""
         self._managed(ifname)
         iface = parse_interface_address(address, self.subnet)
@@ -198,7 +198,7 @@ class Helper1(ServiceInterface):
 
     @method()
     @_guarded
-    async def Apply(self, ifname: "s", peers: "a(ssasu)", routes: "a(ss)") -> "a{su}":  # noqa: F821
+    async def Apply(self, ifname: "s", peers: "a(ssasu)", routes: "a(ss)") -> "a{su}":
         """Make the device's peers and our routes exactly this; returns counts of what changed."""
         self._managed(ifname)
         async with self._locks[ifname]:
@@ -226,7 +226,7 @@ class Helper1(ServiceInterface):
 
     @method()
     @_guarded
-    async def GetState(self, ifname: "s") -> "sqa(ssdttasu)":  # noqa: F821
+    async def GetState(self, ifname: "s") -> "sqa(ssdttasu)":
         """(public key, listen port, peers: key, endpoint, last handshake, rx, tx, allowed IPs, keepalive)."""
         self._managed(ifname)
         dev = await self._device(ifname)
@@ -238,7 +238,7 @@ class Helper1(ServiceInterface):
 
     @method()
     @_guarded
-    async def Teardown(self, ifname: "s") -> "a{su}":  # noqa: F821
+    async def Teardown(self, ifname: "s") -> "a{su}":
         """Remove our routes and the device. The private key is kept for the next EnsureDevice."""
         self._managed(ifname)
         async with self._locks[ifname]:
@@ -256,11 +256,11 @@ class Helper1(ServiceInterface):
             return {"routes_removed": len(ours), "device_removed": 1}
 
     @dbus_property(access=PropertyAccess.READ)
-    def Version(self) -> "s":  # noqa: F821
+    def Version(self) -> "s":
         return VERSION
 
     @dbus_property(access=PropertyAccess.READ)
-    def ManagedInterfaces(self) -> "as":  # noqa: F821
+    def ManagedInterfaces(self) -> "as":
         return list(self.interfaces)
 
 

@@ -111,7 +111,7 @@ class UapiBackend:
                     await self._writer.drain()
                     raw = await asyncio.wait_for(self._reader.readuntil(b"\n\n"), 10)
                     break
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+                except (TimeoutError, OSError, asyncio.IncompleteReadError) as e:
                     await self.close()
                     if attempt == 2 or request.startswith("set="):
                         # never resend a set blindly: it may have been half applied
