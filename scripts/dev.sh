@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# wg_netmanager developer entry point (Debian/Ubuntu, as root):
+#   sudo bash scripts/dev.sh test [pytest args]   install what is needed, run every test tier
+#   sudo bash scripts/dev.sh setup                only install (system packages, users, venvs)
+#   sudo bash scripts/dev.sh clean                remove leftover lab namespaces and processes
+# Fast pure-Python tier alone, after setup:  /opt/wg-netmanager-dev/venv/bin/pytest -m "not netns" tests
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEV="${WGNM_DEV_DIR:-/opt/wg-netmanager-dev}"   # world-readable: unprivileged test users run this Python
+VENV="$DEV/venv"            # dbus-fast (the dependency)
+VENV_NEXT="$DEV/venv-next"  # dbus-next only: the D-Bus tests run a second time against it
+APT_PACKAGES=(python3 python3-venv python3-pip wireguard-go wireguard-tools dbus iproute2 iputils-ping
+              nftables procps util-linux psmisc)
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "dev.sh: run as root (the tests build network namespaces): sudo bash scripts/dev.sh $*" >&2
+        exit 2
+    fi
+}
+
+setup() {
+    log "system packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+    log "users"
+    for user in wg-netmanager wgnm-other; do   # the controller's user; an unrelated user for refusals
+        id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin "$user"
+    done
+    log "virtualenvs in $DEV (from /usr/bin/python3)"
+    install -d -m 0755 "$DEV"
+    [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+    [ -x "$VENV_NEXT/bin/python" ] || /usr/bin/python3 -m venv "$VENV_NEXT"
+    "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
+    "$VENV_NEXT/bin/pip" install -q --upgrade pip setuptools wheel
+    "$VENV/bin/pip" install -q "$ROOT[test]"
+    "$VENV/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT"
+    "$VENV_NEXT/bin/pip" install -q dbus-next pyroute2 pyyaml pynacl click pytest hypothesis
+    "$VENV_NEXT/bin/pip" uninstall -q -y dbus-fast 2>/dev/null || true
+    "$VENV_NEXT/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT"
+    chmod -R a+rX "$DEV"
+}
+
+clean() {
+    # everything the lab makes is named wgnm-*; kill what runs inside, then delete
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^wgnm-' || true); do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+
+run_tests() {
+    trap clean EXIT
+    clean
+    cd "$ROOT"
+    log "ruff"
+    "$VENV/bin/ruff" check .
+    log "all tiers, dbus-fast"
+    "$VENV/bin/python" -m pytest "$@"
+    log "D-Bus tests again with dbus-next only"
+    "$VENV_NEXT/bin/python" -c 'import wg_netmanager.dbus.compat as c; assert c.LIBRARY == "dbus-next", c.LIBRARY'
+    "$VENV_NEXT/bin/python" -m pytest -m netns -q -p no:cacheprovider "$@"
+}
+
+cmd="${1:-test}"
+shift || true
+case "$cmd" in
+    setup) need_root "$cmd"; setup ;;
+    test) need_root "$cmd"; setup; run_tests "$@" ;;
+    clean) need_root "$cmd"; clean ;;
+    *) echo "usage: sudo bash scripts/dev.sh {test|setup|clean} [pytest args]" >&2; exit 2 ;;
+esac

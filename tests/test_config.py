@@ -1,0 +1,77 @@
+import pytest
+
+from wg_netmanager.controller.config import ConfigError, load_network_config, parse_endpoint
+
+EXAMPLE = """network:
+  sharedKey: YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128=
+  subnet: 10.1.1.0/24
+peers:
+  - endPoint: 192.168.1.70:50000
+    adminPort: 55555
+    wgIp: 10.1.1.1
+"""
+
+
+def write(tmp_path, text, name="net.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_original_example_loads(tmp_path):
+    cfg = load_network_config(write(tmp_path, EXAMPLE))
+    assert str(cfg.subnet) == "10.1.1.0/24"
+    assert len(cfg.shared_key) == 32
+    (peer,) = cfg.peers
+    assert (peer.endpoint_host, peer.endpoint_port, peer.admin_port, str(peer.wg_ip)) == \
+        ("192.168.1.70", 50000, 55555, "10.1.1.1")
+    assert cfg.warnings == ()
+
+
+def test_original_host_bits_subnet_is_normalized_with_warning(tmp_path):
+    cfg = load_network_config(write(tmp_path, EXAMPLE.replace("10.1.1.0/24", "10.1.1.0/8")))
+    assert str(cfg.subnet) == "10.0.0.0/8"
+    assert any("host bits" in w for w in cfg.warnings)
+
+
+def test_hostname_endpoint_is_kept_for_resolution(tmp_path):
+    cfg = load_network_config(write(tmp_path, EXAMPLE.replace("192.168.1.70", "vps.example.net")))
+    assert cfg.peers[0].endpoint_host == "vps.example.net"
+
+
+@pytest.mark.parametrize("old,new,line,words", [
+    ("YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128=", "tooshort", 2, "sharedKey"),
+    ("10.1.1.0/24", "10.1.1.0/33", 3, "subnet"),
+    ("192.168.1.70:50000", "192.168.1.70", 5, "endPoint"),
+    ("adminPort: 55555", "adminPort: 70000", 6, "adminPort"),
+    ("wgIp: 10.1.1.1", "wgIp: 10.9.9.9", 7, "not a host address"),
+    ("  subnet: 10.1.1.0/24\n", "  subnet: [unclosed\n", 4, "YAML syntax"),
+])
+def test_errors_name_file_and_line(tmp_path, old, new, line, words):
+    path = write(tmp_path, EXAMPLE.replace(old, new))
+    with pytest.raises(ConfigError) as e:
+        load_network_config(path)
+    assert e.value.line == line, str(e.value)
+    assert str(e.value).startswith(f"{path}:{line}: ")
+    assert words in str(e.value)
+
+
+def test_missing_peers_and_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="at least one static peer"):
+        load_network_config(write(tmp_path, EXAMPLE.split("peers:")[0] + "peers: []\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_network_config(tmp_path / "absent.yaml")
+
+
+def test_duplicate_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate key 'subnet'"):
+        load_network_config(write(tmp_path, EXAMPLE.replace("  subnet: 10.1.1.0/24\n",
+                                                             "  subnet: 10.1.1.0/24\n  subnet: 10.2.0.0/16\n")))
+
+
+def test_parse_endpoint_forms():
+    assert parse_endpoint("[2001:db8::1]:51820") == ("2001:db8::1", 51820)
+    assert parse_endpoint("host.example:1") == ("host.example", 1)
+    for bad in ("2001:db8::1:5", "host:0", ":5", "host"):
+        with pytest.raises(ValueError):
+            parse_endpoint(bad)

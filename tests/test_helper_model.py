@@ -1,0 +1,149 @@
+"""The helper's validation and declarative diff, without root."""
+
+import base64
+import ipaddress
+
+import pytest
+
+from wg_netmanager.helper.model import (
+    MAX_PEERS,
+    InvalidArgs,
+    PeerState,
+    RouteSpec,
+    decode_key,
+    parse_interface_address,
+    parse_peers,
+    parse_routes,
+    plan_peers,
+    plan_routes,
+)
+
+SUBNET = ipaddress.ip_network("10.1.1.0/24")
+
+
+def key(n: int) -> str:
+    return base64.b64encode(bytes([n]) * 32).decode()
+
+
+def raw(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
+def peers(*entries):
+    return parse_peers([list(e) for e in entries], SUBNET, own_key=raw(99))
+
+
+@pytest.mark.parametrize("entry,words", [
+    ((key(1), "", ["10.1.2.5/32"], 0), "outside the managed subnet"),
+    ((key(1), "", ["10.1.1.0/24"], 0), "not a host route"),
+    ((key(1), "", ["0.0.0.0/0"], 0), "not a host route"),
+    ((key(1), "", ["10.1.1.255/32"], 0), "broadcast"),
+    ((key(1), "", ["fe80::1/128"], 0), "outside the managed subnet"),
+    ((key(1), "", ["banana"], 0), "not an address"),
+    (("abc", "", [], 0), "not valid base64"),
+    ((base64.b64encode(b"x" * 31).decode(), "", [], 0), "31 bytes, not 32"),
+    ((key(99), "", [], 0), "own key"),
+    ((key(1), "198.51.100.1", [], 0), "ip:port"),
+    ((key(1), "198.51.100.1:0", [], 0), "port must be"),
+    ((key(1), "198.51.100.1:70000", [], 0), "port must be"),
+    ((key(1), "vps.example:51820", [], 0), "not an IP address"),
+    ((key(1), "10.1.1.7:51820", [], 0), "inside the overlay"),
+    ((key(1), "0.0.0.0:51820", [], 0), "cannot be a peer"),
+    ((key(1), "2001:db8::1:5", [], 0), "ip:port"),
+    ((key(1), "", [], 86400), "keepalive"),
+])
+def test_peer_refusals(entry, words):
+    with pytest.raises(InvalidArgs, match=words):
+        peers(entry)
+
+
+def test_peer_set_level_refusals():
+    with pytest.raises(InvalidArgs, match="listed twice"):
+        peers((key(1), "", [], 0), (key(1), "", [], 0))
+    with pytest.raises(InvalidArgs, match="given to peer #0 and peer #1"):
+        peers((key(1), "", ["10.1.1.2/32"], 0), (key(2), "", ["10.1.1.2"], 0))
+    with pytest.raises(InvalidArgs, match="exceed the cap"):
+        parse_peers([[key(1), "", [], 0]] * (MAX_PEERS + 1), SUBNET, None)
+    with pytest.raises(InvalidArgs, match="must be"):
+        parse_peers([["x"]], SUBNET, None)
+
+
+def test_valid_peers_are_normalized():
+    spec = peers((key(1), "[2001:db8::1]:51820", ["10.1.1.2"], 25))[raw(1)]
+    assert spec.endpoint == "[2001:db8::1]:51820"
+    assert spec.allowed_ips == frozenset({"10.1.1.2/32"})
+    assert spec.keepalive == 25
+    assert peers((key(1), "", [], 0))[raw(1)].endpoint is None
+
+
+@pytest.mark.parametrize("routes,words", [
+    ([("10.1.1.0/24", "")], "not a host route"),
+    ([("0.0.0.0/0", "")], "not a host route"),
+    ([("192.168.1.1/32", "")], "outside"),
+    ([("10.1.1.5/32", "10.1.2.1")], "outside"),
+    ([("10.1.1.5/32", "10.1.1.5")], "cannot be the destination"),
+    ([("10.1.1.1/32", "")], "own address"),
+    ([("10.1.1.5/32", ""), ("10.1.1.5", "")], "listed twice"),
+])
+def test_route_refusals(routes, words):
+    with pytest.raises(InvalidArgs, match=words):
+        parse_routes([list(r) for r in routes], SUBNET, ipaddress.ip_address("10.1.1.1"))
+
+
+def test_interface_address_rules():
+    assert str(parse_interface_address("10.1.1.1/24", SUBNET)) == "10.1.1.1/24"
+    assert str(parse_interface_address("10.1.1.1", SUBNET)) == "10.1.1.1/24"
+    for bad in ("10.1.2.1/24", "10.1.1.1/16", "10.1.1.0/24", "x"):
+        with pytest.raises(InvalidArgs):
+            parse_interface_address(bad, SUBNET)
+    with pytest.raises(InvalidArgs):
+        decode_key(7)
+
+
+def live(n, ips=(), endpoint=None, keepalive=0):
+    return PeerState(raw(n), endpoint, frozenset(ips), keepalive)
+
+
+def test_identical_state_plans_nothing():
+    desired = peers((key(1), "198.51.100.2:51820", ["10.1.1.2/32", "10.1.1.3/32"], 25))
+    current = {raw(1): live(1, ["10.1.1.2/32", "10.1.1.3/32"], "198.51.100.2:51820", 25)}
+    assert plan_peers(current, desired) == []
+
+
+def test_empty_endpoint_leaves_a_roamed_endpoint_alone():
+    desired = peers((key(1), "", ["10.1.1.2/32"], 0))
+    assert plan_peers({raw(1): live(1, ["10.1.1.2/32"], "203.0.113.9:4000")}, desired) == []
+
+
+def test_relay_to_direct_is_make_before_break():
+    # c (10.1.1.3) was reached via relay b; now c is direct.
+    current = {raw(2): live(2, ["10.1.1.2/32", "10.1.1.3/32"]), raw(3): live(3, [], "198.51.100.3:1")}
+    desired = peers((key(2), "", ["10.1.1.2/32"], 0), (key(3), "", ["10.1.1.3/32"], 0))
+    ops = plan_peers(current, desired)
+    # one op only: adding the IP to c moves it away from b atomically; b needs no change
+    assert len(ops) == 1
+    assert ops[0].public_key == raw(3) and ops[0].allowed_ips == ("10.1.1.3/32",)
+    assert not ops[0].replace_allowed_ips
+
+
+def test_shrinking_and_removal_come_last():
+    current = {raw(1): live(1, ["10.1.1.2/32", "10.1.1.9/32"]), raw(4): live(4, ["10.1.1.4/32"])}
+    desired = peers((key(1), "", ["10.1.1.2/32"], 0), (key(5), "198.51.100.5:1", ["10.1.1.5/32"], 0))
+    ops = plan_peers(current, desired)
+    kinds = [("new" if o.new else "remove" if o.remove else "replace" if o.replace_allowed_ips else "update")
+             for o in ops]
+    assert kinds[0] == "new"
+    assert sorted(kinds[1:]) == ["remove", "replace"]
+    replace = next(o for o in ops if o.replace_allowed_ips)
+    assert replace.allowed_ips == ("10.1.1.2/32",)
+
+
+def test_route_plan():
+    live_routes = {"10.1.1.2/32": None, "10.1.1.3/32": "10.1.1.2", "10.1.1.9/32": None}
+    desired = {"10.1.1.2/32": RouteSpec("10.1.1.2/32", None), "10.1.1.3/32": RouteSpec("10.1.1.3/32", None),
+               "10.1.1.4/32": RouteSpec("10.1.1.4/32", "10.1.1.2")}
+    add, replace, delete = plan_routes(live_routes, desired)
+    assert [r.dst for r in add] == ["10.1.1.4/32"]
+    assert [r.dst for r in replace] == ["10.1.1.3/32"]
+    assert delete == ["10.1.1.9/32"]
+    assert plan_routes({"10.1.1.2/32": None}, {"10.1.1.2/32": RouteSpec("10.1.1.2/32", None)}) == ([], [], [])

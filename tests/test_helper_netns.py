@@ -1,0 +1,277 @@
+"""Helper1 on real parts: wireguard-go devices, a system-type dbus-daemon with our policy
+per box, real routes and pings, in network namespaces (slow tier, root)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.helperlab import NET_YAML, OPEN_POLICY, Helper, call_as, ping_loss, start_ping
+from wg_netmanager.controller.netlab import Lab
+from wg_netmanager.dbus import HELPER_XML, HelperErrors, contract_file
+
+pytestmark = pytest.mark.netns
+
+A, B, C = "10.1.1.1", "10.1.1.2", "10.1.1.3"
+UNDER = {"a": "198.51.100.1", "b": "198.51.100.2", "c": "198.51.100.3"}
+OVER = {"a": A, "b": B, "c": C}
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    lab = Lab()
+    try:
+        lan = lab.segment("lan")
+        boxes, helpers, keys = {}, {}, {}
+        for name in ("a", "b", "c"):
+            box = lab.box(name)
+            box.attach(lan, f"{UNDER[name]}/24")
+            box.start_dbus(extra_policy=OPEN_POLICY if name == "c" else None)
+            cfg = box.write_config(NET_YAML)
+            box.start_helper(cfg, interfaces=("wg0", "wg9") if name == "c" else ("wg0",))
+            boxes[name], helpers[name] = box, Helper(box)
+            keys[name], backend = helpers[name].ensure(f"{OVER[name]}/24")
+            assert backend == "wireguard-go"
+        boxes["b"].sysctl("net.ipv4.ip_forward", "1")
+        boxes["b"].sysctl("net.ipv4.conf.all.send_redirects", "0")
+        yield lab, boxes, helpers, keys
+    finally:
+        lab.close()
+
+
+def peer(keys, name, ips, keepalive=0, endpoint=True):
+    return (keys[name], f"{UNDER[name]}:51820" if endpoint else "", [f"{ip}/32" for ip in ips], keepalive)
+
+
+def routes(*ips, via=None):
+    return [(f"{ip}/32", via or "") for ip in ips]
+
+
+def our_routes(box) -> list[str]:
+    return [line.strip() for line in box.run(["ip", "-4", "route", "show", "proto", "157"]).stdout.splitlines()]
+
+
+def direct_ab(keys):
+    return {"a": ([peer(keys, "b", [B])], routes(B)), "b": ([peer(keys, "a", [A])], routes(A))}
+
+
+def relay_state(keys):
+    """a and c reach each other through b."""
+    return {
+        "a": ([peer(keys, "b", [B, C])], routes(B) + routes(C, via=B)),
+        "b": ([peer(keys, "a", [A]), peer(keys, "c", [C])], routes(A, C)),
+        "c": ([peer(keys, "b", [B, A])], routes(B) + routes(A, via=B)),
+    }
+
+
+def apply_all(helpers, state):
+    return {name: helpers[name].apply(*state[name]) for name in state}
+
+
+def contract_structure(xml_text: str) -> dict:
+    root = ET.fromstring(xml_text)
+    iface = next(i for i in root.iter("interface") if i.get("name") == "org.wgnetmanager.Helper1")
+    return {
+        "methods": {m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in"))
+                                    for a in m.iter("arg")] for m in iface.iter("method")},
+        "properties": {p.get("name"): (p.get("type"), p.get("access")) for p in iface.iter("property")},
+        "signals": {s.get("name"): [(a.get("name"), a.get("type")) for a in s.iter("arg")]
+                    for s in iface.iter("signal")},
+    }
+
+
+def test_live_introspection_matches_shipped_contract(mesh):
+    _, boxes, _, _ = mesh
+    # an unrelated user may introspect (policy), and what it sees is the contract
+    r = boxes["a"].run(["busctl", "--system", "introspect", "--xml-interface", "org.wgnetmanager.Helper1",
+                        "/org/wgnetmanager/Helper1"], user="wgnm-other")
+    assert contract_structure(r.stdout) == contract_structure(contract_file(HELPER_XML).read_text())
+
+
+def test_public_key_matches_wg_and_private_key_stays_in_state_dir(mesh):
+    _, boxes, helpers, keys = mesh
+    box = boxes["a"]
+    assert box.run(["wg", "show", "wg0", "public-key"]).stdout.strip() == keys["a"]
+    key_file = box.dir / "state" / "wg0.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    pub, port, _ = helpers["a"].state()
+    assert (pub, port) == (keys["a"], 51820)
+    # the same key after a second EnsureDevice
+    assert helpers["a"].ensure(f"{A}/24")[0] == keys["a"]
+
+
+def test_two_boxes_ping_through_the_tunnel_and_reapply_is_a_noop(mesh):
+    _, boxes, helpers, keys = mesh
+    first = apply_all(helpers, direct_ab(keys))
+    assert first["a"]["peers_added"] == 1 and first["a"]["routes_added"] == 1
+    assert boxes["a"].ping(B, count=3, wait=2)
+    assert our_routes(boxes["a"]) == [f"{B} dev wg0 scope link src {A}"]
+    again = apply_all(helpers, direct_ab(keys))
+    assert again["a"]["changes"] == 0 and again["b"]["changes"] == 0
+    _, _, peers = helpers["a"].state()
+    (pb,) = peers
+    assert pb.public_key == keys["b"] and pb.last_handshake > 0 and pb.rx_bytes > 0
+    assert pb.endpoint == f"{UNDER['b']}:51820" and pb.allowed_ips == [f"{B}/32"]
+
+
+def test_relay_then_direct_switch_loses_at_most_one_ping(mesh):
+    _, boxes, helpers, keys = mesh
+    apply_all(helpers, relay_state(keys))
+    assert boxes["a"].ping(C, count=2, wait=2), "relayed path a->b->c"
+    assert f"{C} via {B} dev wg0 src {A} onlink" in our_routes(boxes["a"])
+    ping = start_ping(boxes["a"], C, count=300)
+    time.sleep(0.7)
+    # handshake first: the direct peers come without allowed IPs; c (added last) initiates
+    relay = relay_state(keys)
+    helpers["a"].apply(relay["a"][0] + [peer(keys, "c", [])], relay["a"][1])
+    helpers["c"].apply(relay["c"][0] + [peer(keys, "a", [], keepalive=25)], relay["c"][1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ha = {p.public_key: p.last_handshake for p in helpers["a"].state()[2]}
+        hc = {p.public_key: p.last_handshake for p in helpers["c"].state()[2]}
+        if ha.get(keys["c"]) and hc.get(keys["a"]):
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("no direct handshake between a and c")
+    helpers["a"].apply([peer(keys, "b", [B]), peer(keys, "c", [C])], routes(B, C))
+    helpers["c"].apply([peer(keys, "b", [B]), peer(keys, "a", [A], keepalive=25)], routes(B, A))
+    sent, received = ping_loss(ping)
+    assert sent == 300
+    assert sent - received <= 1, f"lost {sent - received} pings during the switch"
+    assert our_routes(boxes["a"]) == [f"{B} dev wg0 scope link src {A}", f"{C} dev wg0 scope link src {A}"]
+    assert boxes["a"].ping(C, count=2, wait=2)
+
+
+def test_callers_root_and_controller_user_allowed_others_refused(mesh):
+    _, boxes, _, keys = mesh
+    ok = call_as(boxes["a"], "wg-netmanager", "GetState", "wg0")
+    assert ok["reply"][0] == keys["a"]
+    denied = call_as(boxes["a"], "wgnm-other", "GetState", "wg0")
+    assert denied["error"] == "org.freedesktop.DBus.Error.AccessDenied"  # the bus policy
+    # on c the policy lets wgnm-other through: the helper's own UID check refuses it
+    refused = call_as(boxes["c"], "wgnm-other", "Apply", "wg0", [], [])
+    assert refused["error"] == HelperErrors.NOT_AUTHORIZED
+    assert "UID" in refused["message"] and "Traceback" not in refused["message"]
+
+
+BAD = [
+    ("Apply", ["wg0", [["AAAA", "", [], 0]], []], HelperErrors.INVALID_ARGS, "not 32"),
+    ("Apply", ["wg0", [], [["10.1.1.0/24", ""]]], HelperErrors.INVALID_ARGS, "not a host route"),
+    ("Apply", ["wg0", [], [["0.0.0.0/0", ""]]], HelperErrors.INVALID_ARGS, "not a host route"),
+    ("Apply", ["wg0", [], [["192.168.7.7/32", ""]]], HelperErrors.INVALID_ARGS, "outside the managed subnet"),
+    ("Apply", ["wg0", [["K" * 43 + "=", "", ["10.2.0.1/32"], 0]], []], HelperErrors.INVALID_ARGS, "outside"),
+    ("Apply", ["wg0", [["K" * 43 + "=", "1.2.3.4", [], 0]], []], HelperErrors.INVALID_ARGS, "ip:port"),
+    ("Apply", ["wg0", [["K" * 43 + "=", "1.2.3.4:99999", [], 0]], []], HelperErrors.INVALID_ARGS, "port"),
+    ("Apply", ["wg0", [["K" * 43 + "=", "", [], 99999]], []], HelperErrors.INVALID_ARGS, "keepalive"),
+    ("Apply", ["wg0", [["K" * 43 + "=", "", [], 0]] * 5000, []], HelperErrors.INVALID_ARGS, "cap"),
+    ("Apply", ["eth0", [], []], HelperErrors.NOT_MANAGED, "not managed"),
+    ("Apply", ["../x", [], []], HelperErrors.INVALID_ARGS, "not valid"),
+    ("EnsureDevice", ["wg0", 51820, "192.168.0.1/24", False], HelperErrors.INVALID_ARGS, "outside"),
+    ("EnsureDevice", ["lo", 51820, "10.1.1.1/24", False], HelperErrors.NOT_MANAGED, "not managed"),
+    ("Teardown", ["eth0"], HelperErrors.NOT_MANAGED, "not managed"),
+]
+
+
+@pytest.mark.parametrize("member,args,error,words", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_input_is_refused_with_a_named_error(mesh, member, args, error, words):
+    _, boxes, helpers, _ = mesh
+    before = our_routes(boxes["a"])
+    name, message = helpers["a"].error(member, *args)
+    assert name == error
+    assert words in message and "Traceback" not in message
+    assert our_routes(boxes["a"]) == before  # nothing was applied
+
+
+def test_wrong_signature_is_a_named_error(mesh):
+    _, boxes, _, _ = mesh
+    r = boxes["a"].run(["busctl", "--system", "call", "org.wgnetmanager.Helper1", "/org/wgnetmanager/Helper1",
+                        "org.wgnetmanager.Helper1", "Teardown", "u", "7"], check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_missing_device_and_adopting_an_existing_one(mesh):
+    _, boxes, helpers, _ = mesh
+    assert helpers["c"].error("GetState", "wg9")[0] == HelperErrors.NO_DEVICE
+    assert helpers["c"].error("EnsureDevice", "wg9", 0, "10.1.1.33/24", True)[0] == HelperErrors.NO_DEVICE
+    boxes["c"].run(["wireguard-go", "wg9"])  # made by someone else, e.g. by hand
+    pub, backend = helpers["c"].ensure("10.1.1.33/24", port=0, adopt=True, ifname="wg9")
+    assert backend == "wireguard-go"
+    assert boxes["c"].run(["wg", "show", "wg9", "public-key"]).stdout.strip() == pub
+    assert helpers["c"].teardown("wg9") == {"routes_removed": 0, "device_removed": 1}
+
+
+def test_kill_9_helper_keeps_forwarding_and_restart_reapplies_nothing(mesh):
+    _, boxes, helpers, keys = mesh
+    state = direct_ab(keys)
+    apply_all(helpers, state)
+    ping = start_ping(boxes["a"], B, count=100, interval=0.02)
+    time.sleep(0.5)
+    boxes["a"].kill("helper", signal.SIGKILL)
+    sent, received = ping_loss(ping)
+    assert sent == received == 100, "the data plane must not notice the helper's death"
+    assert our_routes(boxes["a"]) == [f"{B} dev wg0 scope link src {A}"]
+    boxes["a"].start_helper(boxes["a"].dir / "net.yaml")
+    assert helpers["a"].ensure(f"{A}/24")[0] == keys["a"]
+    assert helpers["a"].apply(*state["a"])["changes"] == 0
+    assert boxes["a"].ping(B, count=1, wait=2)
+
+
+def test_teardown_leaves_no_routes_and_no_device(mesh):
+    _, boxes, helpers, keys = mesh
+    apply_all(helpers, relay_state(keys))
+    assert len(our_routes(boxes["c"])) == 2
+    summary = helpers["c"].teardown()
+    assert summary == {"routes_removed": 2, "device_removed": 1}
+    assert our_routes(boxes["c"]) == []
+    assert boxes["c"].run(["ip", "link", "show", "wg0"], check=False).returncode != 0
+    assert helpers["c"].teardown() == {"routes_removed": 0, "device_removed": 0}
+    # comes back with the same identity
+    assert helpers["c"].ensure(f"{C}/24")[0] == keys["c"]
+
+
+def test_helper_refuses_a_config_others_can_write(mesh):
+    _, boxes, _, _ = mesh
+    cfg = boxes["b"].write_config(NET_YAML, name="loose.yaml", mode=0o666)
+    r = boxes["b"].run([sys.executable, "-m", "wg_netmanager.helper", "-c", str(cfg)], check=False, timeout=20)
+    assert r.returncode == 2
+    assert "must not be writable by group or others" in r.stderr and "Traceback" not in r.stderr
+
+
+def _kernel_wireguard_available() -> bool:
+    if os.geteuid() != 0:
+        return False
+    ns = f"wgnm-kprobe-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], capture_output=True)
+    try:
+        r = subprocess.run(["ip", "-n", ns, "link", "add", "wgk", "type", "wireguard"], capture_output=True)
+        return r.returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.kernel_wg
+@pytest.mark.skipif(not _kernel_wireguard_available(), reason="no kernel WireGuard (link kind 'wireguard') here")
+def test_kernel_backend_two_boxes_ping():
+    with Lab() as lab:
+        lan = lab.segment("lan")
+        helpers, keys = {}, {}
+        for name in ("a", "b"):
+            box = lab.box(name)
+            box.attach(lan, f"{UNDER[name]}/24")
+            box.start_dbus()
+            box.start_helper(box.write_config(NET_YAML))
+            helpers[name] = Helper(box)
+            keys[name], backend = helpers[name].ensure(f"{OVER[name]}/24")
+            assert backend == "kernel"
+        apply_all(helpers, direct_ab(keys))
+        assert lab.boxes["a"].ping(B, count=2, wait=2)
+        assert helpers["a"].apply(*direct_ab(keys)["a"])["changes"] == 0
