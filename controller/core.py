@@ -1,0 +1,1105 @@
+"""The controller core: membership, signed gossip, link management and path selection.
+
+Sans-I/O (like h11 and aioquic): a plain class fed with
+
+* ``datagram_received(data, src, now)`` - an admin datagram arrived from ``src``;
+* ``handle_timer(now)`` - the deadline from ``next_deadline()`` has passed;
+* ``dataplane_observed(now, peers)`` - what WireGuard reports (Helper1.GetState);
+* local commands: ``connect(name_or_ip)``, ``probe(name_or_ip, now)``, ``set_lan_endpoints``,
+  ``set_wg_public_key``, ``set_wg_port``;
+
+and drained through
+
+* ``take_datagrams()`` - [(bytes, (host, port))] to send from the admin socket;
+* ``next_deadline()`` - when to call ``handle_timer`` next;
+* ``dataplane`` / ``dataplane_version`` - the complete desired WireGuard peers and /32 routes;
+* ``take_events()`` - what happened, for logs, the CLI and tests.
+
+No sockets, asyncio, threads, clock or randomness inside: ``now`` (wall-clock seconds) is
+passed in and randomness comes from the injected ``random_bytes(n)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from . import paths, wire
+from .wire import (
+    EP_LAN,
+    EP_REFLEXIVE,
+    EP_STATIC,
+    FLAG_STATIC,
+    Endpoint,
+    Identity,
+    LinkClaim,
+    NodeInfo,
+    ProtocolError,
+    Record,
+)
+
+# ----------------------------------------------------------------------------- configuration
+
+LINK_POLICIES = ("auto", "all", "static")
+
+
+@dataclass(frozen=True)
+class StaticPeerConfig:
+    """A static peer from net.yaml, its host already resolved to an IP by the runtime."""
+
+    overlay_ip: str
+    host: str
+    wg_port: int
+    admin_port: int
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    shared_key: bytes
+    subnet: str
+    overlay_ip: str
+    name: str
+    wg_port: int
+    admin_port: int
+    static_peers: tuple[StaticPeerConfig, ...]
+    #: identities allowed per overlay IP (strict mode); None = first identity seen wins
+    allowed_identities: Mapping[str, frozenset[bytes]] | None = None
+    #: auto: every pair tries direct, idle direct links go silent; all: every pair direct and
+    #: kept alive (the original); static: direct only to static peers, LAN neighbours, pinned nodes
+    link_policy: str = "auto"
+    probe_interval: float = 1.0
+    link_down_after: float = 3.0
+    attempt_timeout: float = 3.0
+    gossip_interval: float = 0.2
+    gossip_fanout: int = 3
+    gossip_rounds: int = 3
+    sync_interval: float = 1.0
+    bootstrap_interval: float = 1.0
+    replay_window: float = 120.0
+    keepalive: int = 25
+    idle_timeout: float = 120.0
+    hop_cost_ms: int = 100
+    path_debounce: float = 0.02
+    publish_interval: float = 0.05
+    retry_max: float = 300.0
+    forget_after: float = 3600.0
+    max_attempts_per_second: int = 20
+
+    def __post_init__(self) -> None:
+        if self.link_policy not in LINK_POLICIES:
+            raise ValueError(f"link policy must be one of {', '.join(LINK_POLICIES)}")
+        if len(self.shared_key) != 32:
+            raise ValueError("shared key must be 32 bytes")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class DesiredPeer:
+    public_key: bytes
+    endpoint: str  # "" = leave WireGuard's (roaming) endpoint alone
+    allowed_ips: tuple[str, ...]
+    keepalive: int
+
+
+@dataclass(frozen=True)
+class DesiredRoute:
+    destination: str
+    gateway: str | None
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    peers: tuple[DesiredPeer, ...] = ()
+    routes: tuple[DesiredRoute, ...] = ()
+
+    def helper_args(self) -> tuple[list, list]:
+        """The Helper1.Apply arguments (a(ssasu), a(ss))."""
+        import base64
+
+        peers = [[base64.b64encode(p.public_key).decode(), p.endpoint, list(p.allowed_ips), p.keepalive]
+                 for p in self.peers]
+        routes = [[r.destination, r.gateway or ""] for r in self.routes]
+        return peers, routes
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    data: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.kind} " + " ".join(f"{k}={v}" for k, v in self.data.items())
+
+
+@dataclass(frozen=True)
+class PeerObservation:
+    """One WireGuard peer as the data plane reports it."""
+
+    endpoint: str
+    last_handshake: float
+    rx_bytes: int
+    tx_bytes: int
+
+
+# ----------------------------------------------------------------------------- internals
+
+ATTEMPTING, UP, DOWN = "attempting", "up", "down"
+
+
+@dataclass
+class Link:
+    peer: bytes  # id8
+    static: bool  # one end is a static peer: kept forever, re-established by WireGuard itself
+    initiator: bool  # this side starts attempts (and sets keepalive first)
+    state: str = DOWN
+    endpoint: str = ""  # the WireGuard endpoint we configured for the peer
+    endpoint_kind: int = 0
+    attempt: int = 0
+    attempt_started: float = 0.0
+    candidates: list = field(default_factory=list)
+    candidate_index: int = 0
+    up_since: float = 0.0
+    used_since: float = 0.0  # when our path to the peer became this link
+    last_ack: float = 0.0  # last probe answered over this link
+    rtt: float = 0.0  # EWMA, ms
+    claimed_rtt: int = 0
+    fails: int = 0
+    retry_at: float = 0.0
+    pinned: bool = False
+    last_traffic: float = 0.0
+    admin_bytes: int = 0  # our admin traffic over this link since the last observation
+    last_rx: int = -1
+    last_tx: int = -1
+    tx_stalled_since: float = 0.0
+    down_since: float = 0.0
+    ever_up: bool = False
+    next_probe: float = 0.0
+    connect_sent: float = 0.0
+    connect_acked: bool = False
+    connect_body: bytes = b""
+
+
+@dataclass
+class Member:
+    identity: bytes
+    record: Record
+    info: NodeInfo
+    first_seen: float
+    last_reachable: float
+
+
+def _ip_net(ip: str, prefixlen: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False)
+
+
+def _fmt_ep(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_ep(text: str) -> tuple[str, int] | None:
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    return host.strip("[]").split("%")[0], int(port)
+
+
+class Core:
+    def __init__(self, config: CoreConfig, identity_seed: bytes, wg_public_key: bytes, now: float,
+                 random_bytes: Callable[[int], bytes], persisted: Mapping | None = None,
+                 lan_endpoints: Iterable[tuple[str, int]] = (), verified: wire.VerifiedCache | None = None) -> None:
+        self.config = config
+        self.subnet = ipaddress.ip_network(config.subnet, strict=False)
+        own_ip = ipaddress.ip_address(config.overlay_ip)
+        if own_ip not in self.subnet:
+            raise ValueError(f"{own_ip} is not inside {self.subnet}")
+        self.identity = Identity(identity_seed)
+        self.id8 = self.identity.id8
+        self.key = wire.derive_admin_key(config.shared_key)
+        self.random_bytes = random_bytes
+        self.verified = verified or wire.VerifiedCache()
+        self.wg_public_key = wg_public_key
+        self.wg_port = config.wg_port
+        self.is_static = any(p.overlay_ip == config.overlay_ip for p in config.static_peers)
+        self.static_by_ip = {p.overlay_ip: p for p in config.static_peers if p.overlay_ip != config.overlay_ip}
+        self.lan: tuple[tuple[str, int], ...] = tuple(lan_endpoints)
+        self.reflexive: tuple[str, int] | None = None
+        self.started = now
+
+        persisted = persisted or {}
+        self.bindings: dict[str, bytes] = {ip: bytes.fromhex(h) for ip, h in persisted.get("bindings", {}).items()}
+        self.version = max(int(persisted.get("version", 0)), 0)
+        self.bindings_dirty = False
+
+        self.members: dict[bytes, Member] = {}
+        self.wg_owner: dict[bytes, bytes] = {}  # WireGuard key -> id8
+        self.links: dict[bytes, Link] = {}
+        self.replay: dict[bytes, tuple[int, int]] = {}
+        self.underlay_addr: dict[bytes, tuple[str, int]] = {}  # last underlay source per id8
+        self.observed: dict[bytes, PeerObservation] = {}  # by WireGuard key
+        self.hot: dict[bytes, int] = {}
+        self.pending_probes: dict[int, tuple[bytes, float, bool, bool]] = {}
+        self.seq = 0
+        self.probe_seq = 0
+        self.counters: dict[str, int] = {}
+        self._out: list[tuple[bytes, tuple[str, int]]] = []
+        self._events: list[Event] = []
+        self._conflicts_reported: set[tuple[str, bytes]] = set()
+
+        # path state
+        self.cost: dict[bytes, int] = {}
+        self.pred: dict[bytes, bytes] = {}
+        self.hops: dict[bytes, bytes] = {}
+        self.dataplane = DataPlane()
+        self.dataplane_version = 0
+
+        # timers
+        self.t_gossip = now
+        self.t_sync = now + config.sync_interval
+        self.t_bootstrap = now
+        self.t_links = now
+        self.t_publish: float | None = now
+        self.t_paths: float | None = None
+        self.t_gc = now + 60
+        self._digest_cache: tuple[int, bytes] | None = None
+        self._attempt_budget = float(config.max_attempts_per_second)
+        self._attempt_refill = now
+
+        self._publish(now)
+
+    # ========================================================================= inputs
+
+    def datagram_received(self, data: bytes, src: tuple[str, int], now: float) -> None:
+        try:
+            inner = wire.open_datagram(self.key, data)
+            self._check_replay(inner, now)
+            self._dispatch(inner, src, now)
+        except ProtocolError as e:
+            self._count(f"drop_{e.reason}")
+
+    def handle_timer(self, now: float) -> None:
+        cfg = self.config
+        if self.t_publish is not None and now >= self.t_publish:
+            self._publish(now)
+        if self.t_paths is not None and now >= self.t_paths:
+            self._recompute(now)
+        if now >= self.t_bootstrap:
+            self._bootstrap(now)
+            self.t_bootstrap = now + cfg.bootstrap_interval
+        if now >= self.t_links:
+            self._manage_links(now)
+        if now >= self.t_gossip:
+            self._gossip(now)
+            self.t_gossip = now + cfg.gossip_interval
+        if now >= self.t_sync:
+            self._sync(now)
+            self.t_sync = now + cfg.sync_interval * (0.75 + 0.5 * self._rand_unit())
+        if now >= self.t_gc:
+            self._gc(now)
+            self.t_gc = now + 60
+        # the data plane may have changed because of any of the above
+        if self.t_paths is not None and now >= self.t_paths:
+            self._recompute(now)
+
+    def dataplane_observed(self, now: float, peers: Mapping[bytes, PeerObservation]) -> None:
+        """Per WireGuard public key: endpoint, last handshake, rx/tx (Helper1.GetState)."""
+        self.observed = dict(peers)
+        for link in list(self.links.values()):
+            member = self.members.get(link.peer)
+            if member is None:
+                continue
+            obs = peers.get(member.info.wg_public_key)
+            if obs is None:
+                continue
+            self._observe_link(link, obs, now)
+
+    # ------------------------------------------------------------------------- commands
+
+    def connect(self, target: str, now: float) -> bool:
+        """Pin a direct link to ``target`` (name or overlay IP): attempted now, never idled."""
+        member = self.find(target)
+        if member is None or member.identity == self.identity.public:
+            return False
+        link = self._ensure_link(member, now)
+        link.pinned = True
+        if link.state == DOWN:
+            link.retry_at = now
+        self.t_links = now
+        return True
+
+    def probe(self, target: str, now: float) -> int | None:
+        """Send one probe through the mesh; a ``probe_result`` event follows."""
+        member = self.find(target)
+        if member is None:
+            return None
+        return self._send_probe(member.info, member.record.id8, now, user=True)
+
+    def set_lan_endpoints(self, endpoints: Iterable[tuple[str, int]], now: float) -> None:
+        lan = tuple(endpoints)
+        if lan != self.lan:
+            self.lan = lan
+            self._schedule_publish(now)
+
+    def set_wg_public_key(self, key: bytes, now: float) -> None:
+        """Key rotation: publish the new WireGuard key under the same identity."""
+        if key != self.wg_public_key:
+            self.wg_public_key = key
+            self._schedule_publish(now)
+
+    def set_wg_port(self, port: int, now: float) -> None:
+        if port != self.wg_port:
+            self.wg_port = port
+            self._schedule_publish(now)
+
+    # ========================================================================= outputs
+
+    def take_datagrams(self) -> list[tuple[bytes, tuple[str, int]]]:
+        out, self._out = self._out, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float:
+        times = [self.t_gossip, self.t_sync, self.t_bootstrap, self.t_links, self.t_gc]
+        if self.t_publish is not None:
+            times.append(self.t_publish)
+        if self.t_paths is not None:
+            times.append(self.t_paths)
+        return min(times)
+
+    def observation_interval(self) -> float:
+        """How soon the data plane should be observed again: fast while handshakes are awaited."""
+        return 0.1 if any(l.state == ATTEMPTING for l in self.links.values()) else 1.0
+
+    def persistent_state(self) -> dict:
+        self.bindings_dirty = False
+        return {"bindings": {ip: ident.hex() for ip, ident in sorted(self.bindings.items())},
+                "version": self.version}
+
+    # ------------------------------------------------------------------------- queries
+
+    def find(self, target: str) -> Member | None:
+        for member in self.members.values():
+            if target in (member.info.name, member.info.overlay_ip):
+                return member
+        return None
+
+    def path(self, id8: bytes) -> list[bytes]:
+        return paths.path_to(self.pred, self.id8, id8)
+
+    def reachable(self) -> set[bytes]:
+        return set(self.hops)
+
+    def member_status(self) -> list[dict]:
+        """One entry per known node (for status output and Controller1)."""
+        out = []
+        for id8, m in sorted(self.members.items(), key=lambda kv: kv[1].info.overlay_ip):
+            if id8 == self.id8:
+                continue
+            p = self.path(id8)
+            link = self.links.get(id8)
+            obs = self.observed.get(self.members[p[1]].info.wg_public_key) if len(p) > 1 else None
+            via = [self.members[h].info.name for h in p[1:-1]]
+            out.append({
+                "name": m.info.name, "overlay_ip": m.info.overlay_ip, "identity": m.identity.hex()[:16],
+                "wg_public_key": m.info.wg_public_key, "reachable": bool(p), "via": via,
+                "rtt_ms": paths.latency_ms(self.cost[id8], len(p) - 1, self.config.hop_cost_ms) if p else None,
+                "link": link.state if link else None, "endpoint": obs.endpoint if obs else "",
+                "last_handshake": obs.last_handshake if obs else 0.0,
+                "rx_bytes": obs.rx_bytes if obs else 0, "tx_bytes": obs.tx_bytes if obs else 0,
+                "static": m.info.is_static,
+            })
+        return out
+
+    # ========================================================================= receive
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def _event(self, kind: str, **data) -> None:
+        self._events.append(Event(kind, data))
+
+    def _check_replay(self, inner: wire.Inner, now: float) -> None:
+        if abs(inner.timestamp_ms - now * 1000) > self.config.replay_window * 1000:
+            raise ProtocolError("outside_window")
+        last = self.replay.get(inner.sender)
+        stamp = (inner.timestamp_ms, inner.seq)
+        if last is not None and stamp <= last:
+            raise ProtocolError("replay")
+        if inner.sender == self.identity.public:
+            raise ProtocolError("own_identity")
+        allowed = self.config.allowed_identities
+        if allowed is not None and not any(inner.sender in ids for ids in allowed.values()):
+            raise ProtocolError("identity_not_allowed")
+        self.replay[inner.sender] = stamp
+
+    def _dispatch(self, inner: wire.Inner, src: tuple[str, int], now: float) -> None:
+        sender8 = inner.sender[:wire.ID8_LEN]
+        try:
+            src_ip = ipaddress.ip_address(src[0])
+        except ValueError:
+            raise ProtocolError("bad_source") from None
+        if not (src_ip.version == self.subnet.version and src_ip in self.subnet):
+            self.underlay_addr[sender8] = src
+        link = self.links.get(sender8)
+        if link is not None and link.state == UP and self.hops.get(sender8) == sender8:
+            link.admin_bytes += 200
+        t = inner.type
+        self._count(f"rx_{wire.TYPE_NAMES[t]}")
+        if t == wire.RECORDS:
+            self._on_records(inner.body, now)
+        elif t == wire.PROBE:
+            probe_id = wire.parse_probe(inner.body)
+            member = self.members.get(sender8)
+            seen_wg = None
+            if member is not None:
+                obs = self.observed.get(member.info.wg_public_key)
+                if obs is not None and obs.endpoint:
+                    seen_wg = _parse_ep(obs.endpoint)
+            self._send_to_addr(src, wire.PROBE_ACK, wire.body_probe_ack(probe_id, src, seen_wg), now)
+        elif t == wire.PROBE_ACK:
+            self._on_probe_ack(sender8, *wire.parse_probe_ack(inner.body), now)
+        elif t == wire.SYNC:
+            count, digest_hash = wire.parse_sync(inner.body)
+            if digest_hash != self._digest_hash():
+                self._send_to_addr(src, wire.DIGEST, wire.body_digest(self._digest_entries()), now)
+        elif t == wire.DIGEST:
+            self._on_digest(wire.parse_digest(inner.body), src, now)
+        elif t == wire.REQUEST:
+            wanted = wire.parse_request(inner.body)
+            self._send_records(src, [self.members[i].record.raw for i in wanted if i in self.members], now)
+        elif t == wire.CONNECT:
+            self._on_connect(sender8, *wire.parse_connect(inner.body), src, now)
+        elif t == wire.CONNECT_ACK:
+            attempt = wire.parse_connect_ack(inner.body)
+            link = self.links.get(sender8)
+            if link is not None and link.attempt == attempt:
+                link.connect_acked = True
+
+    def _on_records(self, body: bytes, now: float) -> None:
+        for identity, version, _kind, pos in wire.iter_records(body):
+            member = self.members.get(identity[:wire.ID8_LEN])
+            if member is not None and member.record.version >= version and member.identity == identity:
+                self._count("records_known")
+                continue
+            if identity == self.identity.public:
+                if version >= self.version:  # our own old claims from before a restart: supersede them
+                    self.version = version
+                    self._schedule_publish(now)
+                continue
+            try:
+                record = wire.parse_record(body, pos, self.verified)
+            except ProtocolError as e:
+                self._count(f"drop_{e.reason}")
+                continue
+            self._accept_record(record, now)
+
+    def _accept_record(self, record: Record, now: float) -> bool:
+        if record.kind != wire.RECORD_NODE:
+            self._count("drop_unknown_record_kind")
+            return False
+        try:
+            info = wire.decode_node_info(record.payload)
+        except ProtocolError as e:
+            self._count(f"drop_{e.reason}")
+            return False
+        ip = ipaddress.ip_address(info.overlay_ip)
+        if ip.version != self.subnet.version or ip not in self.subnet or \
+                ip in (self.subnet.network_address, self.subnet.broadcast_address):
+            self._count("refused_outside_subnet")
+            self._report_conflict("outside_subnet", info, record)
+            return False
+        if info.overlay_ip == self.config.overlay_ip:
+            self._count("refused_claims_our_address")
+            self._report_conflict("claims_our_address", info, record)
+            return False
+        allowed = self.config.allowed_identities
+        if allowed is not None and record.identity not in allowed.get(info.overlay_ip, frozenset()):
+            self._count("refused_not_allowed")
+            self._report_conflict("identity_not_allowed", info, record)
+            return False
+        bound = self.bindings.get(info.overlay_ip)
+        if bound is not None and bound != record.identity:
+            self._count("refused_address_bound")
+            self._report_conflict("address_bound", info, record)
+            return False
+        owner = self.wg_owner.get(info.wg_public_key)
+        if (owner is not None and owner != record.id8) or info.wg_public_key == self.wg_public_key:
+            self._count("refused_wg_key_taken")
+            self._report_conflict("wg_key_taken", info, record)
+            return False
+        if bound is None:
+            self.bindings[info.overlay_ip] = record.identity
+            self.bindings_dirty = True
+        id8 = record.id8
+        old = self.members.get(id8)
+        if old is not None and old.identity != record.identity:  # id8 collision: refuse the newcomer
+            self._count("refused_id_collision")
+            return False
+        if old is not None and old.info.wg_public_key != info.wg_public_key:
+            self.wg_owner.pop(old.info.wg_public_key, None)
+            self._event("wg_key_rotated", node=info.name)
+        self.wg_owner[info.wg_public_key] = id8
+        self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
+                                   old.last_reachable if old else now)
+        self._digest_cache = None
+        self.hot[id8] = self.config.gossip_rounds
+        if old is None:
+            self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
+        if old is None or old.info.links != info.links or old.info.overlay_ip != info.overlay_ip \
+                or old.info.wg_public_key != info.wg_public_key:
+            self._schedule_paths(now)
+        if self._wants_link(info, id8):
+            self._ensure_link(self.members[id8], now)
+        return True
+
+    def _report_conflict(self, reason: str, info: NodeInfo, record: Record) -> None:
+        key = (reason + info.overlay_ip, record.identity)
+        if key in self._conflicts_reported:
+            return
+        if len(self._conflicts_reported) > 1000:
+            self._conflicts_reported.clear()
+        self._conflicts_reported.add(key)
+        self._event("claim_refused", reason=reason, ip=info.overlay_ip, name=info.name,
+                    identity=record.identity.hex()[:16])
+
+    def _on_digest(self, entries: list[tuple[bytes, int]], src: tuple[str, int], now: float) -> None:
+        theirs = dict(entries)
+        send = [m.record.raw for id8, m in self.members.items()
+                if theirs.get(id8, -1) < m.record.version]
+        want = [id8 for id8, version in theirs.items()
+                if id8 != self.id8 and (id8 not in self.members or self.members[id8].record.version < version)]
+        self._send_records(src, send, now)
+        if want:
+            for i in range(0, len(want), 1000):
+                self._send_to_addr(src, wire.REQUEST, wire.body_request(want[i:i + 1000]), now)
+
+    def _on_probe_ack(self, sender8: bytes, probe_id: int, seen_admin, seen_wg, now: float) -> None:
+        pending = self.pending_probes.pop(probe_id, None)
+        if pending is None or pending[0] != sender8:
+            self._count("drop_unexpected_ack")
+            return
+        _, sent_at, direct, user = pending
+        rtt_ms = max((now - sent_at) * 1000.0, 0.1)
+        link = self.links.get(sender8)
+        if link is not None and direct and link.state == UP:
+            link.last_ack = now
+            link.rtt = rtt_ms if link.rtt == 0 else 0.8 * link.rtt + 0.2 * rtt_ms
+            self._maybe_update_rtt_claim(link, now)
+        member = self.members.get(sender8)
+        if seen_wg is not None and member is not None and member.info.is_static:
+            self._learn_reflexive(seen_wg, now)
+        if user and member is not None:
+            self._event("probe_result", node=member.info.name, rtt_ms=round(rtt_ms, 2),
+                        via=",".join(self.members[h].info.name for h in self.path(sender8)[1:-1]) or "direct")
+
+    def _learn_reflexive(self, seen: tuple[str, int], now: float) -> None:
+        if any(seen[0] == ip for ip, _ in self.lan) or seen == self.reflexive:
+            return  # not translated: our LAN address is already published
+        self.reflexive = seen
+        self._event("reflexive_endpoint", endpoint=_fmt_ep(seen))
+        self._schedule_publish(now)
+
+    def _on_connect(self, sender8: bytes, attempt: int, you_use, i_use, src, now: float) -> None:
+        member = self.members.get(sender8)
+        if member is None or not self._wants_link(member.info, sender8):
+            self._count("drop_connect_unwanted")
+            return
+        link = self._ensure_link(member, now)
+        if link.initiator and not link.static:
+            # both think they initiate (views differ): the smaller id wins
+            if self.id8 < sender8:
+                self._count("drop_connect_role")
+                return
+            link.initiator = False
+        if link.state == UP and attempt <= link.attempt:
+            return
+        if link.state == ATTEMPTING and attempt == link.attempt:  # a retransmission
+            self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now)
+            return
+        link.attempt = attempt
+        link.state = ATTEMPTING
+        link.attempt_started = now
+        link.endpoint = _fmt_ep(you_use) if you_use else ""
+        link.endpoint_kind = EP_REFLEXIVE if you_use and member.info.endpoints and any(
+            e.kind == EP_REFLEXIVE and (e.address, e.port) == you_use for e in member.info.endpoints) else EP_LAN
+        self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now)
+        self._event("link_attempt", node=member.info.name, endpoint=link.endpoint, role="responder")
+        self._schedule_paths(now)
+
+    # ========================================================================= send
+
+    def _send_to_addr(self, addr: tuple[str, int], mtype: int, body: bytes, now: float) -> None:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        data = wire.seal(self.key, self.random_bytes(wire.NONCE_LEN), self.identity, mtype, int(now * 1000),
+                         self.seq, body)
+        self._out.append((data, addr))
+        self._count(f"tx_{wire.TYPE_NAMES[mtype]}")
+        self._count("tx_bytes", len(data))
+
+    def _addr_of(self, id8: bytes) -> tuple[str, int] | None:
+        member = self.members.get(id8)
+        if member is not None and id8 in self.hops:
+            return member.info.overlay_ip, member.info.admin_port
+        if member is not None:
+            static = self.static_by_ip.get(member.info.overlay_ip)
+            if static is not None:
+                return static.host, static.admin_port
+        return self.underlay_addr.get(id8)
+
+    def _send(self, id8: bytes, mtype: int, body: bytes, now: float) -> bool:
+        addr = self._addr_of(id8)
+        if addr is None:
+            self._count("tx_no_route")
+            return False
+        link = self.links.get(id8)
+        if link is not None and self.hops.get(id8) == id8:
+            link.admin_bytes += len(body) + 200
+        self._send_to_addr(addr, mtype, body, now)
+        return True
+
+    def _send_records(self, addr: tuple[str, int], raws: list[bytes], now: float) -> None:
+        chunk: list[bytes] = []
+        size = 0
+        for raw in raws:
+            if chunk and size + len(raw) > 1100:
+                self._send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now)
+                chunk, size = [], 0
+            chunk.append(raw)
+            size += len(raw)
+        if chunk:
+            self._send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now)
+
+    def _send_probe(self, info: NodeInfo, id8: bytes, now: float, user: bool = False) -> int | None:
+        self.probe_seq = (self.probe_seq + 1) & 0xFFFFFFFF
+        pid = self.probe_seq
+        direct = self.hops.get(id8) == id8
+        if not self._send(id8, wire.PROBE, wire.body_probe(pid), now):
+            return None
+        self.pending_probes[pid] = (id8, now, direct, user)
+        if len(self.pending_probes) > 4096:
+            for old in sorted(self.pending_probes)[:1024]:
+                del self.pending_probes[old]
+        return pid
+
+    def _rand_unit(self) -> float:
+        return int.from_bytes(self.random_bytes(4), "big") / 2**32
+
+    def _rand_choice(self, items: list, k: int) -> list:
+        items = list(items)
+        out = []
+        while items and len(out) < k:
+            out.append(items.pop(int(self._rand_unit() * len(items))))
+        return out
+
+    # ========================================================================= own record
+
+    def _schedule_publish(self, now: float) -> None:
+        if self.t_publish is None:
+            self.t_publish = now + self.config.publish_interval
+
+    def _own_info(self) -> NodeInfo:
+        endpoints = []
+        for ip, prefixlen in self.lan:
+            endpoints.append(Endpoint(EP_LAN, ip, self.wg_port, prefixlen))
+        if self.reflexive is not None:
+            endpoints.append(Endpoint(EP_REFLEXIVE, self.reflexive[0], self.reflexive[1]))
+        me = next((p for p in self.config.static_peers if p.overlay_ip == self.config.overlay_ip), None)
+        if me is not None:
+            try:
+                ipaddress.ip_address(me.host)
+                endpoints.append(Endpoint(EP_STATIC, me.host, me.wg_port))
+            except ValueError:
+                pass
+        links = tuple(LinkClaim(l.peer, l.claimed_rtt, 0) for l in sorted(self.links.values(), key=lambda x: x.peer)
+                      if l.state == UP)
+        return NodeInfo(self.wg_public_key, self.config.overlay_ip, self.wg_port, self.config.admin_port,
+                        self.config.name, FLAG_STATIC if self.is_static else 0, tuple(endpoints[:16]), links)
+
+    def _publish(self, now: float) -> None:
+        self.t_publish = None
+        info = self._own_info()
+        current = self.members.get(self.id8)
+        if current is not None and current.info == info:
+            return
+        self.version = max(self.version + 1, int(now * 1000))
+        record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
+        self.members[self.id8] = Member(self.identity.public, record, info, self.started, now)
+        self.wg_owner[info.wg_public_key] = self.id8
+        self._digest_cache = None
+        self.hot[self.id8] = self.config.gossip_rounds
+        self.bindings_dirty = True
+        self._schedule_paths(now)
+        # link changes matter most to the link's other end: tell direct neighbours at once
+        raw = [record.raw]
+        for id8, link in self.links.items():
+            if link.state in (UP, ATTEMPTING):
+                addr = self._addr_of(id8)
+                if addr is not None:
+                    self._send_records(addr, raw, now)
+
+    def _maybe_update_rtt_claim(self, link: Link, now: float) -> None:
+        """Hysteresis: republish an RTT only when it moved by > max(5 ms, 25 %)."""
+        new = max(1, int(round(link.rtt)))
+        old = link.claimed_rtt
+        if old == 0 or abs(new - old) > max(5, old // 4):
+            link.claimed_rtt = min(new, 65535)
+            self._schedule_publish(now)
+
+    # ========================================================================= membership
+
+    def _digest_entries(self) -> list[tuple[bytes, int]]:
+        return [(id8, m.record.version) for id8, m in self.members.items()]
+
+    def _digest_hash(self) -> bytes:
+        if self._digest_cache is None:
+            h = hashlib.blake2b(digest_size=16)
+            for id8, version in sorted(self._digest_entries()):
+                h.update(id8 + version.to_bytes(8, "big"))
+            self._digest_cache = (len(self.members), h.digest())
+        return self._digest_cache[1]
+
+    def _bootstrap(self, now: float) -> None:
+        """Until every static peer is known: send our digest to each static peer's underlay address."""
+        known_ips = {m.info.overlay_ip for m in self.members.values()}
+        entries = wire.body_digest([(self.id8, self.version)])
+        for ip, static in self.static_by_ip.items():
+            member = self.find(ip)
+            if ip not in known_ips or member is None or member.record.id8 not in self.hops:
+                self._send_to_addr((static.host, static.admin_port), wire.DIGEST, entries, now)
+
+    def _gossip(self, now: float) -> None:
+        if not self.hot:
+            return
+        targets = [i for i in self.hops if i != self.id8]
+        if not targets:
+            targets = [m.record.id8 for ip in self.static_by_ip if (m := self.find(ip)) is not None]
+        chosen = self._rand_choice(targets, self.config.gossip_fanout)
+        raws = [self.members[i].record.raw for i in self.hot if i in self.members]
+        for id8 in chosen:
+            addr = self._addr_of(id8)
+            if addr is not None:
+                self._send_records(addr, raws, now)
+        for id8 in list(self.hot):
+            self.hot[id8] -= 1
+            if self.hot[id8] <= 0:
+                del self.hot[id8]
+
+    def _sync(self, now: float) -> None:
+        targets = [i for i in self.hops if i != self.id8]
+        if not targets:
+            return
+        (target,) = self._rand_choice(targets, 1)
+        self._send(target, wire.SYNC, wire.body_sync(len(self.members), self._digest_hash()), now)
+
+    def _gc(self, now: float) -> None:
+        for id8, member in list(self.members.items()):
+            if id8 == self.id8:
+                continue
+            if id8 in self.hops:
+                member.last_reachable = now
+            elif now - member.last_reachable > self.config.forget_after:
+                # forget the record (the address binding stays)
+                del self.members[id8]
+                self.wg_owner.pop(member.info.wg_public_key, None)
+                self.links.pop(id8, None)
+                self._digest_cache = None
+                self._event("node_forgotten", node=member.info.name)
+        cutoff = now * 1000 - self.config.replay_window * 1000 * 2
+        for sender, (ts, _) in list(self.replay.items()):
+            if ts < cutoff:
+                del self.replay[sender]
+
+    # ========================================================================= links
+
+    def _wants_link(self, info: NodeInfo, id8: bytes) -> bool:
+        if id8 == self.id8:
+            return False
+        if self.is_static or info.is_static:
+            return True
+        link = self.links.get(id8)
+        if link is not None and link.pinned:
+            return True
+        if self.config.link_policy == "static":
+            return self._shares_lan(info)
+        return bool(self._candidates(info))
+
+    def _shares_lan(self, info: NodeInfo) -> bool:
+        nets = [_ip_net(ip, plen) for ip, plen in self.lan]
+        return any(ep.kind == EP_LAN and any(ipaddress.ip_address(ep.address) in n for n in nets
+                                             if n.version == ipaddress.ip_address(ep.address).version)
+                   for ep in info.endpoints)
+
+    def _candidates(self, info: NodeInfo) -> list[tuple[tuple[str, int], tuple[str, int] | None, int]]:
+        """Ordered (endpoint to reach the peer, endpoint the peer should use for us, kind)."""
+        out = []
+        nets = [(_ip_net(ip, plen), ip) for ip, plen in self.lan]
+        for ep in info.endpoints:
+            if ep.kind != EP_LAN:
+                continue
+            addr = ipaddress.ip_address(ep.address)
+            for net, mine in nets:
+                if net.version == addr.version and addr in net:
+                    out.append(((ep.address, ep.port), (mine, self.wg_port), EP_LAN))
+                    break
+        mine_public = self.reflexive
+        if mine_public is None and self.is_static:
+            me = next(p for p in self.config.static_peers if p.overlay_ip == self.config.overlay_ip)
+            mine_public = (me.host, me.wg_port)
+        for ep in info.endpoints:
+            if ep.kind in (EP_REFLEXIVE, EP_STATIC):
+                out.append(((ep.address, ep.port), mine_public, ep.kind))
+        static = self.static_by_ip.get(info.overlay_ip)
+        if static is not None and not any(c[0] == (static.host, static.wg_port) for c in out):
+            out.append(((static.host, static.wg_port), mine_public, EP_STATIC))
+        return out
+
+    def _ensure_link(self, member: Member, now: float) -> Link:
+        id8 = member.record.id8
+        link = self.links.get(id8)
+        if link is None:
+            info = member.info
+            static = self.is_static or info.is_static
+            if static:
+                # the non-static end initiates (it may sit behind NAT); between two static peers the smaller id
+                initiator = (not self.is_static) or (info.is_static and self.id8 < id8)
+            else:
+                initiator = self.id8 < id8
+            link = Link(id8, static, initiator, retry_at=now)
+            self.links[id8] = link
+            self.t_links = now
+        return link
+
+    def _start_attempt(self, link: Link, member: Member, now: float) -> None:
+        link.candidates = self._candidates(member.info)
+        if link.static and not link.initiator:
+            # the static side waits for the other end's handshake; it only needs an endpoint hint
+            link.state = ATTEMPTING
+            link.attempt_started = now
+            cand = link.candidates[0] if link.candidates else None
+            link.endpoint = _fmt_ep(cand[0]) if cand and cand[2] == EP_LAN else ""
+            link.endpoint_kind = cand[2] if cand else 0
+            return
+        if not link.candidates:
+            self._link_failed(link, member, now, "no candidate endpoint")
+            return
+        link.candidate_index = 0
+        self._try_candidate(link, member, now)
+
+    def _try_candidate(self, link: Link, member: Member, now: float) -> None:
+        fresh = self._candidates(member.info)
+        if len(fresh) == len(link.candidates):
+            link.candidates = fresh
+        reach, mine, kind = link.candidates[link.candidate_index]
+        link.state = ATTEMPTING
+        link.attempt = (link.attempt + 1) & 0xFFFFFFFF
+        link.attempt_started = now
+        link.endpoint = _fmt_ep(reach)
+        link.endpoint_kind = kind
+        if not link.static:
+            link.connect_body = wire.body_connect(link.attempt, mine, reach)
+            link.connect_acked = False
+            link.connect_sent = now
+            self._send(link.peer, wire.CONNECT, link.connect_body, now)
+        self._event("link_attempt", node=member.info.name, endpoint=link.endpoint, role="initiator")
+        self._schedule_paths(now)
+
+    def _link_failed(self, link: Link, member: Member, now: float, why: str) -> None:
+        was_up = link.state == UP
+        link.fails += 1
+        link.state = DOWN
+        link.down_since = now
+        link.retry_at = now + min(self.config.retry_max, 5.0 * (2 ** min(link.fails - 1, 10)))
+        link.used_since = 0.0
+        if was_up:
+            self._event("link_down", node=member.info.name, reason=why)
+            self._schedule_publish(now)
+        else:
+            self._count("link_attempt_failed")
+        self._schedule_paths(now)
+
+    def _link_up(self, link: Link, member: Member, now: float) -> None:
+        link.state = UP
+        link.ever_up = True
+        link.up_since = now
+        link.last_ack = 0.0
+        link.used_since = 0.0
+        link.fails = 0
+        link.last_traffic = now
+        link.tx_stalled_since = 0.0
+        if link.claimed_rtt == 0:
+            link.claimed_rtt = 50  # until probes over the link measure it
+        self._event("link_up", node=member.info.name, endpoint=link.endpoint)
+        self._schedule_publish(now)
+
+    def _active(self, link: Link, now: float) -> bool:
+        """Whether the link is kept alive (keepalive + probes) - the idle policy."""
+        if link.static or link.pinned or self.config.link_policy == "all":
+            return True
+        return now - link.last_traffic < self.config.idle_timeout
+
+    def _wants_keepalive(self, link: Link, now: float) -> bool:
+        """Who sends persistent keepalives: exactly one side of a link, so that handshakes
+        never start from both ends at once (they can stall each other until WireGuard's
+        5 s retry)."""
+        if link.static:
+            return link.initiator  # the non-static end: it may be behind NAT
+        if link.state == ATTEMPTING:
+            # the side that configured the peer last (the responder) starts the handshake;
+            # the initiator also sends when punching NAT, to open its own mapping
+            return (not link.initiator) or link.endpoint_kind == EP_REFLEXIVE
+        # up: the initiator keeps active links (and NAT mappings) alive
+        return link.initiator and (self._active(link, now) or link.endpoint_kind == EP_REFLEXIVE)
+
+    def _observe_link(self, link: Link, obs: PeerObservation, now: float) -> None:
+        member = self.members[link.peer]
+        if link.last_rx >= 0:
+            drx = obs.rx_bytes - link.last_rx
+            dtx = obs.tx_bytes - link.last_tx
+            if drx + dtx > link.admin_bytes * 2 + 600:
+                link.last_traffic = now
+            link.admin_bytes = 0
+            if link.state == UP and dtx > 0 and now - obs.last_handshake > 180:
+                # sending into an expired session: WireGuard cannot get a handshake through
+                if link.tx_stalled_since == 0:
+                    link.tx_stalled_since = now
+                elif now - link.tx_stalled_since > self.config.attempt_timeout:
+                    self._link_failed(link, member, now, "handshake failed after idle")
+            else:
+                link.tx_stalled_since = 0.0
+        link.last_rx, link.last_tx = obs.rx_bytes, obs.tx_bytes
+        fresh = obs.last_handshake > 0 and now - obs.last_handshake < 180
+        if link.state != ATTEMPTING or not fresh:
+            return
+        # a handshake after the attempt began proves the path; so does, for the first attempt
+        # after our own start (a controller restart), a live session the data plane kept
+        if obs.last_handshake >= link.attempt_started - 0.001 or \
+                (not link.ever_up and link.fails == 0 and now - obs.last_handshake < 120):
+            if obs.endpoint:
+                link.endpoint = obs.endpoint
+            self._link_up(link, member, now)
+
+    def _manage_links(self, now: float) -> None:
+        cfg = self.config
+        self._attempt_budget = min(float(cfg.max_attempts_per_second),
+                                   self._attempt_budget + (now - self._attempt_refill) * cfg.max_attempts_per_second)
+        self._attempt_refill = now
+        next_t = now + cfg.probe_interval
+        for id8, link in list(self.links.items()):
+            member = self.members.get(id8)
+            if member is None:
+                del self.links[id8]
+                continue
+            if not self._wants_link(member.info, id8):
+                if link.state == UP:
+                    self._schedule_publish(now)
+                del self.links[id8]
+                self._schedule_paths(now)
+                continue
+            if link.state == DOWN:
+                if not (link.initiator or link.static):
+                    continue  # the other end starts attempts
+                if not link.static and id8 not in self.hops:
+                    continue  # a CONNECT could not reach it yet; paths will change and wake us
+                if now >= link.retry_at and self._attempt_budget >= 1:
+                    self._attempt_budget -= 1
+                    self._start_attempt(link, member, now)
+                    next_t = min(next_t, now + 0.25)
+                else:
+                    next_t = min(next_t, max(link.retry_at, now + 0.05))
+            elif link.state == ATTEMPTING:
+                timeout = cfg.attempt_timeout * (1 if link.initiator else 2)
+                if link.static and not link.initiator:
+                    timeout = float("inf")  # waits for the other end's handshake
+                if now - link.attempt_started > timeout:
+                    if link.initiator and link.candidate_index + 1 < len(link.candidates):
+                        link.candidate_index += 1
+                        self._try_candidate(link, member, now)
+                    else:
+                        self._link_failed(link, member, now, "no handshake")
+                else:
+                    next_t = min(next_t, link.attempt_started + timeout + 0.001)
+                    if link.initiator and not link.static and not link.connect_acked:
+                        if now - link.connect_sent >= 0.25:  # the CONNECT or its ack was lost
+                            link.connect_sent = now
+                            self._send(link.peer, wire.CONNECT, link.connect_body, now)
+                        next_t = min(next_t, link.connect_sent + 0.25)
+            elif link.state == UP:
+                direct = self.hops.get(id8) == id8
+                if direct and link.used_since == 0:
+                    link.used_since = now
+                if not self._active(link, now):
+                    link.used_since = 0.0
+                    continue
+                alive_since = max(link.last_ack, link.used_since, link.up_since if not direct else 0)
+                grace = cfg.attempt_timeout * 2 if not direct else cfg.link_down_after
+                if now - alive_since > grace:
+                    self._link_failed(link, member, now, "probes unanswered")
+                    continue
+                if now >= link.next_probe:
+                    link.next_probe = now + cfg.probe_interval
+                    self._send_probe(member.info, id8, now)
+                next_t = min(next_t, link.next_probe)
+        self.t_links = next_t
+
+    # ========================================================================= paths
+
+    def _schedule_paths(self, now: float) -> None:
+        if self.t_paths is None:
+            self.t_paths = now + self.config.path_debounce
+
+    def _recompute(self, now: float) -> None:
+        self.t_paths = None
+        claims: dict[bytes, dict[bytes, int]] = {}
+        for id8, member in self.members.items():
+            claims[id8] = {l.peer: l.rtt_ms for l in member.info.links}
+        graph = paths.build_graph(claims, self.config.hop_cost_ms)
+        old_hops = self.hops
+        self.cost, self.pred = paths.shortest_tree(graph, self.id8)
+        self.hops = paths.first_hops(self.pred, self.id8)
+        if set(self.hops) != set(old_hops):
+            self.t_links = min(self.t_links, now)
+        for id8 in set(old_hops) ^ set(self.hops):
+            member = self.members.get(id8)
+            if member is not None:
+                self._event("node_reachable" if id8 in self.hops else "node_unreachable", node=member.info.name)
+        for id8, hop in self.hops.items():
+            if old_hops.get(id8) not in (None, hop):
+                self._event("path_changed", node=self.members[id8].info.name,
+                            via=self.members[hop].info.name if hop != id8 else "direct")
+        self._build_dataplane(now)
+
+    def _build_dataplane(self, now: float) -> None:
+        allowed: dict[bytes, list[str]] = {}
+        routes = []
+        for dest, hop in self.hops.items():
+            ip = self.members[dest].info.overlay_ip
+            allowed.setdefault(hop, []).append(f"{ip}/{self.subnet.max_prefixlen}")
+            gateway = None if hop == dest else self.members[hop].info.overlay_ip
+            routes.append(DesiredRoute(f"{ip}/{self.subnet.max_prefixlen}", gateway))
+        peers = []
+        for id8, link in self.links.items():
+            member = self.members.get(id8)
+            if member is None:
+                continue
+            if link.state == DOWN:
+                continue  # removed; a retry adds it again, which forces a fresh handshake
+            obs = self.observed.get(member.info.wg_public_key)
+            endpoint = link.endpoint
+            if obs is not None and obs.endpoint and obs.last_handshake and now - obs.last_handshake < 180:
+                endpoint = obs.endpoint  # what WireGuard uses now (it roams); do not fight it
+            keepalive = self.config.keepalive if self._wants_keepalive(link, now) else 0
+            peers.append(DesiredPeer(member.info.wg_public_key, endpoint,
+                                     tuple(sorted(allowed.get(id8, ()))), keepalive))
+        peers.sort(key=lambda p: p.public_key)
+        routes.sort(key=lambda r: ipaddress.ip_network(r.destination))
+        plane = DataPlane(tuple(peers), tuple(routes))
+        if plane != self.dataplane:
+            self.dataplane = plane
+            self.dataplane_version += 1

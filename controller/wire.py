@@ -1,0 +1,451 @@
+"""The admin protocol's wire format. Pure; every decoder raises only ProtocolError.
+
+Datagram = ``MAGIC(3) VERSION(1) nonce(24) AEAD(inner)``, sealed with XChaCha20-Poly1305
+under a key derived from net.yaml's sharedKey (only members can read or inject), with
+the 4-byte header as associated data.
+
+inner = ``type(1) sender-identity(32) timestamp-ms(8) seq(4) body sig(64)``: every
+datagram is signed by its sender's Ed25519 identity, so a member holding the shared key
+still cannot speak for anybody else, and (timestamp, seq) lets receivers drop replays.
+
+Records (a node's claims) are signed separately so anyone can relay them unchanged:
+``identity(32) version(8) kind(1) length(2) payload sig(64)``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_generichash_blake2b_salt_personal,
+    crypto_sign,
+    crypto_sign_open,
+    crypto_sign_seed_keypair,
+)
+from nacl.exceptions import BadSignatureError, CryptoError
+
+MAGIC = b"WGN"
+VERSION = 1
+HEADER = MAGIC + bytes([VERSION])
+NONCE_LEN = 24
+TAG_LEN = 16
+SIG_LEN = 64
+ID_LEN = 32
+ID8_LEN = 8
+MAX_DATAGRAM = 60000
+_INNER_HEAD = struct.Struct(">B32sQI")  # type, sender, timestamp ms, seq
+_RECORD_HEAD = struct.Struct(">32sQBH")  # identity, version, kind, payload length
+
+# message types
+PROBE, PROBE_ACK, RECORDS, SYNC, DIGEST, REQUEST, CONNECT, CONNECT_ACK = range(1, 9)
+TYPE_NAMES = {PROBE: "probe", PROBE_ACK: "probe_ack", RECORDS: "records", SYNC: "sync", DIGEST: "digest",
+              REQUEST: "request", CONNECT: "connect", CONNECT_ACK: "connect_ack"}
+
+RECORD_NODE = 0
+
+# endpoint kinds in a node record
+EP_STATIC, EP_LAN, EP_REFLEXIVE = 1, 2, 3
+# record flags
+FLAG_STATIC = 1
+# link flags
+LINK_ACTIVE = 1
+
+
+class ProtocolError(Exception):
+    """Anything malformed, forged, or unreadable. ``reason`` is a short counter name."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- crypto
+
+
+def derive_admin_key(shared_key: bytes) -> bytes:
+    return crypto_generichash_blake2b_salt_personal(b"admin-channel", digest_size=32, key=shared_key,
+                                                    person=b"wgnm.admin.v1")
+
+
+class Identity:
+    """An Ed25519 identity from a 32-byte seed (the runtime persists the seed)."""
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != 32:
+            raise ValueError("identity seed must be 32 bytes")
+        self.public, self._secret = crypto_sign_seed_keypair(seed)
+        self.id8 = self.public[:ID8_LEN]
+
+    def sign(self, message: bytes) -> bytes:
+        return crypto_sign(message, self._secret)[:SIG_LEN]
+
+
+def verify(public: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        crypto_sign_open(signature + message, public)
+        return True
+    except (BadSignatureError, CryptoError, ValueError, TypeError):
+        return False
+
+
+class VerifiedCache:
+    """Remembers records whose signature was already checked (the same record arrives from
+    many relays). Keyed by the full signed bytes, so a hit is exactly the bytes verified."""
+
+    def __init__(self, size: int = 65536) -> None:
+        self.size = size
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def check(self, public: bytes, message: bytes, signature: bytes) -> bool:
+        key = signature + public
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return True
+        if not verify(public, message, signature):
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return True
+
+
+# ---------------------------------------------------------------- small codecs
+
+
+class Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ProtocolError("truncated")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return struct.unpack(">H", self.take(2))[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self.take(4))[0]
+
+    def u64(self) -> int:
+        return struct.unpack(">Q", self.take(8))[0]
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise ProtocolError("trailing_bytes")
+
+
+def pack_addr(addr: tuple[str, int] | None) -> bytes:
+    """(ip, port) -> family(1) ip(4|16) port(2); None -> family 0."""
+    if addr is None:
+        return b"\0"
+    ip = ipaddress.ip_address(addr[0])
+    return bytes([ip.version]) + ip.packed + struct.pack(">H", addr[1])
+
+
+def read_addr(r: Reader) -> tuple[str, int] | None:
+    family = r.u8()
+    if family == 0:
+        return None
+    if family not in (4, 6):
+        raise ProtocolError("bad_address_family")
+    ip = ipaddress.ip_address(r.take(4 if family == 4 else 16))
+    return str(ip), r.u16()
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: int  # EP_*
+    address: str
+    port: int
+    prefixlen: int = 0  # for LAN endpoints: the LAN's prefix, to tell whether a peer shares it
+
+
+@dataclass(frozen=True)
+class LinkClaim:
+    peer: bytes  # id8 of the other end
+    rtt_ms: int
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    wg_public_key: bytes
+    overlay_ip: str
+    wg_port: int
+    admin_port: int
+    name: str
+    flags: int = 0
+    endpoints: tuple[Endpoint, ...] = ()
+    links: tuple[LinkClaim, ...] = ()
+
+    @property
+    def is_static(self) -> bool:
+        return bool(self.flags & FLAG_STATIC)
+
+
+@dataclass(frozen=True)
+class Record:
+    identity: bytes
+    version: int
+    kind: int
+    payload: bytes
+    signature: bytes
+    raw: bytes = field(repr=False, compare=False, default=b"")
+
+    @property
+    def id8(self) -> bytes:
+        return self.identity[:ID8_LEN]
+
+
+def encode_node_info(info: NodeInfo) -> bytes:
+    name = info.name.encode()[:63]
+    ip = ipaddress.ip_address(info.overlay_ip)
+    out = [info.wg_public_key, bytes([ip.version]), ip.packed,
+           struct.pack(">HHBB", info.wg_port, info.admin_port, info.flags, len(name)), name,
+           bytes([len(info.endpoints)])]
+    for ep in info.endpoints:
+        out.append(bytes([ep.kind]) + pack_addr((ep.address, ep.port)) + bytes([ep.prefixlen]))
+    out.append(struct.pack(">H", len(info.links)))
+    for link in info.links:
+        out.append(link.peer + struct.pack(">HB", link.rtt_ms, link.flags))
+    return b"".join(out)
+
+
+def decode_node_info(payload: bytes) -> NodeInfo:
+    r = Reader(payload)
+    wg_key = r.take(32)
+    family = r.u8()
+    if family not in (4, 6):
+        raise ProtocolError("bad_address_family")
+    overlay = str(ipaddress.ip_address(r.take(4 if family == 4 else 16)))
+    wg_port, admin_port, flags, name_len = struct.unpack(">HHBB", r.take(6))
+    try:
+        name = r.take(name_len).decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_name") from None
+    if not name.isprintable():
+        raise ProtocolError("bad_name")
+    endpoints = []
+    for _ in range(r.u8()):
+        kind = r.u8()
+        addr = read_addr(r)
+        if addr is None or kind not in (EP_STATIC, EP_LAN, EP_REFLEXIVE):
+            raise ProtocolError("bad_endpoint")
+        endpoints.append(Endpoint(kind, addr[0], addr[1], r.u8()))
+    links = []
+    for _ in range(r.u16()):
+        peer = r.take(ID8_LEN)
+        rtt, lflags = struct.unpack(">HB", r.take(3))
+        links.append(LinkClaim(peer, rtt, lflags))
+    r.done()
+    return NodeInfo(wg_key, overlay, wg_port, admin_port, name, flags, tuple(endpoints), tuple(links))
+
+
+def make_record(identity: Identity, version: int, kind: int, payload: bytes) -> Record:
+    head = _RECORD_HEAD.pack(identity.public, version, kind, len(payload))
+    body = head + payload
+    sig = identity.sign(body)
+    return Record(identity.public, version, kind, payload, sig, body + sig)
+
+
+def read_record_header(data: bytes, pos: int) -> tuple[bytes, int, int, int]:
+    """(identity, version, kind, total length) of the record at ``pos``: a cheap peek."""
+    if pos + _RECORD_HEAD.size > len(data):
+        raise ProtocolError("truncated")
+    identity, version, kind, length = _RECORD_HEAD.unpack_from(data, pos)
+    total = _RECORD_HEAD.size + length + SIG_LEN
+    if pos + total > len(data):
+        raise ProtocolError("truncated")
+    return identity, version, kind, total
+
+
+def parse_record(data: bytes, pos: int, cache: VerifiedCache) -> Record:
+    identity, version, kind, total = read_record_header(data, pos)
+    body_end = pos + total - SIG_LEN
+    body = data[pos:body_end]
+    sig = data[body_end:pos + total]
+    if not cache.check(identity, body, sig):
+        raise ProtocolError("bad_record_signature")
+    return Record(identity, version, kind, body[_RECORD_HEAD.size:], sig, data[pos:pos + total])
+
+
+# ---------------------------------------------------------------- datagrams
+
+
+@dataclass(frozen=True)
+class Inner:
+    type: int
+    sender: bytes
+    timestamp_ms: int
+    seq: int
+    body: bytes
+
+
+def seal(key: bytes, nonce: bytes, identity: Identity, mtype: int, timestamp_ms: int, seq: int,
+         body: bytes) -> bytes:
+    inner = _INNER_HEAD.pack(mtype, identity.public, timestamp_ms, seq) + body
+    inner += identity.sign(inner)
+    return HEADER + nonce + crypto_aead_xchacha20poly1305_ietf_encrypt(inner, HEADER, nonce, key)
+
+
+def open_datagram(key: bytes, data: bytes) -> Inner:
+    """Decrypt and authenticate; raise ProtocolError for anything else."""
+    if len(data) > MAX_DATAGRAM:
+        raise ProtocolError("oversized")
+    if len(data) < 4 + NONCE_LEN + TAG_LEN + _INNER_HEAD.size + SIG_LEN:
+        raise ProtocolError("short" if data[:3] == MAGIC else "bad_magic")
+    if data[:3] != MAGIC:
+        raise ProtocolError("bad_magic")
+    if data[3] != VERSION:
+        raise ProtocolError("unknown_version", str(data[3]))
+    nonce = data[4:4 + NONCE_LEN]
+    try:
+        inner = crypto_aead_xchacha20poly1305_ietf_decrypt(data[4 + NONCE_LEN:], HEADER, nonce, key)
+    except (CryptoError, ValueError, TypeError):
+        raise ProtocolError("decrypt_failed") from None
+    if len(inner) < _INNER_HEAD.size + SIG_LEN:
+        raise ProtocolError("short")
+    mtype, sender, ts, seq = _INNER_HEAD.unpack_from(inner, 0)
+    if mtype not in TYPE_NAMES:
+        raise ProtocolError("unknown_type", str(mtype))
+    signed, sig = inner[:-SIG_LEN], inner[-SIG_LEN:]
+    if not verify(sender, signed, sig):
+        raise ProtocolError("bad_signature")
+    return Inner(mtype, sender, ts, seq, signed[_INNER_HEAD.size:])
+
+
+# ---------------------------------------------------------------- message bodies
+
+
+def body_probe(probe_id: int) -> bytes:
+    return struct.pack(">I", probe_id)
+
+
+def parse_probe(body: bytes) -> int:
+    r = Reader(body)
+    pid = r.u32()
+    r.done()
+    return pid
+
+
+def body_probe_ack(probe_id: int, seen_admin: tuple[str, int] | None, seen_wg: tuple[str, int] | None) -> bytes:
+    return struct.pack(">I", probe_id) + pack_addr(seen_admin) + pack_addr(seen_wg)
+
+
+def parse_probe_ack(body: bytes) -> tuple[int, tuple[str, int] | None, tuple[str, int] | None]:
+    r = Reader(body)
+    pid = r.u32()
+    admin = read_addr(r)
+    wg = read_addr(r)
+    r.done()
+    return pid, admin, wg
+
+
+def body_records(raws: list[bytes]) -> bytes:
+    return struct.pack(">H", len(raws)) + b"".join(raws)
+
+
+def iter_records(body: bytes):
+    """Yield (identity, version, kind, offset) for each record; full parsing is the caller's choice."""
+    r = Reader(body)
+    count = r.u16()
+    pos = 2
+    for _ in range(count):
+        identity, version, kind, total = read_record_header(body, pos)
+        yield identity, version, kind, pos
+        pos += total
+    if pos != len(body):
+        raise ProtocolError("trailing_bytes")
+
+
+def body_sync(count: int, digest_hash: bytes) -> bytes:
+    return struct.pack(">I", count) + digest_hash
+
+
+def parse_sync(body: bytes) -> tuple[int, bytes]:
+    r = Reader(body)
+    count = r.u32()
+    h = r.take(16)
+    r.done()
+    return count, h
+
+
+def body_digest(entries: list[tuple[bytes, int]]) -> bytes:
+    return struct.pack(">H", len(entries)) + b"".join(id8 + struct.pack(">Q", v) for id8, v in entries)
+
+
+def parse_digest(body: bytes) -> list[tuple[bytes, int]]:
+    r = Reader(body)
+    count = r.u16()
+    raw = r.take(count * 16)
+    r.done()
+    return [(raw[i:i + 8], struct.unpack_from(">Q", raw, i + 8)[0]) for i in range(0, len(raw), 16)]
+
+
+def body_request(id8s: list[bytes]) -> bytes:
+    return struct.pack(">H", len(id8s)) + b"".join(id8s)
+
+
+def parse_request(body: bytes) -> list[bytes]:
+    r = Reader(body)
+    count = r.u16()
+    raw = r.take(count * 8)
+    r.done()
+    return [raw[i:i + 8] for i in range(0, len(raw), 8)]
+
+
+def body_connect(attempt: int, you_use: tuple[str, int] | None, i_use: tuple[str, int] | None) -> bytes:
+    return struct.pack(">I", attempt) + pack_addr(you_use) + pack_addr(i_use)
+
+
+def parse_connect(body: bytes) -> tuple[int, tuple[str, int] | None, tuple[str, int] | None]:
+    r = Reader(body)
+    attempt = r.u32()
+    you_use = read_addr(r)
+    i_use = read_addr(r)
+    r.done()
+    return attempt, you_use, i_use
+
+
+def body_connect_ack(attempt: int) -> bytes:
+    return struct.pack(">I", attempt)
+
+
+def parse_connect_ack(body: bytes) -> int:
+    r = Reader(body)
+    attempt = r.u32()
+    r.done()
+    return attempt
+
+
+BODY_PARSERS = {PROBE: parse_probe, PROBE_ACK: parse_probe_ack, SYNC: parse_sync, DIGEST: parse_digest,
+                REQUEST: parse_request, CONNECT: parse_connect, CONNECT_ACK: parse_connect_ack,
+                RECORDS: lambda body: list(iter_records(body))}
+
+
+def decode(key: bytes, data: bytes):
+    """Full decode of a datagram (used by fuzzing and tools): (Inner, parsed body)."""
+    inner = open_datagram(key, data)
+    try:
+        return inner, BODY_PARSERS[inner.type](inner.body)
+    except ProtocolError:
+        raise
+    except (ValueError, struct.error, IndexError) as e:  # pragma: no cover - defensive
+        raise ProtocolError("malformed", type(e).__name__) from None
