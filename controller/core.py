@@ -181,6 +181,9 @@ class Link:
     connect_sent: float = 0.0
     connect_acked: bool = False
     connect_body: bytes = b""
+    connect_due: bool = False  # send CONNECT once our data plane has the peer
+    peer_ready: bool = False  # the other end has us configured (static links)
+    removal_applied: bool = True  # after a failure: the data plane no longer has the peer
 
 
 @dataclass
@@ -256,6 +259,7 @@ class Core:
         self.hops: dict[bytes, bytes] = {}
         self.dataplane = DataPlane()
         self.dataplane_version = 0
+        self.applied_keys: frozenset[bytes] = frozenset()
 
         # timers
         self.t_gossip = now
@@ -317,6 +321,25 @@ class Core:
                 continue
             self._observe_link(link, obs, now)
 
+    def dataplane_applied(self, version: int, now: float) -> None:
+        """The runtime applied ``dataplane`` of this version (Helper1.Apply returned).
+        Messages that ask the other end to start a handshake wait for this."""
+        if version != self.dataplane_version:
+            return
+        self.applied_keys = frozenset(p.public_key for p in self.dataplane.peers)
+        for id8, link in self.links.items():
+            if link.state == DOWN and not link.removal_applied:
+                member = self.members.get(id8)
+                if member is None or member.info.wg_public_key not in self.applied_keys:
+                    link.removal_applied = True
+                    self.t_links = min(self.t_links, now)
+            if link.connect_due and link.state == ATTEMPTING:
+                member = self.members.get(id8)
+                if member is not None and member.info.wg_public_key in self.applied_keys:
+                    link.connect_due = False
+                    link.connect_sent = now
+                    self._send(id8, wire.CONNECT, link.connect_body, now)
+
     # ------------------------------------------------------------------------- commands
 
     def connect(self, target: str, now: float) -> bool:
@@ -375,7 +398,7 @@ class Core:
 
     def observation_interval(self) -> float:
         """How soon the data plane should be observed again: fast while handshakes are awaited."""
-        return 0.1 if any(l.state == ATTEMPTING for l in self.links.values()) else 1.0
+        return 0.1 if any(link.state == ATTEMPTING for link in self.links.values()) else 1.0
 
     def persistent_state(self) -> dict:
         self.bindings_dirty = False
@@ -600,8 +623,10 @@ class Core:
                         via=",".join(self.members[h].info.name for h in self.path(sender8)[1:-1]) or "direct")
 
     def _learn_reflexive(self, seen: tuple[str, int], now: float) -> None:
-        if any(seen[0] == ip for ip, _ in self.lan) or seen == self.reflexive:
-            return  # not translated: our LAN address is already published
+        """What a static peer's WireGuard sees as our source: translated by NAT or not (a
+        firewalled host is reachable there only by hole punching, like a NATed one)."""
+        if seen == self.reflexive:
+            return
         self.reflexive = seen
         self._event("reflexive_endpoint", endpoint=_fmt_ep(seen))
         self._schedule_publish(now)
@@ -612,7 +637,14 @@ class Core:
             self._count("drop_connect_unwanted")
             return
         link = self._ensure_link(member, now)
-        if link.initiator and not link.static:
+        if link.static:
+            # the static end has us configured: our handshake will not be dropped now
+            self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now)
+            if link.initiator and not link.peer_ready:
+                link.peer_ready = True
+                self._schedule_paths(now)
+            return
+        if link.initiator:
             # both think they initiate (views differ): the smaller id wins
             if self.id8 < sender8:
                 self._count("drop_connect_role")
@@ -717,8 +749,8 @@ class Core:
                 endpoints.append(Endpoint(EP_STATIC, me.host, me.wg_port))
             except ValueError:
                 pass
-        links = tuple(LinkClaim(l.peer, l.claimed_rtt, 0) for l in sorted(self.links.values(), key=lambda x: x.peer)
-                      if l.state == UP)
+        links = tuple(LinkClaim(link.peer, link.claimed_rtt, 0)
+                      for link in sorted(self.links.values(), key=lambda x: x.peer) if link.state == UP)
         return NodeInfo(self.wg_public_key, self.config.overlay_ip, self.wg_port, self.config.admin_port,
                         self.config.name, FLAG_STATIC if self.is_static else 0, tuple(endpoints[:16]), links)
 
@@ -879,12 +911,19 @@ class Core:
     def _start_attempt(self, link: Link, member: Member, now: float) -> None:
         link.candidates = self._candidates(member.info)
         if link.static and not link.initiator:
-            # the static side waits for the other end's handshake; it only needs an endpoint hint
+            # the static side configures the peer, tells the other end it may start the
+            # handshake (once applied), and waits for it
             link.state = ATTEMPTING
+            link.attempt = (link.attempt + 1) & 0xFFFFFFFF
             link.attempt_started = now
             cand = link.candidates[0] if link.candidates else None
             link.endpoint = _fmt_ep(cand[0]) if cand and cand[2] == EP_LAN else ""
             link.endpoint_kind = cand[2] if cand else 0
+            link.connect_body = wire.body_connect(link.attempt, None, None)
+            link.connect_due = True
+            link.connect_acked = False
+            link.connect_sent = 0.0
+            self._schedule_paths(now)
             return
         if not link.candidates:
             self._link_failed(link, member, now, "no candidate endpoint")
@@ -905,8 +944,8 @@ class Core:
         if not link.static:
             link.connect_body = wire.body_connect(link.attempt, mine, reach)
             link.connect_acked = False
-            link.connect_sent = now
-            self._send(link.peer, wire.CONNECT, link.connect_body, now)
+            link.connect_due = True  # sent by dataplane_applied once WireGuard has the peer
+            link.connect_sent = 0.0
         self._event("link_attempt", node=member.info.name, endpoint=link.endpoint, role="initiator")
         self._schedule_paths(now)
 
@@ -915,7 +954,12 @@ class Core:
         link.fails += 1
         link.state = DOWN
         link.down_since = now
-        link.retry_at = now + min(self.config.retry_max, 5.0 * (2 ** min(link.fails - 1, 10)))
+        link.removal_applied = False  # retry only once WireGuard dropped the peer (and its session)
+        link.peer_ready = False
+        if link.static:
+            link.retry_at = now  # WireGuard itself retries handshakes; the peer just has to come back
+        else:
+            link.retry_at = now + min(self.config.retry_max, 5.0 * (2 ** min(link.fails - 1, 10)))
         link.used_since = 0.0
         if was_up:
             self._event("link_down", node=member.info.name, reason=why)
@@ -949,7 +993,8 @@ class Core:
         never start from both ends at once (they can stall each other until WireGuard's
         5 s retry)."""
         if link.static:
-            return link.initiator  # the non-static end: it may be behind NAT
+            # the non-static end (it may be behind NAT), once the static end has us configured
+            return link.initiator and (link.peer_ready or link.state == UP)
         if link.state == ATTEMPTING:
             # the side that configured the peer last (the responder) starts the handshake;
             # the initiator also sends when punching NAT, to open its own mapping
@@ -1007,6 +1052,8 @@ class Core:
                     continue  # the other end starts attempts
                 if not link.static and id8 not in self.hops:
                     continue  # a CONNECT could not reach it yet; paths will change and wake us
+                if not link.removal_applied:
+                    continue  # dataplane_applied wakes us
                 if now >= link.retry_at and self._attempt_budget >= 1:
                     self._attempt_budget -= 1
                     self._start_attempt(link, member, now)
@@ -1015,8 +1062,8 @@ class Core:
                     next_t = min(next_t, max(link.retry_at, now + 0.05))
             elif link.state == ATTEMPTING:
                 timeout = cfg.attempt_timeout * (1 if link.initiator else 2)
-                if link.static and not link.initiator:
-                    timeout = float("inf")  # waits for the other end's handshake
+                if link.static:
+                    timeout = float("inf")  # WireGuard retries the handshake every 5 s by itself
                 if now - link.attempt_started > timeout:
                     if link.initiator and link.candidate_index + 1 < len(link.candidates):
                         link.candidate_index += 1
@@ -1025,11 +1072,22 @@ class Core:
                         self._link_failed(link, member, now, "no handshake")
                 else:
                     next_t = min(next_t, link.attempt_started + timeout + 0.001)
-                    if link.initiator and not link.static and not link.connect_acked:
+                    if link.static and not link.initiator and link.connect_sent:
+                        if now - link.connect_sent >= 1.0:  # "ready": until the handshake arrives
+                            link.connect_sent = now
+                            self._send(link.peer, wire.CONNECT, link.connect_body, now)
+                        next_t = min(next_t, link.connect_sent + 1.0)
+                    elif link.connect_sent and not link.connect_acked:
                         if now - link.connect_sent >= 0.25:  # the CONNECT or its ack was lost
                             link.connect_sent = now
                             self._send(link.peer, wire.CONNECT, link.connect_body, now)
                         next_t = min(next_t, link.connect_sent + 0.25)
+                    if link.static and link.initiator and not link.peer_ready and \
+                            now - link.attempt_started > 2.0:
+                        link.peer_ready = True  # an old static end that never says so: go anyway
+                        self._schedule_paths(now)
+                    elif link.static and link.initiator and not link.peer_ready:
+                        next_t = min(next_t, link.attempt_started + 2.001)
             elif link.state == UP:
                 direct = self.hops.get(id8) == id8
                 if direct and link.used_since == 0:
@@ -1058,7 +1116,7 @@ class Core:
         self.t_paths = None
         claims: dict[bytes, dict[bytes, int]] = {}
         for id8, member in self.members.items():
-            claims[id8] = {l.peer: l.rtt_ms for l in member.info.links}
+            claims[id8] = {claim.peer: claim.rtt_ms for claim in member.info.links}
         graph = paths.build_graph(claims, self.config.hop_cost_ms)
         old_hops = self.hops
         self.cost, self.pred = paths.shortest_tree(graph, self.id8)

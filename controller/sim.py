@@ -459,10 +459,10 @@ class Sim:
 
     def add_node(self, name: str, underlay_ip: str, site: str, overlay_ip: str, start: bool = True,
                  lan_prefix: int = 24, identity_seed: bytes | None = None, forwarding: bool = True,
-                 **overrides) -> SimNode:
+                 wg_key: bytes | None = None, **overrides) -> SimNode:
         self.underlay.add_host(underlay_ip, site)
         seed = identity_seed or self.rng.randbytes(32)
-        wg_key = self.rng.randbytes(32)
+        wg_key = wg_key or self.rng.randbytes(32)
         cfg_args = dict(shared_key=SHARED_KEY, subnet=str(self.subnet), overlay_ip=overlay_ip, name=name,
                         wg_port=WG_PORT, admin_port=ADMIN_PORT, static_peers=tuple(self.static_peers))
         cfg_args.update(self.core_overrides)
@@ -501,9 +501,8 @@ class Sim:
         site = self.underlay.host_site[old.underlay_ip]
         self.underlay.remove_host(old.underlay_ip)
         node = self.add_node(name, old.underlay_ip, site.name, old.overlay_ip, start=False,
-                             identity_seed=old.identity_seed, lan_prefix=old.lan_prefix, **overrides)
-        node.core.set_wg_public_key(old.wg_key, EPOCH + self.now)
-        node.wg_key = old.wg_key
+                             identity_seed=old.identity_seed, lan_prefix=old.lan_prefix, wg_key=old.wg_key,
+                             **overrides)
         self.start(name)
         return node
 
@@ -561,6 +560,8 @@ class Sim:
         node = self.nodes[name]
         if node.alive and version == node.core.dataplane_version and node.applied_version != version:
             node.apply()
+            node.core.dataplane_applied(version, EPOCH + self.now)
+            self._pump(node)
 
     def _timer(self, name: str, core: Core) -> None:
         node = self.nodes[name]

@@ -14,6 +14,7 @@ Records (a node's claims) are signed separately so anyone can relay them unchang
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import struct
 from collections import OrderedDict
@@ -95,14 +96,15 @@ def verify(public: bytes, message: bytes, signature: bytes) -> bool:
 
 class VerifiedCache:
     """Remembers records whose signature was already checked (the same record arrives from
-    many relays). Keyed by the full signed bytes, so a hit is exactly the bytes verified."""
+    many relays). The key is a hash of public key, message AND signature: a known signature
+    attached to a changed message is a miss, and is verified (and refused)."""
 
     def __init__(self, size: int = 65536) -> None:
         self.size = size
         self._seen: OrderedDict[bytes, None] = OrderedDict()
 
     def check(self, public: bytes, message: bytes, signature: bytes) -> bool:
-        key = signature + public
+        key = hashlib.blake2b(public + signature + message, digest_size=20).digest()
         if key in self._seen:
             self._seen.move_to_end(key)
             return True

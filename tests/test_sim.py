@@ -1,0 +1,282 @@
+"""The controller core in a simulated network: scenarios from the original README and the
+failure, security and policy cases. Deterministic (seeded), pure Python, fast."""
+
+import itertools
+
+import pytest
+
+from tests.simnets import original_example, star
+from wg_netmanager.controller import wire
+from wg_netmanager.controller.sim import EPOCH, Sim
+
+PAIRS = ["alpha", "beta", "charlie", "delta"]
+
+
+def relays(sim, a, b):
+    p = sim.path(a, b)
+    return None if p is None else p[1:-1]
+
+
+def all_pairs(sim, names):
+    return {(a, b): relays(sim, a, b) for a, b in itertools.combinations(names, 2)}
+
+
+def test_original_example_relay_then_lan_then_nat_traversal():
+    sim = original_example()
+    assert sim.run_until_true(lambda: sim.converged(), 2.0) is not None
+    first = all_pairs(sim, PAIRS)
+    assert all(v is not None for v in first.values())
+    # everyone reaches everyone; the first paths of the NATed pairs go through Beta
+    assert first[("alpha", "charlie")] == ["beta"] and first[("alpha", "delta")] == ["beta"]
+    t_lan = sim.run_until_true(lambda: relays(sim, "charlie", "delta") == [], 5)
+    assert t_lan is not None
+    t_all = sim.run_until_true(lambda: all(v == [] for v in all_pairs(sim, PAIRS).values()), 10)
+    assert t_all is not None and t_all >= t_lan
+    # the LAN pair really uses the LAN, and Alpha's firewall got punched
+    charlie = sim.nodes["charlie"]
+    delta_peer = charlie.peers[sim.nodes["delta"].wg_key]
+    assert delta_peer.endpoint == ("192.168.1.40", 51820)
+    assert sim.ping("alpha", "10.1.0.4") is not None
+    # and it stays that way: no flapping
+    changes = len(sim.events_of("path_changed"))
+    sim.run_for(60)
+    assert len(sim.events_of("path_changed")) == changes
+    assert all(v == [] for v in all_pairs(sim, PAIRS).values())
+
+
+def test_symmetric_nat_stays_relayed_without_flapping():
+    sim = original_example(nat="symmetric")
+    sim.run_for(5)
+    assert relays(sim, "charlie", "delta") == []  # the LAN needs no NAT
+    assert relays(sim, "alpha", "charlie") == ["beta"]
+    changes = len(sim.events_of("path_changed"))
+    sim.run_for(120)
+    assert relays(sim, "alpha", "charlie") == ["beta"] and relays(sim, "alpha", "delta") == ["beta"]
+    assert len(sim.events_of("path_changed")) == changes, "paths must not flap"
+    assert sim.converged()
+    # two NATed peers, retries doubling from 5 s: at most ~5 attempts each in 125 s
+    assert sim.nodes["alpha"].core.counters.get("link_attempt_failed", 0) <= 12, "attempts back off"
+
+
+def test_same_seed_same_run():
+    logs = []
+    for _ in range(2):
+        sim = original_example(seed=7)
+        sim.run_for(10)
+        logs.append([(round(t, 6), n, str(e)) for t, n, e in sim.events])
+    assert logs[0] == logs[1]
+
+
+def test_a_joiner_learns_the_whole_mesh_in_one_exchange():
+    sim = star(12, hubs=1)
+    assert sim.run_until_true(lambda: sim.converged(sample=30), 5) is not None
+    sim.underlay.site("late", nat="eim", outside_ip="203.0.113.250")
+    node = sim.add_node("late", "192.168.200.10", "late", "10.1.9.9")
+    # one DIGEST to the static peer, one RECORDS answer: one RTT through the underlay
+    sim.run_for(0.1)
+    assert len(node.core.members) == 13
+    assert sim.run_until_true(lambda: sim.converged(sample=40), 3) is not None
+
+
+def test_node_death_removes_routes_and_return_readmits():
+    sim = original_example()
+    sim.run_for(5)
+    delta = sim.nodes["delta"].overlay_ip
+    sim.stop("delta")
+    died = sim.now
+
+    def gone():
+        return all(delta not in sim.nodes[n].routes for n in ("alpha", "beta", "charlie"))
+    t = sim.run_until_true(gone, 15)
+    assert t is not None and t - died <= 6.0, f"routes to a dead node must go within the bound ({t - died})"
+    assert sim.converged(["alpha", "beta", "charlie"])
+    sim.restart("delta")
+    assert sim.run_until_true(lambda: sim.converged(), 10) is not None
+    assert sim.ping("alpha", delta) is not None
+
+
+def test_partition_and_heal():
+    sim = original_example()
+    sim.run_for(5)
+    blocked = [frozenset(("198.51.100.10", x)) for x in ("198.51.100.20", "203.0.113.20")]
+    sim.underlay.blocked.update(blocked)
+    cut = sim.now
+    assert sim.run_until_true(lambda: sim.path("charlie", "alpha") is None and sim.path("beta", "alpha") is None,
+                              15) is not None
+    assert sim.now - cut <= 6
+    assert sim.converged(["beta", "charlie", "delta"])
+    sim.underlay.blocked.difference_update(blocked)
+    assert sim.run_until_true(lambda: sim.converged(), 30) is not None
+
+
+def test_failover_to_relay_and_back_to_direct():
+    sim = original_example()
+    sim.run_for(5)
+    assert relays(sim, "alpha", "charlie") == []
+    # drop only WireGuard traffic between alpha and the home router (like an nft rule)
+
+    def rule(direction, src, dst):
+        ends = {src[0], dst[0]}
+        return ends == {"198.51.100.10", "203.0.113.20"} or ends == {"198.51.100.10", "192.168.1.30"}
+    sim.underlay.drop_rules.append(rule)
+    cut = sim.now
+    t = sim.run_until_true(lambda: relays(sim, "alpha", "charlie") == ["beta"], 10)
+    assert t is not None and t - cut <= 5, f"failover took {t and t - cut}"
+    assert sim.ping("alpha", "10.1.0.3") is not None
+    sim.underlay.drop_rules.remove(rule)
+    assert sim.run_until_true(lambda: relays(sim, "alpha", "charlie") == [], 60) is not None
+
+
+def test_impostor_with_the_shared_key_cannot_take_an_address():
+    sim = original_example()
+    sim.run_for(5)
+    alpha = sim.nodes["alpha"]
+    sim.underlay.site("evil", latency=0.002)
+    impostor = sim.add_node("mallory", "198.51.100.66", "evil", alpha.overlay_ip)
+    sim.run_for(10)
+    # the static peer it bootstraps from refuses its claim and never relays it
+    assert sim.nodes["beta"].core.counters.get("refused_address_bound", 0) > 0
+    assert any(e.data["ip"] == alpha.overlay_ip for _, n, e in sim.events_of("claim_refused") if n == "beta")
+    for name in ("beta", "charlie", "delta"):
+        assert impostor.core.id8 not in sim.nodes[name].core.members
+        assert sim.path(name, "alpha") is not None
+    assert sim.ping("charlie", alpha.overlay_ip) is not None
+    assert sim.ping("beta", alpha.overlay_ip) is not None
+
+
+def test_replayed_datagrams_are_ignored():
+    sim = original_example()
+    captured = []
+    sim.capture = lambda name, data, addr: captured.append((name, data, addr)) if name == "beta" else None
+    sim.run_for(3)
+    sim.capture = None
+    charlie = sim.nodes["charlie"].core
+    before = dict(charlie.counters)
+    sent_to_charlie = [d for n, d, a in captured if a[0] in ("10.1.0.3", "203.0.113.20")]
+    assert sent_to_charlie
+    for data in sent_to_charlie:
+        charlie.datagram_received(data, ("10.1.0.2", 55555), EPOCH + sim.now)
+    assert charlie.counters.get("drop_replay", 0) - before.get("drop_replay", 0) == len(sent_to_charlie)
+    # and an old datagram outside the window is ignored even by a node that never saw it
+    old = captured[0][1]
+    fresh = Sim(seed=3).add_node("x", "198.51.100.99", "internet", "10.1.0.99").core
+    fresh.datagram_received(old, ("198.51.100.20", 55555), EPOCH + 3600)
+    assert fresh.counters.get("drop_outside_window") == 1
+
+
+def test_claims_outside_the_subnet_and_forged_records_are_refused():
+    sim = original_example()
+    sim.run_for(3)
+    charlie = sim.nodes["charlie"].core
+    evil = wire.Identity(bytes([66]) * 32)
+    info = wire.NodeInfo(bytes([5]) * 32, "10.9.9.9", 51820, 55555, "evil")
+    record = wire.make_record(evil, 1, wire.RECORD_NODE, wire.encode_node_info(info))
+    data = wire.seal(charlie.key, bytes(24), evil, wire.RECORDS, int((EPOCH + sim.now) * 1000), 1,
+                     wire.body_records([record.raw]))
+    charlie.datagram_received(data, ("198.51.100.66", 55555), EPOCH + sim.now)
+    assert charlie.counters.get("refused_outside_subnet") == 1
+    assert evil.id8 not in charlie.members
+    # a member relaying a record it altered: the record signature no longer verifies
+    alpha_raw = bytearray(sim.nodes["alpha"].core.members[sim.nodes["alpha"].core.id8].record.raw)
+    alpha_raw[80] ^= 0xFF  # a changed claim...
+    alpha_raw[32] |= 0x80  # ...under a newer version (an older or equal one is not even looked at)
+    data = wire.seal(charlie.key, bytes(24), evil, wire.RECORDS, int((EPOCH + sim.now) * 1000), 2,
+                     wire.body_records([bytes(alpha_raw)]))
+    charlie.datagram_received(data, ("198.51.100.66", 55555), EPOCH + sim.now)
+    assert charlie.counters.get("drop_bad_record_signature") == 1
+
+
+def test_strict_mode_admits_only_listed_identities():
+    seeds = {name: bytes([i + 1]) * 32 for i, name in enumerate(PAIRS)}
+    allowed = {"10.1.0.1": frozenset({wire.Identity(seeds["alpha"]).public}),
+               "10.1.0.2": frozenset({wire.Identity(seeds["beta"]).public})}
+    sim = Sim(seed=2, allowed_identities=allowed)
+    sim.underlay.site("dc")
+    sim.add_static("10.1.0.2", "198.51.100.20")
+    sim.add_node("beta", "198.51.100.20", "dc", "10.1.0.2", identity_seed=seeds["beta"])
+    sim.add_node("alpha", "198.51.100.10", "dc", "10.1.0.1", identity_seed=seeds["alpha"])
+    sim.add_node("charlie", "198.51.100.30", "dc", "10.1.0.3", identity_seed=seeds["charlie"])
+    sim.run_for(5)
+    assert sim.converged(["alpha", "beta"])
+    assert sim.path("alpha", "charlie") is None
+    assert sim.nodes["beta"].core.counters.get("drop_identity_not_allowed", 0) > 0
+
+
+def test_wireguard_key_rotation_under_the_same_identity():
+    sim = original_example()
+    sim.run_for(5)
+    node = sim.nodes["delta"]
+    new_key = bytes([77]) * 32
+    # the runtime publishes the new key first and switches the device a moment later
+    node.core.set_wg_public_key(new_key, EPOCH + sim.now)
+    sim.run_for(1)
+    others = ("alpha", "beta", "charlie")
+    assert all(sim.nodes[n].core.members[node.core.id8].info.wg_public_key == new_key for n in others)
+    assert all(any(e.kind == "wg_key_rotated" for _, m, e in sim.events if m == n) for n in others)
+    node.wg_key = new_key
+    node.peers.clear()  # a new private key: no session survives
+    for n in others:
+        sim.nodes[n].peers[new_key].last_handshake = 0.0
+    assert sim.run_until_true(lambda: sim.converged() and sim.path("charlie", "delta") == ["charlie", "delta"],
+                              15) is not None
+    assert sim.ping("alpha", node.overlay_ip) is not None
+    assert sim.nodes["charlie"].peers[new_key].last_handshake > 0
+
+
+def test_idle_policy_silences_idle_direct_links():
+    def keepalives(policy):
+        sim = original_example(link_policy=policy, idle_timeout=30)
+        sim.run_for(40)
+        before = sum(n.stats.get("wg_keepalive", 0) + n.stats.get("admin_tx", 0) for n in sim.nodes.values())
+        sim.run_for(100)
+        after = sum(n.stats.get("wg_keepalive", 0) + n.stats.get("admin_tx", 0) for n in sim.nodes.values())
+        assert all(v == [] for v in all_pairs(sim, PAIRS).values()), "direct paths stay configured"
+        return (after - before) / 100
+    busy, quiet = keepalives("all"), keepalives("auto")
+    assert quiet < busy * 0.75, (quiet, busy)
+
+
+def test_idle_link_comes_back_on_traffic():
+    sim = original_example(idle_timeout=20)
+    sim.run_for(60)
+    assert relays(sim, "charlie", "delta") == []
+    for _ in range(3):
+        assert sim.ping("charlie", "10.1.0.4", timeout=2) is not None
+
+
+def test_static_policy_keeps_only_static_and_lan_links():
+    sim = original_example(link_policy="static")
+    sim.run_for(10)
+    assert relays(sim, "charlie", "delta") == []  # same LAN
+    assert relays(sim, "alpha", "charlie") == ["beta"]
+    assert relays(sim, "alpha", "delta") == ["beta"]
+
+
+@pytest.mark.parametrize("n", [30])
+def test_star_converges_with_symmetric_paths(n):
+    sim = star(n, link_policy="static")
+    t = sim.run_until_true(lambda: sim.converged(sample=200), 10)
+    assert t is not None and t < 3
+
+
+def test_multi_hop_relay():
+    """A chain where the only path from a to d is a-b-c-d."""
+    sim = Sim(seed=4, link_policy="static")
+    u = sim.underlay
+    u.site("s1")
+    u.site("nat-a", nat="symmetric", outside_ip="203.0.113.1")
+    u.site("nat-d", nat="symmetric", outside_ip="203.0.113.4")
+    sim.add_static("10.1.0.2", "198.51.100.2")
+    sim.add_static("10.1.0.3", "198.51.100.3")
+    sim.add_node("b", "198.51.100.2", "s1", "10.1.0.2")
+    sim.add_node("c", "198.51.100.3", "s1", "10.1.0.3")
+    sim.add_node("a", "192.168.1.1", "nat-a", "10.1.0.1")
+    sim.add_node("d", "192.168.4.4", "nat-d", "10.1.0.4")
+    sim.run_for(5)
+    # a can only reach b (c's underlay is blocked for it), d only c
+    sim.underlay.blocked.update({frozenset(("192.168.1.1", "198.51.100.3")), frozenset(("192.168.4.4", "198.51.100.2"))})
+    sim.restart("a")
+    sim.restart("d")
+    assert sim.run_until_true(lambda: sim.path("a", "d") == ["a", "b", "c", "d"], 30) is not None
+    assert sim.path("d", "a") == ["d", "c", "b", "a"]
+    assert sim.ping("a", "10.1.0.4") is not None

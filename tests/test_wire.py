@@ -1,0 +1,111 @@
+"""The admin protocol's wire format: round trips, and nothing but ProtocolError from any input."""
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wg_netmanager.controller import wire
+from wg_netmanager.controller.wire import Endpoint, Identity, LinkClaim, NodeInfo, ProtocolError
+
+KEY = wire.derive_admin_key(bytes(32))
+ALICE = Identity(bytes([1]) * 32)
+
+
+def sealed(mtype, body, identity=ALICE, ts=1000, seq=1, key=KEY):
+    return wire.seal(key, bytes(24), identity, mtype, ts, seq, body)
+
+
+def test_round_trip_every_message_type():
+    info = NodeInfo(bytes(32), "10.1.1.1", 51820, 55555, "alice", wire.FLAG_STATIC,
+                    (Endpoint(wire.EP_LAN, "192.168.1.10", 51820, 24), Endpoint(wire.EP_REFLEXIVE, "2001:db8::1", 4)),
+                    (LinkClaim(b"B" * 8, 12), LinkClaim(b"C" * 8, 65535, 1)))
+    assert wire.decode_node_info(wire.encode_node_info(info)) == info
+    record = wire.make_record(ALICE, 7, wire.RECORD_NODE, wire.encode_node_info(info))
+    bodies = {
+        wire.PROBE: (wire.body_probe(9), 9),
+        wire.PROBE_ACK: (wire.body_probe_ack(9, ("203.0.113.1", 1), None), (9, ("203.0.113.1", 1), None)),
+        wire.SYNC: (wire.body_sync(3, b"h" * 16), (3, b"h" * 16)),
+        wire.DIGEST: (wire.body_digest([(b"a" * 8, 5)]), [(b"a" * 8, 5)]),
+        wire.REQUEST: (wire.body_request([b"a" * 8]), [b"a" * 8]),
+        wire.CONNECT: (wire.body_connect(2, ("192.168.1.2", 51820), None), (2, ("192.168.1.2", 51820), None)),
+        wire.CONNECT_ACK: (wire.body_connect_ack(2), 2),
+        wire.RECORDS: (wire.body_records([record.raw]), [(ALICE.public, 7, 0, 2)]),
+    }
+    for mtype, (body, expected) in bodies.items():
+        inner, parsed = wire.decode(KEY, sealed(mtype, body))
+        assert (inner.type, inner.sender, inner.timestamp_ms, inner.seq) == (mtype, ALICE.public, 1000, 1)
+        assert parsed == expected
+    parsed = wire.parse_record(record.raw, 0, wire.VerifiedCache())
+    assert (parsed.identity, parsed.version, parsed.payload) == (ALICE.public, 7, record.payload)
+
+
+def test_wrong_key_unknown_version_and_forgeries_are_refused():
+    data = sealed(wire.PROBE, wire.body_probe(1))
+    with pytest.raises(ProtocolError, match="decrypt_failed"):
+        wire.open_datagram(wire.derive_admin_key(bytes([9]) * 32), data)
+    with pytest.raises(ProtocolError, match="unknown_version"):
+        wire.open_datagram(KEY, data[:3] + b"\x02" + data[4:])
+    with pytest.raises(ProtocolError, match="bad_magic"):
+        wire.open_datagram(KEY, b"XYZ" + data[3:])
+    # a member re-signing someone else's datagram: the signature does not match the sender
+    forged = wire.seal(KEY, bytes(24), Identity(bytes([2]) * 32), wire.PROBE, 1, 1, wire.body_probe(1))
+    inner = wire.open_datagram(KEY, forged)
+    assert inner.sender != ALICE.public
+
+
+def test_tampered_record_signature_is_refused():
+    rec = wire.make_record(ALICE, 1, wire.RECORD_NODE, b"payload")
+    bad = bytearray(rec.raw)
+    bad[-70] ^= 1  # inside the payload
+    with pytest.raises(ProtocolError, match="bad_record_signature"):
+        wire.parse_record(bytes(bad), 0, wire.VerifiedCache())
+
+
+def test_a_cached_signature_does_not_vouch_for_another_message():
+    cache = wire.VerifiedCache()
+    rec = wire.make_record(ALICE, 1, wire.RECORD_NODE, b"payload")
+    assert wire.parse_record(rec.raw, 0, cache).payload == b"payload"
+    forged = bytearray(rec.raw)
+    forged[-65] ^= 1  # last payload byte, signature unchanged
+    with pytest.raises(ProtocolError, match="bad_record_signature"):
+        wire.parse_record(bytes(forged), 0, cache)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_raise_only_protocol_error(data):
+    try:
+        wire.decode(KEY, data)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(wire.BODY_PARSERS)), st.binary(max_size=300))
+def test_arbitrary_bodies_in_valid_envelopes_raise_only_protocol_error(mtype, body):
+    try:
+        wire.decode(KEY, sealed(mtype, body))
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_node_payloads_raise_only_protocol_error(payload):
+    try:
+        wire.decode_node_info(payload)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 255))
+def test_mutated_datagrams_raise_only_protocol_error(pos, value):
+    data = bytearray(sealed(wire.RECORDS, wire.body_records([wire.make_record(ALICE, 1, 0, os.urandom(20)).raw])))
+    data[pos % len(data)] = value
+    try:
+        wire.decode(KEY, bytes(data))
+    except ProtocolError:
+        pass
