@@ -274,7 +274,8 @@ def test_multi_hop_relay():
     sim.add_node("d", "192.168.4.4", "nat-d", "10.1.0.4")
     sim.run_for(5)
     # a can only reach b (c's underlay is blocked for it), d only c
-    sim.underlay.blocked.update({frozenset(("192.168.1.1", "198.51.100.3")), frozenset(("192.168.4.4", "198.51.100.2"))})
+    sim.underlay.blocked.update({frozenset(("192.168.1.1", "198.51.100.3")),
+                                 frozenset(("192.168.4.4", "198.51.100.2"))})
     sim.restart("a")
     sim.restart("d")
     assert sim.run_until_true(lambda: sim.path("a", "d") == ["a", "b", "c", "d"], 30) is not None
