@@ -73,8 +73,8 @@ class CoreConfig:
     link_down_after: float = 3.0
     attempt_timeout: float = 3.0
     gossip_interval: float = 0.2
-    gossip_fanout: int = 3
-    gossip_rounds: int = 3
+    gossip_fanout: int = 2
+    gossip_rounds: int = 2
     sync_interval: float = 1.0
     bootstrap_interval: float = 1.0
     replay_window: float = 120.0
@@ -178,6 +178,7 @@ class Link:
     down_since: float = 0.0
     ever_up: bool = False
     next_probe: float = 0.0
+    last_probe_rx: float = 0.0  # last probe the other end sent over this link
     connect_sent: float = 0.0
     connect_acked: bool = False
     connect_body: bytes = b""
@@ -214,7 +215,7 @@ def _parse_ep(text: str) -> tuple[str, int] | None:
 class Core:
     def __init__(self, config: CoreConfig, identity_seed: bytes, wg_public_key: bytes, now: float,
                  random_bytes: Callable[[int], bytes], persisted: Mapping | None = None,
-                 lan_endpoints: Iterable[tuple[str, int]] = (), verified: wire.VerifiedCache | None = None) -> None:
+                 lan_endpoints: Iterable[tuple[str, int]] = (), cache: wire.RecordCache | None = None) -> None:
         self.config = config
         self.subnet = ipaddress.ip_network(config.subnet, strict=False)
         own_ip = ipaddress.ip_address(config.overlay_ip)
@@ -224,7 +225,7 @@ class Core:
         self.id8 = self.identity.id8
         self.key = wire.derive_admin_key(config.shared_key)
         self.random_bytes = random_bytes
-        self.verified = verified or wire.VerifiedCache()
+        self.verified = cache or wire.RecordCache()
         self.wg_public_key = wg_public_key
         self.wg_port = config.wg_port
         self.is_static = any(p.overlay_ip == config.overlay_ip for p in config.static_peers)
@@ -243,8 +244,10 @@ class Core:
         self.links: dict[bytes, Link] = {}
         self.replay: dict[bytes, tuple[int, int]] = {}
         self.underlay_addr: dict[bytes, tuple[str, int]] = {}  # last underlay source per id8
+        self.underlay_seen: dict[bytes, float] = {}
         self.observed: dict[bytes, PeerObservation] = {}  # by WireGuard key
         self.hot: dict[bytes, int] = {}
+        self._flood: dict[bytes, bytes | None] = {}  # static nodes: new records -> their source
         self.pending_probes: dict[int, tuple[bytes, float, bool, bool]] = {}
         self.seq = 0
         self.probe_seq = 0
@@ -270,6 +273,15 @@ class Core:
         self.t_paths: float | None = None
         self.t_gc = now + 60
         self._digest_cache: tuple[int, bytes] | None = None
+        self._changed_links: set[bytes] = set()
+        self._last_publish = -1e18
+        self._last_recompute = -1e18
+        self._overlay_cache: dict[str, bool] = {}
+        self._sort_keys: dict[str, int] = {}
+        self._lan_nets_for: tuple = ()
+        self._lan_nets_cache: list = []
+        self._bootstrap_turn = -1
+        self._attempting = False  # any link waiting for a handshake (kept by _manage_links)
         self._attempt_budget = float(config.max_attempts_per_second)
         self._attempt_refill = now
 
@@ -338,7 +350,10 @@ class Core:
                 if member is not None and member.info.wg_public_key in self.applied_keys:
                     link.connect_due = False
                     link.connect_sent = now
-                    self._send(id8, wire.CONNECT, link.connect_body, now)
+                    if link.static:
+                        self._send_both(id8, wire.CONNECT, link.connect_body, now)
+                    else:
+                        self._send(id8, wire.CONNECT, link.connect_body, now)
 
     # ------------------------------------------------------------------------- commands
 
@@ -398,7 +413,7 @@ class Core:
 
     def observation_interval(self) -> float:
         """How soon the data plane should be observed again: fast while handshakes are awaited."""
-        return 0.1 if any(link.state == ATTEMPTING for link in self.links.values()) else 1.0
+        return 0.1 if self._attempting else 1.0
 
     def persistent_state(self) -> dict:
         self.bindings_dirty = False
@@ -464,19 +479,19 @@ class Core:
 
     def _dispatch(self, inner: wire.Inner, src: tuple[str, int], now: float) -> None:
         sender8 = inner.sender[:wire.ID8_LEN]
-        try:
-            src_ip = ipaddress.ip_address(src[0])
-        except ValueError:
-            raise ProtocolError("bad_source") from None
-        if not (src_ip.version == self.subnet.version and src_ip in self.subnet):
+        over = self._is_overlay(src[0])
+        if not over:
             self.underlay_addr[sender8] = src
+            self.underlay_seen[sender8] = now
         link = self.links.get(sender8)
         if link is not None and link.state == UP and self.hops.get(sender8) == sender8:
             link.admin_bytes += 200
+            if over and inner.type == wire.PROBE:
+                link.last_probe_rx = now
         t = inner.type
         self._count(f"rx_{wire.TYPE_NAMES[t]}")
         if t == wire.RECORDS:
-            self._on_records(inner.body, now)
+            self._on_records(inner.body, now, sender8)
         elif t == wire.PROBE:
             probe_id = wire.parse_probe(inner.body)
             member = self.members.get(sender8)
@@ -505,7 +520,7 @@ class Core:
             if link is not None and link.attempt == attempt:
                 link.connect_acked = True
 
-    def _on_records(self, body: bytes, now: float) -> None:
+    def _on_records(self, body: bytes, now: float, source: bytes | None = None) -> None:
         for identity, version, _kind, pos in wire.iter_records(body):
             member = self.members.get(identity[:wire.ID8_LEN])
             if member is not None and member.record.version >= version and member.identity == identity:
@@ -521,20 +536,18 @@ class Core:
             except ProtocolError as e:
                 self._count(f"drop_{e.reason}")
                 continue
-            self._accept_record(record, now)
+            self._accept_record(record, now, source)
 
-    def _accept_record(self, record: Record, now: float) -> bool:
+    def _accept_record(self, record: Record, now: float, source: bytes | None = None) -> bool:
         if record.kind != wire.RECORD_NODE:
             self._count("drop_unknown_record_kind")
             return False
         try:
-            info = wire.decode_node_info(record.payload)
+            info = self.verified.decoded(record.raw, lambda: wire.decode_node_info(record.payload))
         except ProtocolError as e:
             self._count(f"drop_{e.reason}")
             return False
-        ip = ipaddress.ip_address(info.overlay_ip)
-        if ip.version != self.subnet.version or ip not in self.subnet or \
-                ip in (self.subnet.network_address, self.subnet.broadcast_address):
+        if not self._host_in_subnet(info.overlay_ip):
             self._count("refused_outside_subnet")
             self._report_conflict("outside_subnet", info, record)
             return False
@@ -572,7 +585,8 @@ class Core:
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
         self._digest_cache = None
-        self.hot[id8] = self.config.gossip_rounds
+        if self.is_static:
+            self._flood[id8] = source  # a hub hands new records on (see _gossip)
         if old is None:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
         if old is None or old.info.links != info.links or old.info.overlay_ip != info.overlay_ip \
@@ -657,6 +671,7 @@ class Core:
             return
         link.attempt = attempt
         link.state = ATTEMPTING
+        self._attempting = True
         link.attempt_started = now
         link.endpoint = _fmt_ep(you_use) if you_use else ""
         link.endpoint_kind = EP_REFLEXIVE if you_use and member.info.endpoints and any(
@@ -666,6 +681,37 @@ class Core:
         self._schedule_paths(now)
 
     # ========================================================================= send
+
+    def _host_in_subnet(self, host: str) -> bool:
+        key = "h" + host
+        ok = self._overlay_cache.get(key)
+        if ok is None:
+            ip = ipaddress.ip_address(host)
+            ok = ip.version == self.subnet.version and ip in self.subnet and \
+                ip not in (self.subnet.network_address, self.subnet.broadcast_address)
+            self._overlay_cache[key] = ok
+        return ok
+
+    @staticmethod
+    def _is_hostname(host: str) -> bool:
+        try:
+            ipaddress.ip_address(host)
+            return False
+        except ValueError:
+            return True
+
+    def _is_overlay(self, host: str) -> bool:
+        cached = self._overlay_cache.get(host)
+        if cached is None:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                raise ProtocolError("bad_source") from None
+            cached = ip.version == self.subnet.version and ip in self.subnet
+            if len(self._overlay_cache) > 65536:
+                self._overlay_cache.clear()
+            self._overlay_cache[host] = cached
+        return cached
 
     def _send_to_addr(self, addr: tuple[str, int], mtype: int, body: bytes, now: float) -> None:
         self.seq = (self.seq + 1) & 0xFFFFFFFF
@@ -685,6 +731,29 @@ class Core:
                 return static.host, static.admin_port
         return self.underlay_addr.get(id8)
 
+    def _underlay_of(self, id8: bytes, now: float) -> tuple[str, int] | None:
+        """An address outside the overlay: a static peer's, or where the node recently spoke from."""
+        member = self.members.get(id8)
+        if member is not None:
+            static = self.static_by_ip.get(member.info.overlay_ip)
+            if static is not None:
+                return static.host, static.admin_port
+        if now - self.underlay_seen.get(id8, -1e18) < 60:
+            return self.underlay_addr.get(id8)
+        return None
+
+    def _send_both(self, id8: bytes, mtype: int, body: bytes, now: float) -> None:
+        """For messages that must arrive although the other end's link-state may not yet
+        route our overlay traffic: over the underlay where possible, and over the overlay."""
+        under = self._underlay_of(id8, now)
+        if under is not None:
+            self._send_to_addr(under, mtype, body, now)
+        member = self.members.get(id8)
+        if member is not None and id8 in self.hops:
+            self._send_to_addr((member.info.overlay_ip, member.info.admin_port), mtype, body, now)
+        elif under is None:
+            self._send(id8, mtype, body, now)
+
     def _send(self, id8: bytes, mtype: int, body: bytes, now: float) -> bool:
         addr = self._addr_of(id8)
         if addr is None:
@@ -696,11 +765,14 @@ class Core:
         self._send_to_addr(addr, mtype, body, now)
         return True
 
-    def _send_records(self, addr: tuple[str, int], raws: list[bytes], now: float) -> None:
+    def _send_records(self, addr: tuple[str, int], raws: list[bytes], now: float, why: str = "reply") -> None:
+        self._count(f"tx_records_{why}", len(raws))
+        # the underlay may not pass fragments; inside the tunnel a fragmented datagram is fine
+        limit = 8000 if self._is_overlay(addr[0]) else 1100
         chunk: list[bytes] = []
         size = 0
         for raw in raws:
-            if chunk and size + len(raw) > 1100:
+            if chunk and size + len(raw) > limit:
                 self._send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now)
                 chunk, size = [], 0
             chunk.append(raw)
@@ -733,8 +805,10 @@ class Core:
     # ========================================================================= own record
 
     def _schedule_publish(self, now: float) -> None:
+        """Soon after a change, but not more than 4 times a second (a hub's links change in bursts)."""
         if self.t_publish is None:
-            self.t_publish = now + self.config.publish_interval
+            spacing = 0.25 * max(1.0, len(self.links) / 500)  # a hub's record grows with its links
+            self.t_publish = max(now + self.config.publish_interval, self._last_publish + spacing)
 
     def _own_info(self) -> NodeInfo:
         endpoints = []
@@ -743,12 +817,8 @@ class Core:
         if self.reflexive is not None:
             endpoints.append(Endpoint(EP_REFLEXIVE, self.reflexive[0], self.reflexive[1]))
         me = next((p for p in self.config.static_peers if p.overlay_ip == self.config.overlay_ip), None)
-        if me is not None:
-            try:
-                ipaddress.ip_address(me.host)
-                endpoints.append(Endpoint(EP_STATIC, me.host, me.wg_port))
-            except ValueError:
-                pass
+        if me is not None and not self._is_hostname(me.host):
+            endpoints.append(Endpoint(EP_STATIC, me.host, me.wg_port))
         links = tuple(LinkClaim(link.peer, link.claimed_rtt, 0)
                       for link in sorted(self.links.values(), key=lambda x: x.peer) if link.state == UP)
         return NodeInfo(self.wg_public_key, self.config.overlay_ip, self.wg_port, self.config.admin_port,
@@ -756,6 +826,7 @@ class Core:
 
     def _publish(self, now: float) -> None:
         self.t_publish = None
+        self._last_publish = now
         info = self._own_info()
         current = self.members.get(self.id8)
         if current is not None and current.info == info:
@@ -768,13 +839,20 @@ class Core:
         self.hot[self.id8] = self.config.gossip_rounds
         self.bindings_dirty = True
         self._schedule_paths(now)
-        # link changes matter most to the link's other end: tell direct neighbours at once
-        raw = [record.raw]
-        for id8, link in self.links.items():
-            if link.state in (UP, ATTEMPTING):
-                addr = self._addr_of(id8)
+        # a link change matters most to the link's other end: tell it at once; and hand the
+        # record to one static neighbour, which floods it (a static node floods its own)
+        changed, self._changed_links = self._changed_links, set()
+        body = wire.body_records([record.raw])
+        for id8 in changed:  # the other end of a changed link needs our claim to use the link
+            self._send_both(id8, wire.RECORDS, body, now)
+        if self.is_static:
+            self._flood[self.id8] = None
+        else:
+            statics = sorted(i for i, link in self.links.items() if link.static and link.state == UP)
+            if statics and statics[0] not in changed:
+                addr = self._addr_of(statics[0])
                 if addr is not None:
-                    self._send_records(addr, raw, now)
+                    self._send_records(addr, [record.raw], now, "publish")
 
     def _maybe_update_rtt_claim(self, link: Link, now: float) -> None:
         """Hysteresis: republish an RTT only when it moved by > max(5 ms, 25 %)."""
@@ -798,15 +876,43 @@ class Core:
         return self._digest_cache[1]
 
     def _bootstrap(self, now: float) -> None:
-        """Until every static peer is known: send our digest to each static peer's underlay address."""
+        """While a static peer's record is unknown: send our digest to one such static peer
+        (a different one each time); its answer is the whole mesh, in one exchange."""
         known_ips = {m.info.overlay_ip for m in self.members.values()}
-        entries = wire.body_digest([(self.id8, self.version)])
-        for ip, static in self.static_by_ip.items():
-            member = self.find(ip)
-            if ip not in known_ips or member is None or member.record.id8 not in self.hops:
-                self._send_to_addr((static.host, static.admin_port), wire.DIGEST, entries, now)
+        unknown = [ip for ip in sorted(self.static_by_ip) if ip not in known_ips]
+        if not unknown:
+            return
+        self._bootstrap_turn = (self._bootstrap_turn + 1) % len(unknown)
+        static = self.static_by_ip[unknown[self._bootstrap_turn]]
+        self._send_to_addr((static.host, static.admin_port), wire.DIGEST,
+                           wire.body_digest([(self.id8, self.version)]), now)
 
     def _gossip(self, now: float) -> None:
+        """Dissemination. Every node links to every static node, so static nodes are hubs: a
+        hub hands each new record to those of its neighbours that whoever sent it to the hub
+        does not reach directly (it knows everyone's links from their signed records). Every
+        node pushes its own new versions to one static neighbour (see _publish) and gossips
+        them to a few random nodes; anti-entropy (_sync) repairs whatever was lost."""
+        if self._flood:
+            flood, self._flood = self._flood, {}
+            mine = [i for i, link in self.links.items() if link.state == UP]
+            batches: dict[bytes, list[bytes]] = {}
+            for origin, source in flood.items():
+                member = self.members.get(origin)
+                if member is None:
+                    continue
+                covered = {origin, source}
+                if source is not None and source != origin:
+                    sender = self.members.get(source)
+                    if sender is not None and sender.info.is_static:
+                        covered.update(claim.peer for claim in sender.info.links)
+                for id8 in mine:
+                    if id8 not in covered:
+                        batches.setdefault(id8, []).append(member.record.raw)
+            for id8, batch in batches.items():
+                addr = self._addr_of(id8)
+                if addr is not None:
+                    self._send_records(addr, batch, now, "flood")
         if not self.hot:
             return
         targets = [i for i in self.hops if i != self.id8]
@@ -817,7 +923,7 @@ class Core:
         for id8 in chosen:
             addr = self._addr_of(id8)
             if addr is not None:
-                self._send_records(addr, raws, now)
+                self._send_records(addr, raws, now, "gossip")
         for id8 in list(self.hot):
             self.hot[id8] -= 1
             if self.hot[id8] <= 0:
@@ -862,24 +968,32 @@ class Core:
             return self._shares_lan(info)
         return bool(self._candidates(info))
 
+    def _lan_nets(self):
+        if self._lan_nets_for != self.lan:
+            self._lan_nets_cache = [(_ip_net(ip, plen), ip) for ip, plen in self.lan]
+            self._lan_nets_for = self.lan
+        return self._lan_nets_cache
+
+    def _on_my_lan(self, address: str) -> str | None:
+        """Our own address on the LAN that contains ``address``, if any."""
+        key = "l" + address
+        if key not in self._overlay_cache or self._lan_nets_for != self.lan:
+            addr = ipaddress.ip_address(address)
+            self._overlay_cache[key] = next((mine for net, mine in self._lan_nets()
+                                             if net.version == addr.version and addr in net), None)
+        return self._overlay_cache[key]
+
     def _shares_lan(self, info: NodeInfo) -> bool:
-        nets = [_ip_net(ip, plen) for ip, plen in self.lan]
-        return any(ep.kind == EP_LAN and any(ipaddress.ip_address(ep.address) in n for n in nets
-                                             if n.version == ipaddress.ip_address(ep.address).version)
-                   for ep in info.endpoints)
+        return any(ep.kind == EP_LAN and self._on_my_lan(ep.address) for ep in info.endpoints)
 
     def _candidates(self, info: NodeInfo) -> list[tuple[tuple[str, int], tuple[str, int] | None, int]]:
         """Ordered (endpoint to reach the peer, endpoint the peer should use for us, kind)."""
         out = []
-        nets = [(_ip_net(ip, plen), ip) for ip, plen in self.lan]
         for ep in info.endpoints:
-            if ep.kind != EP_LAN:
-                continue
-            addr = ipaddress.ip_address(ep.address)
-            for net, mine in nets:
-                if net.version == addr.version and addr in net:
+            if ep.kind == EP_LAN:
+                mine = self._on_my_lan(ep.address)
+                if mine is not None:
                     out.append(((ep.address, ep.port), (mine, self.wg_port), EP_LAN))
-                    break
         mine_public = self.reflexive
         if mine_public is None and self.is_static:
             me = next(p for p in self.config.static_peers if p.overlay_ip == self.config.overlay_ip)
@@ -914,6 +1028,7 @@ class Core:
             # the static side configures the peer, tells the other end it may start the
             # handshake (once applied), and waits for it
             link.state = ATTEMPTING
+            self._attempting = True
             link.attempt = (link.attempt + 1) & 0xFFFFFFFF
             link.attempt_started = now
             cand = link.candidates[0] if link.candidates else None
@@ -937,6 +1052,7 @@ class Core:
             link.candidates = fresh
         reach, mine, kind = link.candidates[link.candidate_index]
         link.state = ATTEMPTING
+        self._attempting = True
         link.attempt = (link.attempt + 1) & 0xFFFFFFFF
         link.attempt_started = now
         link.endpoint = _fmt_ep(reach)
@@ -963,6 +1079,7 @@ class Core:
         link.used_since = 0.0
         if was_up:
             self._event("link_down", node=member.info.name, reason=why)
+            self._changed_links.add(link.peer)
             self._schedule_publish(now)
         else:
             self._count("link_attempt_failed")
@@ -980,6 +1097,7 @@ class Core:
         if link.claimed_rtt == 0:
             link.claimed_rtt = 50  # until probes over the link measure it
         self._event("link_up", node=member.info.name, endpoint=link.endpoint)
+        self._changed_links.add(link.peer)
         self._schedule_publish(now)
 
     def _active(self, link: Link, now: float) -> bool:
@@ -1054,8 +1172,9 @@ class Core:
                     continue  # a CONNECT could not reach it yet; paths will change and wake us
                 if not link.removal_applied:
                     continue  # dataplane_applied wakes us
-                if now >= link.retry_at and self._attempt_budget >= 1:
-                    self._attempt_budget -= 1
+                if now >= link.retry_at and (link.static or self._attempt_budget >= 1):
+                    if not link.static:
+                        self._attempt_budget -= 1  # CONNECT + handshakes: rate-limited
                     self._start_attempt(link, member, now)
                     next_t = min(next_t, now + 0.25)
                 else:
@@ -1075,7 +1194,7 @@ class Core:
                     if link.static and not link.initiator and link.connect_sent:
                         if now - link.connect_sent >= 1.0:  # "ready": until the handshake arrives
                             link.connect_sent = now
-                            self._send(link.peer, wire.CONNECT, link.connect_body, now)
+                            self._send_both(link.peer, wire.CONNECT, link.connect_body, now)
                         next_t = min(next_t, link.connect_sent + 1.0)
                     elif link.connect_sent and not link.connect_acked:
                         if now - link.connect_sent >= 0.25:  # the CONNECT or its ack was lost
@@ -1095,25 +1214,35 @@ class Core:
                 if not self._active(link, now):
                     link.used_since = 0.0
                     continue
-                alive_since = max(link.last_ack, link.used_since, link.up_since if not direct else 0)
+                alive_since = max(link.last_ack, link.last_probe_rx, link.used_since,
+                                  link.up_since if not direct else 0)
                 grace = cfg.attempt_timeout * 2 if not direct else cfg.link_down_after
                 if now - alive_since > grace:
                     self._link_failed(link, member, now, "probes unanswered")
                     continue
-                if now >= link.next_probe:
-                    link.next_probe = now + cfg.probe_interval
-                    self._send_probe(member.info, id8, now)
-                next_t = min(next_t, link.next_probe)
+                # one end probes (the initiator); the other answers, and probes itself only
+                # when the other end's probes stop coming (it may have died, or gone idle)
+                if link.initiator or now - link.last_probe_rx > 2.5 * cfg.probe_interval:
+                    if now >= link.next_probe:
+                        link.next_probe = now + cfg.probe_interval
+                        self._send_probe(member.info, id8, now)
+                    next_t = min(next_t, link.next_probe)
+                else:
+                    next_t = min(next_t, link.last_probe_rx + 2.5 * cfg.probe_interval + 0.001)
         self.t_links = next_t
+        self._attempting = any(link.state == ATTEMPTING for link in self.links.values())
 
     # ========================================================================= paths
 
     def _schedule_paths(self, now: float) -> None:
         if self.t_paths is None:
-            self.t_paths = now + self.config.path_debounce
+            # at most 10 times a second, less often in big meshes (each run costs O(N log N))
+            spacing = 0.1 * max(1.0, len(self.members) / 250)
+            self.t_paths = max(now + self.config.path_debounce, self._last_recompute + spacing)
 
     def _recompute(self, now: float) -> None:
         self.t_paths = None
+        self._last_recompute = now
         claims: dict[bytes, dict[bytes, int]] = {}
         for id8, member in self.members.items():
             claims[id8] = {claim.peer: claim.rtt_ms for claim in member.info.links}
@@ -1132,6 +1261,12 @@ class Core:
                 self._event("path_changed", node=self.members[id8].info.name,
                             via=self.members[hop].info.name if hop != id8 else "direct")
         self._build_dataplane(now)
+
+    def _ip_key(self, prefix: str) -> int:
+        key = self._sort_keys.get(prefix)
+        if key is None:
+            key = self._sort_keys[prefix] = int(ipaddress.ip_network(prefix).network_address)
+        return key
 
     def _build_dataplane(self, now: float) -> None:
         allowed: dict[bytes, list[str]] = {}
@@ -1156,7 +1291,7 @@ class Core:
             peers.append(DesiredPeer(member.info.wg_public_key, endpoint,
                                      tuple(sorted(allowed.get(id8, ()))), keepalive))
         peers.sort(key=lambda p: p.public_key)
-        routes.sort(key=lambda r: ipaddress.ip_network(r.destination))
+        routes.sort(key=lambda r: self._ip_key(r.destination))
         plane = DataPlane(tuple(peers), tuple(routes))
         if plane != self.dataplane:
             self.dataplane = plane

@@ -444,10 +444,11 @@ class Sim:
         self.events: list[tuple[float, str, object]] = []
         self.pings: dict[int, float | None] = {}
         self.ping_seq = 0
-        self.verified = wire.VerifiedCache(1 << 20)  # records verified once per process, as in one node
+        self.cache = wire.RecordCache(1 << 20)  # records verified/decoded once per process
         self.stats: dict[str, int] = {}
         self.capture: Callable[[str, bytes, Addr], None] | None = None
         self.keep_events = True
+        self._overlay: dict[str, bool] = {}
 
     # ---------------------------------------------------------------- building
 
@@ -468,7 +469,7 @@ class Sim:
         cfg_args.update(self.core_overrides)
         cfg_args.update(overrides)
         core = Core(CoreConfig(**cfg_args), seed, wg_key, EPOCH + self.now, self.random_bytes,
-                    lan_endpoints=[(underlay_ip, lan_prefix)], verified=self.verified)
+                    lan_endpoints=[(underlay_ip, lan_prefix)], cache=self.cache)
         node = SimNode(self, name, underlay_ip, overlay_ip, core, wg_key, lan_prefix, forwarding)
         node.identity_seed = seed
         node.alive = False
@@ -592,8 +593,10 @@ class Sim:
     def _send_admin(self, node: SimNode, data: bytes, addr: Addr) -> None:
         node.count("admin_tx")
         node.count("admin_tx_bytes", len(data))
-        dst_ip = ipaddress.ip_address(addr[0])
-        if dst_ip in self.subnet:
+        over = self._overlay.get(addr[0])
+        if over is None:
+            over = self._overlay[addr[0]] = ipaddress.ip_address(addr[0]) in self.subnet
+        if over:
             node.send_overlay(Packet(node.overlay_ip, addr[0], "admin", data, wire_port(node), addr[1],
                                      size=len(data) + 28))
         else:

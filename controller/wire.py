@@ -116,6 +116,28 @@ class VerifiedCache:
         return True
 
 
+class RecordCache(VerifiedCache):
+    """Verified records and their decoded payloads. A node receives the same record version
+    from many relays; it is verified and decoded once. (The simulator shares one cache between
+    all its cores: a pure-function memo, it changes no behaviour.)"""
+
+    def __init__(self, size: int = 65536) -> None:
+        super().__init__(size)
+        self._decoded: OrderedDict[bytes, object] = OrderedDict()
+
+    def decoded(self, raw: bytes, decode):
+        key = hashlib.blake2b(raw, digest_size=20).digest()
+        value = self._decoded.get(key)
+        if value is None:
+            value = decode()
+            self._decoded[key] = value
+            if len(self._decoded) > self.size:
+                self._decoded.popitem(last=False)
+        else:
+            self._decoded.move_to_end(key)
+        return value
+
+
 # ---------------------------------------------------------------- small codecs
 
 
