@@ -521,6 +521,7 @@ class Core:
                 link.connect_acked = True
 
     def _on_records(self, body: bytes, now: float, source: bytes | None = None) -> None:
+        flood = bool(body and body[0] & wire.RECORDS_FLOOD)
         for identity, version, _kind, pos in wire.iter_records(body):
             member = self.members.get(identity[:wire.ID8_LEN])
             if member is not None and member.record.version >= version and member.identity == identity:
@@ -536,9 +537,9 @@ class Core:
             except ProtocolError as e:
                 self._count(f"drop_{e.reason}")
                 continue
-            self._accept_record(record, now, source)
+            self._accept_record(record, now, source, flood)
 
-    def _accept_record(self, record: Record, now: float, source: bytes | None = None) -> bool:
+    def _accept_record(self, record: Record, now: float, source: bytes | None = None, flood: bool = False) -> bool:
         if record.kind != wire.RECORD_NODE:
             self._count("drop_unknown_record_kind")
             return False
@@ -585,7 +586,8 @@ class Core:
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
         self._digest_cache = None
-        if self.is_static:
+        if self.is_static and source is not None and (
+                (flood and source == id8) or (source in self.members and self.members[source].info.is_static)):
             self._flood[id8] = source  # a hub hands new records on (see _gossip)
         if old is None:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
@@ -849,10 +851,11 @@ class Core:
             self._flood[self.id8] = None
         else:
             statics = sorted(i for i, link in self.links.items() if link.static and link.state == UP)
-            if statics and statics[0] not in changed:
+            if statics:
                 addr = self._addr_of(statics[0])
                 if addr is not None:
-                    self._send_records(addr, [record.raw], now, "publish")
+                    self._count("tx_records_publish")
+                    self._send_to_addr(addr, wire.RECORDS, wire.body_records([record.raw], wire.RECORDS_FLOOD), now)
 
     def _maybe_update_rtt_claim(self, link: Link, now: float) -> None:
         """Hysteresis: republish an RTT only when it moved by > max(5 ms, 25 %)."""

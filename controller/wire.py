@@ -382,15 +382,19 @@ def parse_probe_ack(body: bytes) -> tuple[int, tuple[str, int] | None, tuple[str
     return pid, admin, wg
 
 
-def body_records(raws: list[bytes]) -> bytes:
-    return struct.pack(">H", len(raws)) + b"".join(raws)
+RECORDS_FLOOD = 1  # "you are my static neighbour: hand this on" (see Core._gossip)
+
+
+def body_records(raws: list[bytes], flags: int = 0) -> bytes:
+    return struct.pack(">BH", flags, len(raws)) + b"".join(raws)
 
 
 def iter_records(body: bytes):
     """Yield (identity, version, kind, offset) for each record; full parsing is the caller's choice."""
     r = Reader(body)
+    r.u8()  # flags
     count = r.u16()
-    pos = 2
+    pos = 3
     for _ in range(count):
         identity, version, kind, total = read_record_header(body, pos)
         yield identity, version, kind, pos

@@ -31,7 +31,7 @@ def test_round_trip_every_message_type():
         wire.REQUEST: (wire.body_request([b"a" * 8]), [b"a" * 8]),
         wire.CONNECT: (wire.body_connect(2, ("192.168.1.2", 51820), None), (2, ("192.168.1.2", 51820), None)),
         wire.CONNECT_ACK: (wire.body_connect_ack(2), 2),
-        wire.RECORDS: (wire.body_records([record.raw]), [(ALICE.public, 7, 0, 2)]),
+        wire.RECORDS: (wire.body_records([record.raw]), [(ALICE.public, 7, 0, 3)]),
     }
     for mtype, (body, expected) in bodies.items():
         inner, parsed = wire.decode(KEY, sealed(mtype, body))
