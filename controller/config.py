@@ -220,3 +220,47 @@ def load_network_config(path: str | Path) -> NetworkConfig:
         seen.add(wg_ip)
         peers.append(StaticPeer(host, port, admin_port, wg_ip))
     return NetworkConfig(spath, shared_key, subnet, tuple(peers), tuple(warnings))
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """The original's optional peer.yaml: this box's own settings."""
+
+    path: str
+    name: str | None = None
+    wg_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    interface: str | None = None
+    existing_interface: bool = False
+    wg_port: int | None = None
+    admin_port: int | None = None
+    warnings: tuple[str, ...] = ()
+
+
+KNOWN_PEER_YAML = {"name", "wgIp", "wgInterface", "existingInterface", "wgPort", "adminPort"}
+
+
+def load_peer_config(path: str | Path) -> PeerConfig:
+    spath = str(path)
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise ConfigError(spath, None, "must be a mapping (name, wgIp, wgInterface, existingInterface)")
+    warnings = [f"{spath}:{_line(doc, k)}: unknown key {k!r} ignored" for k in doc if k not in KNOWN_PEER_YAML]
+    name = doc.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 63):
+        raise ConfigError(spath, _line(doc, "name"), "name must be a non-empty string of at most 63 characters")
+    wg_ip = None
+    if doc.get("wgIp") is not None:
+        try:
+            wg_ip = ipaddress.ip_address(str(doc["wgIp"]).strip())
+        except ValueError as e:
+            raise ConfigError(spath, _line(doc, "wgIp"), f"wgIp {e}") from None
+    interface = doc.get("wgInterface")
+    if interface is not None and (not isinstance(interface, str) or not 1 <= len(interface) <= 15):
+        raise ConfigError(spath, _line(doc, "wgInterface"), "wgInterface must be an interface name (1..15 chars)")
+    existing = doc.get("existingInterface", False)
+    if not isinstance(existing, bool):
+        raise ConfigError(spath, _line(doc, "existingInterface"), "existingInterface must be true or false")
+    wg_port = _port(spath, doc, "wgPort") if "wgPort" in doc else None
+    admin_port = _port(spath, doc, "adminPort") if "adminPort" in doc else None
+    return PeerConfig(spath, name.strip() if name else None, wg_ip, interface, existing, wg_port, admin_port,
+                      tuple(warnings))

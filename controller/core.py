@@ -388,6 +388,19 @@ class Core:
             self.wg_public_key = key
             self._schedule_publish(now)
 
+    def update_static_peers(self, peers: Iterable[StaticPeerConfig], now: float) -> None:
+        """Static peers re-resolved (dynamic DNS): new endpoints for links still being set up."""
+        new = {p.overlay_ip: p for p in peers if p.overlay_ip != self.config.overlay_ip}
+        if new == self.static_by_ip:
+            return
+        self.static_by_ip = new
+        for id8, link in self.links.items():
+            member = self.members.get(id8)
+            static = new.get(member.info.overlay_ip) if member else None
+            if static is not None and link.initiator and link.state != UP:
+                link.endpoint = _fmt_ep((static.host, static.wg_port))
+        self._schedule_paths(now)
+
     def set_wg_port(self, port: int, now: float) -> None:
         if port != self.wg_port:
             self.wg_port = port
@@ -596,6 +609,13 @@ class Core:
             self._schedule_paths(now)
         if self._wants_link(info, id8):
             self._ensure_link(self.members[id8], now)
+        link = self.links.get(id8)
+        if link is not None and link.state == UP and now - link.last_probe_rx < 3 * self.config.probe_interval:
+            # the other end measures this link; claim what it measured (edges use the max of both)
+            theirs = next((c.rtt_ms for c in info.links if c.peer == self.id8), 0)
+            if theirs and abs(theirs - link.claimed_rtt) > max(5, link.claimed_rtt // 4):
+                link.claimed_rtt = theirs
+                self._schedule_publish(now)
         return True
 
     def _report_conflict(self, reason: str, info: NodeInfo, record: Record) -> None:

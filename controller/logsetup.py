@@ -44,6 +44,11 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
+def fields(data: dict) -> dict:
+    """``extra=`` for arbitrary key/values: keys LogRecord reserves (name, msg, ...) get a prefix."""
+    return {(f"f_{k}" if k in _STD else k): v for k, v in data.items()}
+
+
 def setup(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter(journal="JOURNAL_STREAM" in os.environ))

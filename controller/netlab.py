@@ -200,6 +200,15 @@ class Box:
         _ip("link", "set", peer, "up", ns=segment.ns)
         return ifname
 
+    def default_route(self, via: str) -> None:
+        self.run(["ip", "route", "replace", "default", "via", via])
+
+    def nft(self, script: str) -> None:
+        r = subprocess.run(self._enter() + ["nft", "-f", "-"], input=script, capture_output=True, text=True,
+                           timeout=30)
+        if r.returncode != 0:
+            raise LabError(f"[{self.name}] nft: {r.stderr.strip()}")
+
     def sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-q", "-w", f"{key}={value}"])
 
@@ -221,11 +230,30 @@ class Box:
         self.popen("dbus", ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile"])
         _wait(lambda: os.path.exists(self.bus_path), 10, f"[{self.name}] system bus socket")
 
-    def write_config(self, text: str, name: str = "net.yaml", mode: int = 0o644) -> Path:
+    def write_config(self, text: str, name: str = "net.yaml", mode: int = 0o640, group: str | None = "wg-netmanager"
+                     ) -> Path:
+        """Root-owned (the helper trusts nothing else), group-readable for the controller."""
         path = self.dir / name
         path.write_text(text)
         os.chmod(path, mode)
+        if group is not None:
+            try:
+                shutil.chown(path, "root", group)
+            except LookupError:
+                os.chmod(path, mode | 0o004)
         return path
+
+    def start_controller(self, config: Path, address: str, name: str | None = None, extra: Sequence[str] = (),
+                         python: str = sys.executable, user: str = "wg-netmanager") -> subprocess.Popen:
+        """The controller as the unprivileged user, like its systemd unit."""
+        state = self.dir / "controller-state"
+        state.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(state, user, user)
+        cmd = [python, "-m", "wg_netmanager.controller.cli", "-c", str(config), "-a", address, "-n", name or self.name,
+               "--state-dir", str(state), "-v", *extra]
+        proc = self.popen("controller", cmd, user=user)
+        self.wait_for_name("org.wgnetmanager.Controller1", proc, log_key="controller")
+        return proc
 
     def start_helper(self, config: Path, interfaces: Sequence[str] = ("wg0",), verbose: bool = True,
                      python: str = sys.executable) -> subprocess.Popen:
@@ -238,11 +266,11 @@ class Box:
         self.wait_for_name("org.wgnetmanager.Helper1", proc)
         return proc
 
-    def wait_for_name(self, name: str, proc: subprocess.Popen, timeout: float = 15) -> None:
+    def wait_for_name(self, name: str, proc: subprocess.Popen, timeout: float = 20, log_key: str = "helper") -> None:
         def owned() -> bool:
             if proc.poll() is not None:
                 raise LabError(f"[{self.name}] process exited ({proc.returncode}) before owning {name}:\n"
-                               f"{self.log('helper')[-2000:]}")
+                               f"{self.log(log_key)[-2000:]}")
             r = self.run(["busctl", "--system", "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
                           "org.freedesktop.DBus", "NameHasOwner", "s", name], check=False, timeout=5)
             return r.stdout.strip() == "b true"
@@ -278,6 +306,29 @@ class Lab:
     def box(self, name: str) -> Box:
         self.boxes[name] = Box(self, name)
         return self.boxes[name]
+
+    def router(self, name: str, inside: Segment, inside_addr: str, outside: Segment, outside_addr: str,
+               gateway: str | None = None, nat: bool = True) -> Box:
+        """A home router: forwards between two segments and (with ``nat``) masquerades the
+        inside behind its outside address, with a stateful filter (nothing gets in unasked)."""
+        box = self.box(name)
+        box.attach(inside, inside_addr, "lan0")
+        box.attach(outside, outside_addr, "wan0")
+        if gateway:
+            box.default_route(gateway)
+        box.sysctl("net.ipv4.ip_forward", "1")
+        if nat:
+            box.nft("""table ip nat {
+  chain postrouting { type nat hook postrouting priority srcnat; oifname "wan0" masquerade; }
+}
+table ip filter {
+  chain forward { type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan0" accept
+  }
+}
+""")
+        return box
 
     def close(self) -> None:
         for proc in self._procs:

@@ -13,7 +13,12 @@ HELPER_BUS_NAME = "org.wgnetmanager.Helper1"
 HELPER_OBJECT_PATH = "/org/wgnetmanager/Helper1"
 HELPER_INTERFACE = "org.wgnetmanager.Helper1"
 
+CONTROLLER_BUS_NAME = "org.wgnetmanager.Controller1"
+CONTROLLER_OBJECT_PATH = "/org/wgnetmanager/Controller1"
+CONTROLLER_INTERFACE = "org.wgnetmanager.Controller1"
+
 #: The system user the controller runs as; the helper accepts calls from it and root.
+#: Members of the group of the same name may read the controller's status.
 CONTROLLER_USER = "wg-netmanager"
 
 
@@ -34,5 +39,13 @@ def contract_file(name: str) -> Path:
     return Path(str(resources.files(__package__).joinpath(name)))
 
 
+class ControllerErrors:
+    PREFIX = CONTROLLER_INTERFACE + ".Error."
+    NOT_AUTHORIZED = PREFIX + "NotAuthorized"
+    UNKNOWN_NODE = PREFIX + "UnknownNode"
+    TIMEOUT = PREFIX + "Timeout"
+
+
 HELPER_XML = HELPER_INTERFACE + ".xml"
+CONTROLLER_XML = CONTROLLER_INTERFACE + ".xml"
 BUS_POLICY = "org.wgnetmanager.conf"

@@ -10,7 +10,6 @@ D-Bus error. Nothing here tears the data plane down except an explicit Teardown.
 
 import argparse
 import asyncio
-import contextvars
 import functools
 import ipaddress
 import logging
@@ -21,7 +20,6 @@ import socket
 import stat
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 from wg_netmanager.controller import logsetup
@@ -33,13 +31,12 @@ from wg_netmanager.dbus import (
     HELPER_OBJECT_PATH,
     HelperErrors,
 )
+from wg_netmanager.dbus.auth import CallerAuth
 from wg_netmanager.dbus.compat import (
     LIBRARY,
     BusType,
     DBusError,
-    Message,
     MessageBus,
-    MessageType,
     PropertyAccess,
     ServiceInterface,
     dbus_property,
@@ -63,12 +60,6 @@ from .uapi import UapiError
 
 VERSION = "0.1.0"
 log = logging.getLogger("wg_netmanager.helper")
-
-# The unique bus name of the caller of the method being dispatched. Set by a message
-# handler that runs, synchronously, right before the library dispatches the call; the
-# task running the (async) method copies the context at creation.
-_SENDER: contextvars.ContextVar = contextvars.ContextVar("sender", default=None)
-
 
 class _Device:
     def __init__(self, ifname: str, index: int, backend) -> None:
@@ -117,7 +108,7 @@ class Helper1(ServiceInterface):
         self.state_dir = state_dir
         self.allowed_uids = allowed_uids
         self.subnet = load_trusted_subnet(config_path)
-        self._uids: OrderedDict[str, int] = OrderedDict()
+        self.auth = CallerAuth(bus, HelperErrors.NOT_AUTHORIZED)
         self._locks = {name: asyncio.Lock() for name in interfaces}
         self._devices: dict[str, _Device] = {}
         self._routes = RouteTable()
@@ -125,22 +116,9 @@ class Helper1(ServiceInterface):
     # ------------------------------------------------------------ authorization
 
     async def _authorize(self, method_name: str) -> None:
-        sender = _SENDER.get()
-        if sender is None:
-            raise DBusError(HelperErrors.NOT_AUTHORIZED, "caller could not be identified")
-        uid = self._uids.get(sender)
-        if uid is None:
-            reply = await self.bus.call(Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus", member="GetConnectionUnixUser", signature="s", body=[sender]))
-            if reply.message_type != MessageType.METHOD_RETURN:
-                raise DBusError(HelperErrors.NOT_AUTHORIZED, "caller's UID could not be determined")
-            uid = int(reply.body[0])
-            self._uids[sender] = uid  # unique names are never reused on a bus
-            if len(self._uids) > 256:
-                self._uids.popitem(last=False)
+        uid = await self.auth.caller_uid()
         if uid not in self.allowed_uids:
-            log.warning("refused caller", extra={"method": method_name, "uid": uid, "sender": sender})
+            log.warning("refused caller", extra={"method": method_name, "uid": uid})
             raise DBusError(HelperErrors.NOT_AUTHORIZED,
                             f"UID {uid} may not call {HELPER_INTERFACE}; only root and the "
                             f"'{CONTROLLER_USER}' user may")
@@ -288,12 +266,6 @@ def _controller_uids(users: list[str]) -> set[int]:
 
 async def serve(args: argparse.Namespace) -> int:
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-
-    def remember_sender(msg):
-        _SENDER.set(msg.sender if msg.message_type == MessageType.METHOD_CALL else None)
-        return None  # never handles anything itself
-
-    bus.add_message_handler(remember_sender)
     helper = Helper1(bus, Path(args.config), args.interface, Path(args.state_dir), _controller_uids(args.allow_user))
     bus.export(HELPER_OBJECT_PATH, helper)
     reply = await bus.request_name(HELPER_BUS_NAME)

@@ -1,0 +1,323 @@
+"""``wg_netmanager``: run the controller, or inspect a running one.
+
+    wg_netmanager -c net.yaml -i wg0 -a 10.1.1.1 -n alice     run the controller (foreground)
+    wg_netmanager init | check | status | nodes | routes | ping NODE | watch | demo
+
+User errors are one clear line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import pwd
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, load_network_config, load_peer_config
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"wg_netmanager: {message}", err=True)
+    sys.exit(code)
+
+
+# ------------------------------------------------------------------------------ run form
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default="/etc/wg-netmanager/net.yaml",
+              show_default=True, help="net.yaml (shared by every node)")
+@click.option("-p", "--peer", "peer", type=click.Path(dir_okay=False), help="peer.yaml (this node's settings)")
+@click.option("-i", "--interface", help="WireGuard interface [wg0]")
+@click.option("-a", "--address", help="this node's overlay IP (wgIp)")
+@click.option("-n", "--name", help="this node's name [hostname]")
+@click.option("-e", "--existing", is_flag=True, help="use an existing WireGuard interface")
+@click.option("-w", "--wg-port", type=click.IntRange(1, 65535), help="WireGuard listen port [50000]")
+@click.option("-u", "--admin-port", type=click.IntRange(1, 65535), help="admin UDP port [55555]")
+@click.option("-H", "--port-hopping", is_flag=True, help="change the WireGuard port when nothing is reachable")
+@click.option("-t", "--live", is_flag=True, help="live view of the mesh while running")
+@click.option("-l", "--link-policy", type=click.Choice(["auto", "all", "static"]), default="auto",
+              show_default=True, help="which pairs keep direct links (see README)")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              default=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/wg-netmanager"),
+              show_default="$STATE_DIRECTORY or /var/lib/wg-netmanager")
+@click.option("--drop-privileges", metavar="USER", help="when started as root: switch to USER before running")
+@click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
+def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_port, port_hopping, live,
+         link_policy, state_dir, drop_privileges, verbose):
+    """WireGuard mesh manager. Without a command: run the controller in the foreground."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import logsetup
+    from .runtime import Controller, settings_from
+
+    logsetup.setup(verbose)
+    try:
+        network = load_network_config(config)
+        peer_cfg = load_peer_config(peer) if peer else None
+        for warning in network.warnings + (peer_cfg.warnings if peer_cfg else ()):
+            click.echo(f"wg_netmanager: warning: {warning}", err=True)
+        settings = settings_from(network, peer_cfg, interface=interface, address=address, name=name,
+                                 existing=existing, wg_port=wg_port, admin_port=admin_port,
+                                 port_hopping=port_hopping, state_dir=Path(state_dir), link_policy=link_policy)
+    except ConfigError as e:
+        fail(str(e), EXIT_CONFIG)
+    if os.geteuid() == 0:
+        if not drop_privileges:
+            fail("refusing to run the controller as root: it needs no privilege (the helper applies changes). "
+                 "Run it as the 'wg-netmanager' user, or pass --drop-privileges wg-netmanager", EXIT_CONFIG)
+        _drop_privileges(drop_privileges, Path(state_dir))
+    controller = Controller(settings)
+    if live:
+        controller.listeners.append(lambda event: click.echo(f"{time.strftime('%H:%M:%S')} {event}"))
+    try:
+        sys.exit(asyncio.run(_run(controller)))
+    except ConfigError as e:
+        fail(str(e), EXIT_UNAVAILABLE)
+    except PermissionError as e:
+        fail(f"{e.strerror}: {e.filename or ''} (state directory and net.yaml must be readable by this user)",
+             EXIT_CONFIG)
+    except OSError as e:
+        fail(f"cannot start: {e}", EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _run(controller) -> int:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, controller.stop.set)
+    from .helper_client import HelperError
+
+    try:
+        return await controller.run()
+    except HelperError as e:
+        fail(f"the helper refused: {e}", EXIT_UNAVAILABLE)
+    return 1
+
+
+def _drop_privileges(user: str, state_dir: Path) -> None:
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        fail(f"no such user: {user}", EXIT_CONFIG)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(state_dir, pw.pw_uid, pw.pw_gid)
+    os.setgroups(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+
+
+# ------------------------------------------------------------------------------ config commands
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="net.yaml", show_default=True)
+@click.option("--subnet", default="10.1.1.0/24", show_default=True)
+@click.option("--endpoint", default="vps.example.net:50000", show_default=True,
+              help="the first static peer's public host:port")
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def init(output, subnet, endpoint, force):
+    """Write a new net.yaml with a fresh shared key (mode 0600)."""
+    path = Path(output)
+    if path.exists() and not force:
+        fail(f"{path} exists; not overwriting it (use --force)")
+    key = base64.b64encode(os.urandom(32)).decode()
+    text = f"""# wg_netmanager network configuration: copy this file to every node (keep it secret).
+network:
+  sharedKey: {key}   # like `wg genkey`; whoever has it can join
+  subnet: {subnet}
+peers:                  # static peers: at least one, reachable by the others
+  - endPoint: {endpoint}   # host:port of its WireGuard; the host may be a DNS name
+    adminPort: 55555
+    wgIp: {str(next(__import__('ipaddress').ip_network(subnet, strict=False).hosts()))}
+"""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    try:
+        load_network_config(path)
+    except ConfigError as e:
+        path.unlink()
+        fail(str(e), EXIT_CONFIG)
+    click.echo(f"wrote {path} (mode 0600); edit the static peer, then copy it to every node")
+
+
+@main.command()
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default="/etc/wg-netmanager/net.yaml",
+              show_default=True)
+@click.option("-p", "--peer", "peer", type=click.Path(dir_okay=False))
+def check(config, peer):
+    """Validate net.yaml (and peer.yaml); errors name file and line."""
+    try:
+        net = load_network_config(config)
+        peer_cfg = load_peer_config(peer) if peer else None
+    except ConfigError as e:
+        fail(str(e), EXIT_CONFIG)
+    for warning in net.warnings + (peer_cfg.warnings if peer_cfg else ()):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{config}: ok (subnet {net.subnet}, {len(net.peers)} static peer(s))")
+    if peer_cfg:
+        click.echo(f"{peer}: ok")
+
+
+# ------------------------------------------------------------------------------ talking to Controller1
+
+
+async def _controller_call(member: str, signature: str = "", body: list | None = None, timeout: float = 10):
+    from wg_netmanager.dbus import CONTROLLER_BUS_NAME, CONTROLLER_INTERFACE, CONTROLLER_OBJECT_PATH
+    from wg_netmanager.dbus.compat import BusType, Message, MessageBus, MessageType
+
+    try:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except (OSError, Exception) as e:  # noqa: BLE001 - any failure to reach the bus is one message
+        fail(f"cannot reach the system bus: {e}", EXIT_UNAVAILABLE)
+    try:
+        reply = await asyncio.wait_for(bus.call(Message(
+            destination=CONTROLLER_BUS_NAME, path=CONTROLLER_OBJECT_PATH, interface=CONTROLLER_INTERFACE,
+            member=member, signature=signature, body=body or [])), timeout)
+    except TimeoutError:
+        fail("the controller did not answer", EXIT_UNAVAILABLE)
+    finally:
+        bus.disconnect()
+    if reply.message_type == MessageType.ERROR:
+        name = reply.error_name or ""
+        text = reply.body[0] if reply.body else name
+        if name.endswith("ServiceUnknown") or name.endswith("NameHasNoOwner"):
+            fail("the controller is not running (no org.wgnetmanager.Controller1 on the system bus)",
+                 EXIT_UNAVAILABLE)
+        if name.endswith("AccessDenied") or name.endswith("NotAuthorized"):
+            fail(f"not allowed: {text.split(',')[0]} (join group 'wg-netmanager' or use sudo)", 4)
+        fail(f"{name}: {text}")
+    return reply.body
+
+
+def _unvariant(d: dict) -> dict:
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
+
+
+def _nodes() -> list[dict]:
+    (nodes,) = asyncio.run(_controller_call("ListNodes"))
+    return [_unvariant(n) for n in nodes]
+
+
+def _ago(ts: float) -> str:
+    if not ts:
+        return "never"
+    secs = max(0, int(time.time() - ts))
+    return f"{secs}s ago" if secs < 120 else f"{secs // 60}m ago"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(as_json):
+    """This node and every other node: path, latency, handshake, traffic."""
+    (node_list,) = asyncio.run(_controller_call("ListNodes"))
+    nodes = [_unvariant(n) for n in node_list]
+    (routes,) = asyncio.run(_controller_call("ListRoutes"))
+    if as_json:
+        click.echo(json.dumps({"nodes": nodes, "routes": [{"destination": d, "gateway": g, "via": v}
+                                                          for d, g, v in routes]}, indent=1))
+        return
+    rows = []
+    for n in nodes:
+        path = ("direct" if not n["via"] else "via " + ",".join(n["via"])) if n["reachable"] else "unreachable"
+        rtt = f"{n['rtt_ms']:.0f} ms" if n["rtt_ms"] >= 0 and n["reachable"] else "-"
+        rows.append([n["overlay_ip"], n["name"], path, rtt, n["endpoint"] or "-", _ago(n["last_handshake"]),
+                     f"{_bytes(n['rx_bytes'])} / {_bytes(n['tx_bytes'])}"])
+    click.echo(_table(rows, ["ADDRESS", "NODE", "PATH", "RTT", "ENDPOINT", "HANDSHAKE", "RX / TX"]))
+
+
+@main.command()
+def nodes():
+    """Known nodes with identity fingerprints and WireGuard keys."""
+    rows = [[n["overlay_ip"], n["name"], n["identity"], n["public_key"], "static" if n["static"] else ""]
+            for n in _nodes()]
+    click.echo(_table(rows, ["ADDRESS", "NODE", "IDENTITY", "WIREGUARD KEY", ""]))
+
+
+@main.command()
+def routes():
+    """The /32 routes this node installs."""
+    (rows,) = asyncio.run(_controller_call("ListRoutes"))
+    click.echo(_table([[d, f"via {v} ({g})" if g else "direct"] for d, g, v in rows], ["DESTINATION", "PATH"]))
+
+
+@main.command()
+@click.argument("node")
+@click.option("-c", "--count", default=3, show_default=True)
+def ping(node, count):
+    """Probe NODE (name or overlay IP) through the mesh: path and round trip."""
+    lost = 0
+    for i in range(count):
+        rtt, via = asyncio.run(_controller_call("Probe", "s", [node]))
+        if rtt < 0:
+            lost += 1
+            click.echo(f"{node}: no answer ({via})")
+        else:
+            click.echo(f"{node}: {rtt:.1f} ms via {via}")
+        if i + 1 < count:
+            time.sleep(1)
+    if lost == count:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--interval", default=1.0, show_default=True)
+def watch(interval):
+    """Live view of the mesh (replaces the original's TUI). Ctrl-C to leave."""
+    try:
+        while True:
+            nodes = _nodes()
+            rows = [[n["overlay_ip"], n["name"],
+                     ("direct" if not n["via"] else "via " + ",".join(n["via"])) if n["reachable"] else "unreachable",
+                     f"{n['rtt_ms']:.0f} ms" if n["rtt_ms"] >= 0 and n["reachable"] else "-",
+                     _ago(n["last_handshake"])] for n in nodes]
+            click.echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + f"  {len(nodes)} other node(s)\n")
+            click.echo(_table(rows, ["ADDRESS", "NODE", "PATH", "RTT", "HANDSHAKE"]))
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="leave the mesh running until Ctrl-C")
+def demo(keep):
+    """Build alice, bob and charlie in network namespaces and watch the mesh form (root)."""
+    from .demo import run_demo
+
+    if os.geteuid() != 0:
+        fail("the demo builds network namespaces: run it as root", EXIT_CONFIG)
+    sys.exit(run_demo(keep=keep))
+
+
+if __name__ == "__main__":
+    main()

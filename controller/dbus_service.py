@@ -1,0 +1,151 @@
+"""org.wgnetmanager.Controller1: the controller's view of the mesh on the system bus."""
+
+# No `from __future__ import annotations`: the D-Bus signatures are the annotations.
+
+import asyncio
+import grp
+import os
+import pwd
+
+from wg_netmanager.dbus import (
+    CONTROLLER_BUS_NAME,
+    CONTROLLER_INTERFACE,
+    CONTROLLER_OBJECT_PATH,
+    CONTROLLER_USER,
+    ControllerErrors,
+)
+from wg_netmanager.dbus.auth import CallerAuth
+from wg_netmanager.dbus.compat import (
+    DBusError,
+    PropertyAccess,
+    ServiceInterface,
+    Variant,
+    dbus_property,
+    method,
+    signal,
+)
+
+VERSION = "0.1.0"
+
+
+def _member_of_group(uid: int, group: str) -> bool:
+    try:
+        gr = grp.getgrnam(group)
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return user.pw_gid == gr.gr_gid or gr.gr_gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+class Controller1(ServiceInterface):
+    def __init__(self, controller) -> None:
+        super().__init__(CONTROLLER_INTERFACE)
+        self.c = controller
+        self.auth = CallerAuth(controller.bus, ControllerErrors.NOT_AUTHORIZED)
+        self._emitted = 0
+
+    async def _readers(self) -> None:
+        uid = await self.auth.caller_uid()
+        if uid != 0 and uid != os.getuid() and not _member_of_group(uid, CONTROLLER_USER):
+            raise DBusError(ControllerErrors.NOT_AUTHORIZED,
+                            f"UID {uid} may not read the mesh status; root and members of group "
+                            f"'{CONTROLLER_USER}' may")
+
+    @method()
+    async def ListNodes(self) -> "aa{sv}":
+        await self._readers()
+        out = []
+        for n in self.c.core.member_status():
+            out.append({
+                "name": Variant("s", n["name"]), "overlay_ip": Variant("s", n["overlay_ip"]),
+                "identity": Variant("s", n["identity"]),
+                "public_key": Variant("s", _b64(n["wg_public_key"])),
+                "reachable": Variant("b", n["reachable"]), "via": Variant("as", n["via"]),
+                "rtt_ms": Variant("d", float(n["rtt_ms"]) if n["rtt_ms"] is not None else -1.0),
+                "link": Variant("s", n["link"] or ""), "endpoint": Variant("s", n["endpoint"]),
+                "last_handshake": Variant("d", float(n["last_handshake"])),
+                "rx_bytes": Variant("t", n["rx_bytes"]), "tx_bytes": Variant("t", n["tx_bytes"]),
+                "static": Variant("b", n["static"]),
+            })
+        return out
+
+    @method()
+    async def ListRoutes(self) -> "a(sss)":
+        await self._readers()
+        names = {m.info.overlay_ip: m.info.name for m in self.c.core.members.values()}
+        return [[r.destination, r.gateway or "", names.get(r.gateway or "", "")]
+                for r in self.c.core.dataplane.routes]
+
+    @method()
+    async def Probe(self, node: "s") -> "ds":
+        await self._readers()
+        result = await self.c.probe(node)
+        if result is None:
+            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {node!r}")
+        return [float(result["rtt_ms"]), result["via"]]
+
+    @method()
+    async def GetCounters(self) -> "a{st}":
+        await self._readers()
+        return {k: int(v) for k, v in self.c.core.counters.items()}
+
+    @method()
+    async def Connect(self, node: "s") -> "b":
+        await self.auth.require({0}, "pin links (root only)")
+        if self.c.core.find(node) is None:
+            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {node!r}")
+        ok = self.c.core.connect(node, __import__("time").time())
+        self.c.pump()
+        return ok
+
+    @signal()
+    def MeshChanged(self) -> "u":
+        return self.c.mesh_generation
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> "s":
+        return self.c.s.name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def OverlayAddress(self) -> "s":
+        return self.c.s.address
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Identity(self) -> "s":
+        return self.c.core.identity.public.hex()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def PublicKey(self) -> "s":
+        return self.c.wg_public_key
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Interface(self) -> "s":
+        return self.c.s.interface
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":
+        return VERSION
+
+    async def signal_loop(self) -> None:
+        """MeshChanged at most about once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.c.mesh_generation != self._emitted:
+                self._emitted = self.c.mesh_generation
+                self.MeshChanged()
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+
+    return base64.b64encode(raw).decode()
+
+
+async def export_controller1(controller) -> Controller1:
+    iface = Controller1(controller)
+    controller.bus.export(CONTROLLER_OBJECT_PATH, iface)
+    reply = await controller.bus.request_name(CONTROLLER_BUS_NAME)
+    if getattr(reply, "value", reply) != 1:
+        raise DBusError(ControllerErrors.NOT_AUTHORIZED, f"could not own {CONTROLLER_BUS_NAME} ({reply})")
+    asyncio.get_running_loop().create_task(iface.signal_loop())
+    return iface

@@ -1,0 +1,427 @@
+"""The controller daemon: a thin asyncio shell around the sans-I/O core.
+
+It owns the admin UDP sockets, the core's timer, the Helper1 client (EnsureDevice, one
+Apply in flight with bursts coalesced, GetState polling), DNS re-resolution of static
+peers, local address discovery, the persisted identity and bindings, and Controller1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import ipaddress
+import json
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wg_netmanager.dbus import HELPER_BUS_NAME
+from wg_netmanager.dbus.compat import BusType, DBusError, Message, MessageBus, MessageType
+
+from .config import ConfigError, NetworkConfig, PeerConfig
+from .logsetup import fields
+from .core import Core, CoreConfig, PeerObservation, StaticPeerConfig
+from .helper_client import HelperClient, HelperError
+
+log = logging.getLogger("wg_netmanager.controller")
+
+DEFAULT_WG_PORT = 50000
+
+
+@dataclass
+class RunSettings:
+    network: NetworkConfig
+    interface: str
+    address: str  # overlay IP
+    name: str
+    wg_port: int
+    admin_port: int
+    existing_interface: bool
+    port_hopping: bool
+    state_dir: Path
+    link_policy: str = "auto"
+
+
+def settings_from(network: NetworkConfig, peer: PeerConfig | None, *, interface: str | None, address: str | None,
+                  name: str | None, existing: bool, wg_port: int | None, admin_port: int | None,
+                  port_hopping: bool, state_dir: Path, link_policy: str = "auto") -> RunSettings:
+    """Merge net.yaml, peer.yaml and command-line options (the command line wins)."""
+    peer = peer or PeerConfig("")
+    ip_text = address or (str(peer.wg_ip) if peer.wg_ip else None)
+    if ip_text is None:
+        raise ConfigError(peer.path or network.path, None, "no overlay address: give -a ADDRESS or wgIp in peer.yaml")
+    try:
+        ip = ipaddress.ip_address(ip_text)
+    except ValueError:
+        raise ConfigError(peer.path or "-a", None, f"{ip_text!r} is not an IP address") from None
+    if ip not in network.subnet or ip in (network.subnet.network_address, network.subnet.broadcast_address):
+        raise ConfigError(network.path, None, f"address {ip} is not a host address in the subnet {network.subnet}")
+    me = next((p for p in network.peers if p.wg_ip == ip), None)
+    return RunSettings(
+        network=network,
+        interface=interface or peer.interface or "wg0",
+        address=str(ip),
+        name=name or peer.name or socket.gethostname().split(".")[0],
+        wg_port=wg_port or peer.wg_port or (me.endpoint_port if me else DEFAULT_WG_PORT),
+        admin_port=admin_port or peer.admin_port or (me.admin_port if me else 55555),
+        existing_interface=existing or peer.existing_interface,
+        port_hopping=port_hopping,
+        state_dir=state_dir,
+        link_policy=link_policy,
+    )
+
+
+# ------------------------------------------------------------------------------ local state
+
+
+def load_identity(state_dir: Path) -> bytes:
+    """The node's Ed25519 identity seed: created once (0600), then reused."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = state_dir / "identity.key"
+    try:
+        seed = path.read_bytes()
+        if len(seed) != 32:
+            raise ConfigError(path, None, "identity key is corrupt (not 32 bytes); move it away to create a new one")
+        return seed
+    except FileNotFoundError:
+        seed = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(seed)
+        return seed
+
+
+def load_persisted(state_dir: Path) -> dict:
+    try:
+        return json.loads((state_dir / "state.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def save_persisted(state_dir: Path, data: dict) -> None:
+    tmp = state_dir / "state.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, state_dir / "state.json")
+
+
+def local_addresses(exclude_ifname: str, subnet) -> list[tuple[str, int]]:
+    """Underlay addresses of this box (the original's LocalContact): all but loopback,
+    link-local, the WireGuard device and the overlay."""
+    from pyroute2 import IPRoute  # reading addresses needs no privilege
+
+    out = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr():
+            name = names.get(a["index"], "")
+            if name in ("lo", exclude_ifname):
+                continue
+            ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
+            if ip.is_loopback or ip.is_link_local or (ip.version == subnet.version and ip in subnet):
+                continue
+            out.append((str(ip), a["prefixlen"]))
+    return sorted(out)
+
+
+# ------------------------------------------------------------------------------ the daemon
+
+
+class _Admin(asyncio.DatagramProtocol):
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.controller.on_datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("admin socket error", extra={"error": str(exc)})
+
+
+class Controller:
+    def __init__(self, settings: RunSettings, bus_address: str | None = None) -> None:
+        self.s = settings
+        self.bus_address = bus_address
+        self.core: Core | None = None
+        self.transports: dict[int, asyncio.DatagramTransport] = {}
+        self.applied_version = -1
+        self.apply_wanted = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.timer: asyncio.TimerHandle | None = None
+        self.mesh_generation = 0
+        self.listeners: list = []  # callables(event) for Controller1 / live view
+        self.probe_waiters: dict[str, list[asyncio.Future]] = {}
+        self.static_resolved: dict[str, str] = {}
+        self.wg_public_key = ""
+        self.backend = ""
+        self.last_apply: dict = {}
+
+    # ---------------------------------------------------------------- startup
+
+    async def resolve_static_peers(self) -> tuple[StaticPeerConfig, ...]:
+        loop = asyncio.get_running_loop()
+        out = []
+        for p in self.s.network.peers:
+            host = p.endpoint_host
+            try:
+                ipaddress.ip_address(host)
+                resolved = host
+            except ValueError:
+                try:
+                    infos = await loop.getaddrinfo(host, p.endpoint_port, type=socket.SOCK_DGRAM)
+                    resolved = infos[0][4][0]
+                except OSError as e:
+                    resolved = self.static_resolved.get(host, "")
+                    log.warning("cannot resolve static peer", extra={"host": host, "error": str(e)})
+                if resolved and self.static_resolved.get(host) not in (None, resolved):
+                    log.info("static peer address changed", extra={"host": host, "address": resolved})
+                if resolved:
+                    self.static_resolved[host] = resolved
+            if resolved:
+                out.append(StaticPeerConfig(str(p.wg_ip), resolved, p.endpoint_port, p.admin_port))
+        return tuple(out)
+
+    async def ensure_device(self) -> None:
+        prefix = self.s.network.subnet.prefixlen
+        self.wg_public_key, self.backend = await self.helper.ensure_device(
+            self.s.interface, self.s.wg_port, f"{self.s.address}/{prefix}", self.s.existing_interface)
+        log.info("device ready", extra={"ifname": self.s.interface, "backend": self.backend,
+                                        "port": self.s.wg_port, "public_key": self.wg_public_key})
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        bus = MessageBus(bus_address=self.bus_address) if self.bus_address else MessageBus(bus_type=BusType.SYSTEM)
+        self.bus = await bus.connect()
+        self.helper = HelperClient(self.bus)
+        await self.wait_for_helper()
+        await self.ensure_device()
+        seed = load_identity(self.s.state_dir)
+        persisted = load_persisted(self.s.state_dir)
+        statics = await self.resolve_static_peers()
+        net = self.s.network
+        config = CoreConfig(shared_key=net.shared_key, subnet=str(net.subnet), overlay_ip=self.s.address,
+                            name=self.s.name, wg_port=self.s.wg_port, admin_port=self.s.admin_port,
+                            static_peers=statics, link_policy=self.s.link_policy)
+        lan = await asyncio.to_thread(local_addresses, self.s.interface, net.subnet)
+        self.core = Core(config, seed, base64.b64decode(self.wg_public_key), time.time(),
+                         os.urandom, persisted=persisted, lan_endpoints=lan)
+        await self.open_sockets(loop)
+        from .dbus_service import export_controller1  # late: only the daemon needs it
+
+        await export_controller1(self)
+        await self.watch_helper()
+        log.info("controller running", extra={"node": self.s.name, "address": self.s.address,
+                                              "identity": self.core.identity.public.hex()[:16],
+                                              "admin_port": self.s.admin_port, "static_peers": len(statics)})
+        self.pump()
+        tasks = [asyncio.create_task(coro) for coro in
+                 (self.apply_loop(), self.poll_loop(), self.housekeeping_loop())]
+        disconnected = asyncio.create_task(self.bus.wait_for_disconnect())
+        stopped = asyncio.create_task(self.stop.wait())
+        await asyncio.wait([disconnected, stopped], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        self.persist(force=True)
+        for transport in self.transports.values():
+            transport.close()
+        if disconnected.done():
+            log.error("system bus connection lost")
+            return 1
+        log.info("stopped; the data plane stays as it is")
+        self.bus.disconnect()
+        return 0
+
+    async def wait_for_helper(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = await self.bus.call(Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
+                member="NameHasOwner", signature="s", body=[HELPER_BUS_NAME]))
+            if reply.message_type == MessageType.METHOD_RETURN and reply.body[0]:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError("Helper1", None, f"{HELPER_BUS_NAME} is not on the system bus "
+                                  "(is wg-netmanager-helper running?)")
+            await asyncio.sleep(0.2)
+
+    async def open_sockets(self, loop) -> None:
+        v4, _ = await loop.create_datagram_endpoint(lambda: _Admin(self), local_addr=("0.0.0.0", self.s.admin_port),
+                                                    family=socket.AF_INET)
+        self.transports[4] = v4
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(("::", self.s.admin_port))
+            v6, _ = await loop.create_datagram_endpoint(lambda: _Admin(self), sock=sock)
+            self.transports[6] = v6
+        except OSError as e:
+            log.info("no IPv6 admin socket", extra={"error": str(e)})
+
+    async def watch_helper(self) -> None:
+        """Helper restarts: ensure the device again and re-apply everything."""
+        await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
+            member="AddMatch", signature="s",
+            body=[f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{HELPER_BUS_NAME}'"]))
+
+        def on_message(msg):
+            if msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged" \
+                    and msg.body and msg.body[0] == HELPER_BUS_NAME and msg.body[2]:
+                asyncio.get_running_loop().create_task(self.helper_restarted())
+            return None
+
+        self.bus.add_message_handler(on_message)
+
+    async def helper_restarted(self) -> None:
+        log.info("helper restarted: ensuring the device and re-applying")
+        try:
+            await self.ensure_device()
+        except (HelperError, DBusError) as e:
+            log.error("EnsureDevice after helper restart failed", extra={"error": str(e)})
+        self.applied_version = -1
+        self.apply_wanted.set()
+
+    # ---------------------------------------------------------------- the core's I/O
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        host = addr[0]
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        self.core.datagram_received(data, (host.split("%")[0], addr[1]), time.time())
+        self.pump()
+
+    def pump(self) -> None:
+        core = self.core
+        for data, addr in core.take_datagrams():
+            transport = self.transports.get(6 if ":" in addr[0] else 4)
+            if transport is not None:
+                transport.sendto(data, addr)
+        changed = False
+        for event in core.take_events():
+            level = logging.WARNING if event.kind in ("claim_refused", "link_down") else logging.INFO
+            log.log(level, event.kind, extra=fields(event.data))
+            changed |= event.kind in ("link_up", "link_down", "path_changed", "node_reachable",
+                                      "node_unreachable", "node_discovered")
+            if event.kind == "probe_result":
+                for fut in self.probe_waiters.pop(event.data["node"], []):
+                    if not fut.done():
+                        fut.set_result(event.data)
+            for listener in self.listeners:
+                listener(event)
+        if changed:
+            self.mesh_generation += 1
+        if core.dataplane_version != self.applied_version:
+            self.apply_wanted.set()
+        if self.timer is not None:
+            self.timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, core.next_deadline() - time.time())
+        self.timer = loop.call_later(delay, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.core.handle_timer(time.time())
+        self.pump()
+
+    async def apply_loop(self) -> None:
+        """One Apply in flight; whatever changed meanwhile goes in the next one."""
+        while True:
+            await self.apply_wanted.wait()
+            self.apply_wanted.clear()
+            core = self.core
+            version = core.dataplane_version
+            if version == self.applied_version:
+                continue
+            peers, routes = core.dataplane.helper_args()
+            started = time.monotonic()
+            try:
+                summary = await self.helper.apply(self.s.interface, peers, routes)
+            except (HelperError, DBusError) as e:
+                log.error("Apply failed; retrying", extra={"error": str(e)})
+                await asyncio.sleep(1.0)
+                self.apply_wanted.set()
+                continue
+            self.applied_version = version
+            self.last_apply = summary
+            if summary.get("changes"):
+                log.info("applied", extra={"version": version, "ms": round((time.monotonic() - started) * 1000, 1),
+                                           **{k: v for k, v in summary.items() if v}})
+            core.dataplane_applied(version, time.time())
+            self.pump()
+
+    async def poll_loop(self) -> None:
+        while True:
+            try:
+                _, port, peers = await self.helper.get_state(self.s.interface)
+                obs = {base64.b64decode(p.public_key): PeerObservation(p.endpoint, p.last_handshake, p.rx_bytes,
+                                                                       p.tx_bytes) for p in peers}
+                self.core.dataplane_observed(time.time(), obs)
+                self.pump()
+            except (HelperError, DBusError) as e:
+                log.warning("GetState failed", extra={"error": str(e)})
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(self.core.observation_interval())
+
+    async def housekeeping_loop(self) -> None:
+        """Re-resolve static peers (dynamic DNS), refresh local addresses, persist, hop ports."""
+        tick = 0
+        last_contact = time.monotonic()
+        while True:
+            await asyncio.sleep(5)
+            tick += 1
+            if tick % 12 == 0:
+                statics = await self.resolve_static_peers()
+                self.core.update_static_peers(statics, time.time())
+            if tick % 2 == 0:
+                try:
+                    lan = await asyncio.to_thread(local_addresses, self.s.interface, self.s.network.subnet)
+                    self.core.set_lan_endpoints(lan, time.time())
+                except OSError as e:
+                    log.debug("address scan failed", extra={"error": str(e)})
+            self.persist()
+            if self.core.reachable():
+                last_contact = time.monotonic()
+            elif self.s.port_hopping and time.monotonic() - last_contact > 15:
+                await self.hop_port()
+                last_contact = time.monotonic()
+            self.pump()
+
+    async def hop_port(self) -> None:
+        """-H: nothing reachable for a while; the WireGuard port may be blocked. Try another."""
+        port = random.randint(49152, 65535)
+        log.warning("no peer reachable: hopping to another WireGuard port", extra={"port": port})
+        self.s.wg_port = port
+        try:
+            await self.ensure_device()
+        except (HelperError, DBusError) as e:
+            log.error("port hop failed", extra={"error": str(e)})
+            return
+        self.core.set_wg_port(port, time.time())
+
+    def persist(self, force: bool = False) -> None:
+        if self.core is not None and (force or self.core.bindings_dirty):
+            try:
+                save_persisted(self.s.state_dir, self.core.persistent_state())
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    log.error("cannot save state", extra={"error": str(e)})
+
+    # ---------------------------------------------------------------- for Controller1
+
+    async def probe(self, node: str, timeout: float = 3.0) -> dict | None:
+        member = self.core.find(node)
+        if member is None:
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        self.probe_waiters.setdefault(member.info.name, []).append(fut)
+        if self.core.probe(node, time.time()) is None:
+            return {"rtt_ms": -1.0, "via": "unreachable"}
+        self.pump()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return {"rtt_ms": -1.0, "via": "timeout"}
