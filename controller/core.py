@@ -595,6 +595,17 @@ class Core:
         if old is not None and old.info.wg_public_key != info.wg_public_key:
             self.wg_owner.pop(old.info.wg_public_key, None)
             self._event("wg_key_rotated", node=info.name)
+            link = self.links.get(id8)
+            if link is not None and link.state != DOWN:
+                # a new key is a new WireGuard peer: the link starts over (no backoff)
+                if link.state == UP:
+                    self._changed_links.add(id8)
+                    self._schedule_publish(now)
+                link.state = DOWN
+                link.removal_applied = True  # the old key's peer leaves the data plane anyway
+                link.retry_at = now
+                link.peer_ready = False
+                self.t_links = now
         self.wg_owner[info.wg_public_key] = id8
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
