@@ -179,6 +179,7 @@ class Link:
     ever_up: bool = False
     next_probe: float = 0.0
     last_probe_rx: float = 0.0  # last probe the other end sent over this link
+    last_rx_progress: float = 0.0  # WireGuard received bytes from the peer (observed)
     connect_sent: float = 0.0
     connect_acked: bool = False
     connect_body: bytes = b""
@@ -281,6 +282,8 @@ class Core:
         self._lan_nets_for: tuple = ()
         self._lan_nets_cache: list = []
         self._bootstrap_turn = -1
+        self._settled = False
+        self._observed_once = False
         self._attempting = False  # any link waiting for a handshake (kept by _manage_links)
         self._attempt_budget = float(config.max_attempts_per_second)
         self._attempt_refill = now
@@ -324,6 +327,7 @@ class Core:
     def dataplane_observed(self, now: float, peers: Mapping[bytes, PeerObservation]) -> None:
         """Per WireGuard public key: endpoint, last handshake, rx/tx (Helper1.GetState)."""
         self.observed = dict(peers)
+        self._observed_once = True
         for link in list(self.links.values()):
             member = self.members.get(link.peer)
             if member is None:
@@ -423,6 +427,19 @@ class Core:
         if self.t_paths is not None:
             times.append(self.t_paths)
         return min(times)
+
+    def settled(self, now: float) -> bool:
+        """Whether the desired data plane is worth applying. After a (re)start, not before every
+        WireGuard peer with a live session is known and reachable again (or 15 s passed): a
+        controller restart must not apply a half-learned mesh over a working data plane."""
+        if self._settled:
+            return True
+        if now - self.started > 15:
+            self._settled = True
+        elif self._observed_once:
+            fresh = [key for key, o in self.observed.items() if o.last_handshake and now - o.last_handshake < 120]
+            self._settled = all(self.wg_owner.get(key) in self.hops for key in fresh)
+        return self._settled
 
     def observation_interval(self) -> float:
         """How soon the data plane should be observed again: fast while handshakes are awaited."""
@@ -1159,6 +1176,10 @@ class Core:
         if link.last_rx >= 0:
             drx = obs.rx_bytes - link.last_rx
             dtx = obs.tx_bytes - link.last_tx
+            if drx > 0:
+                # the tunnel carries packets from the peer: the data plane is alive, even when its
+                # controller is not (our probes then come back as ICMP port unreachable)
+                link.last_rx_progress = now
             if drx + dtx > link.admin_bytes * 2 + 600:
                 link.last_traffic = now
             link.admin_bytes = 0
@@ -1248,7 +1269,7 @@ class Core:
                 if not self._active(link, now):
                     link.used_since = 0.0
                     continue
-                alive_since = max(link.last_ack, link.last_probe_rx, link.used_since,
+                alive_since = max(link.last_ack, link.last_probe_rx, link.used_since, link.last_rx_progress,
                                   link.up_since if not direct else 0)
                 grace = cfg.attempt_timeout * 2 if not direct else cfg.link_down_after
                 if now - alive_since > grace:

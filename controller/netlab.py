@@ -287,10 +287,13 @@ def _wait(pred, timeout: float, what: str, interval: float = 0.05) -> None:
 
 
 class Lab:
+    _count = 0
+
     def __init__(self, tag: str = "") -> None:
         if os.geteuid() != 0:
             raise LabError("the network lab needs root (network namespaces)")
-        self.prefix = f"{PREFIX}{tag or os.getpid() % 100000}-"
+        Lab._count += 1
+        self.prefix = f"{PREFIX}{tag or os.getpid() % 100000}{Lab._count}-"
         base = tempfile.mkdtemp(prefix="wgnm-lab-")
         os.chmod(base, 0o755)  # boxes run daemons as unprivileged users
         self.dir = Path(base)

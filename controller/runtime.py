@@ -24,9 +24,9 @@ from wg_netmanager.dbus import HELPER_BUS_NAME
 from wg_netmanager.dbus.compat import BusType, DBusError, Message, MessageBus, MessageType
 
 from .config import ConfigError, NetworkConfig, PeerConfig
-from .logsetup import fields
 from .core import Core, CoreConfig, PeerObservation, StaticPeerConfig
 from .helper_client import HelperClient, HelperError
+from .logsetup import fields
 
 log = logging.getLogger("wg_netmanager.controller")
 
@@ -335,6 +335,10 @@ class Controller:
             core = self.core
             version = core.dataplane_version
             if version == self.applied_version:
+                continue
+            if not core.settled(time.time()):
+                await asyncio.sleep(0.2)  # keep the data plane as it is until the mesh is re-learned
+                self.apply_wanted.set()
                 continue
             peers, routes = core.dataplane.helper_args()
             started = time.monotonic()

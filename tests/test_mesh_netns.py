@@ -1,0 +1,207 @@
+"""The mesh end to end: real network namespaces, wireguard-go, a system bus per box, the
+helper as root and the controller as user wg-netmanager (slow tier, root)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.helperlab import ping_loss, start_ping
+from tests.meshlab import (
+    NET_YAML,
+    OVERLAY,
+    Lab,
+    all_direct,
+    build,
+    our_routes,
+    paths,
+    probe,
+    status_json,
+    wait_for,
+    wg_peers,
+)
+from wg_netmanager.dbus import CONTROLLER_XML, contract_file
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    lab = Lab()
+    try:
+        boxes = build(lab)
+        yield lab, boxes
+    finally:
+        lab.close()
+
+
+def every_pair_pings(boxes, addresses) -> list[tuple[str, str]]:
+    failed = []
+    for src, box in boxes.items():
+        for dst, ip in addresses.items():
+            if src != dst and not box.ping(ip, count=1, wait=2):
+                failed.append((src, dst))
+    return failed
+
+
+def test_three_boxes_converge_relay_then_lan_shortcut(mesh):
+    lab, boxes = mesh
+    assert wait_for(lambda: all(len(paths(b)) == 2 and "unreachable" not in paths(b).values()
+                                for b in boxes.values()), 15), "mesh did not form"
+    assert wait_for(lambda: all_direct(boxes), 15), {n: paths(b) for n, b in boxes.items()}
+    assert every_pair_pings(boxes, OVERLAY) == []
+    # alice and charlie talk over the LAN, not via bob
+    peers = boxes["alice"].run(["wg", "show", "wg0", "endpoints"]).stdout
+    assert "192.168.1.12:50000" in peers
+
+
+def test_status_json_matches_the_routing_table(mesh):
+    _, boxes = mesh
+    for name, box in boxes.items():
+        status = status_json(box)
+        routes = our_routes(box)
+        assert {n["overlay_ip"] for n in status["nodes"]} == {ip for n, ip in OVERLAY.items() if n != name}
+        expected = {r["destination"].split("/")[0]: (r["gateway"] or "direct") for r in status["routes"]}
+        assert expected == routes
+        assert all(n["reachable"] and n["via"] == [] for n in status["nodes"])
+
+
+def test_status_for_group_members_only_and_probe(mesh):
+    _, boxes = mesh
+    box = boxes["alice"]
+    subprocess.run(["usermod", "-a", "-G", "wg-netmanager", "wgnm-member"], check=False, capture_output=True)
+    assert status_json(box, user="wgnm-member")["nodes"]
+    r = box.run([sys.executable, "-m", "wg_netmanager.controller.cli", "status"], user="wgnm-other", check=False)
+    assert r.returncode == 4 and "not allowed" in r.stderr and "Traceback" not in r.stderr
+    rtt, via = probe(box, "charlie")
+    assert rtt > 0 and via == "direct"
+
+
+def test_controller1_introspection_matches_contract(mesh):
+    _, boxes = mesh
+    r = boxes["bob"].run(["busctl", "--system", "introspect", "--xml-interface", "org.wgnetmanager.Controller1",
+                          "/org/wgnetmanager/Controller1"], user="wgnm-other")
+
+    def structure(text):
+        root = ET.fromstring(text)
+        iface = next(i for i in root.iter("interface") if i.get("name") == "org.wgnetmanager.Controller1")
+        return ({m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in")) for a in m.iter("arg")]
+                 for m in iface.iter("method")},
+                {p.get("name"): (p.get("type"), p.get("access")) for p in iface.iter("property")},
+                {s.get("name"): [a.get("type") for a in s.iter("arg")] for s in iface.iter("signal")})
+    assert structure(r.stdout) == structure(contract_file(CONTROLLER_XML).read_text())
+
+
+def test_kill_9_controller_keeps_forwarding_and_restart_reconverges(mesh):
+    _, boxes = mesh
+    alice = boxes["alice"]
+    before_routes, before_peers = our_routes(alice), wg_peers(alice)
+    ping = start_ping(alice, OVERLAY["bob"], count=150, interval=0.02)
+    time.sleep(0.5)
+    alice.kill("controller", signal.SIGKILL)
+    sent, received = ping_loss(ping)
+    assert sent == received == 150, "the data plane must not notice"
+    alice.start_controller(alice.dir / "net.yaml", OVERLAY["alice"])
+    assert wait_for(lambda: set(paths(alice).values()) == {"direct"} and len(paths(alice)) == 2, 20)
+    time.sleep(2)
+    assert our_routes(alice) == before_routes
+    assert wg_peers(alice) == before_peers, "no duplicate or stale peers"
+    assert every_pair_pings(boxes, OVERLAY) == []
+
+
+def test_kill_9_helper_keeps_forwarding_and_restart_changes_nothing(mesh):
+    _, boxes = mesh
+    charlie = boxes["charlie"]
+    ping = start_ping(charlie, OVERLAY["alice"], count=100, interval=0.02)
+    time.sleep(0.3)
+    charlie.kill("helper", signal.SIGKILL)
+    sent, received = ping_loss(ping)
+    assert sent == received == 100
+    mark = len(charlie.log("helper"))
+    charlie.start_helper(charlie.dir / "net.yaml")
+    # the controller sees the helper come back (NameOwnerChanged), ensures the device and re-applies
+    applied = wait_for(lambda: [line for line in charlie.log("helper")[mark:].splitlines()
+                                if "msg=applied" in line], 15)
+    assert applied, charlie.log("controller")[-2000:]
+    assert "changes=0" in applied[0], applied[0]
+    assert every_pair_pings(boxes, OVERLAY) == []
+
+
+def test_impostor_with_the_shared_key_cannot_take_alices_address(mesh):
+    lab, boxes = mesh
+    wan = lab.segments["wan"]
+    mallory = lab.box("mallory")
+    mallory.attach(wan, "198.51.100.66/24")
+    mallory.start_dbus()
+    mallory.start_helper(mallory.write_config(NET_YAML))
+    mallory.start_controller(mallory.dir / "net.yaml", OVERLAY["alice"], name="alice")
+    time.sleep(6)
+    bob = boxes["bob"]
+    assert "claim_refused" in bob.log("controller") and "reason=address_bound" in bob.log("controller")
+    alice_key = boxes["alice"].run(["wg", "show", "wg0", "public-key"]).stdout.strip()
+    assert wg_peers(bob)[alice_key] == [f"{OVERLAY['alice']}/32"]
+    assert every_pair_pings(boxes, OVERLAY) == []
+    assert not mallory.ping(OVERLAY["bob"], count=1, wait=1)
+    for proc in ("controller", "helper"):
+        mallory.kill(proc)
+
+
+def test_a_node_that_stops_disappears_and_is_readmitted(mesh):
+    _, boxes = mesh
+    charlie = boxes["charlie"]
+    for proc in ("controller", "helper"):
+        charlie.kill(proc)
+    charlie.run(["ip", "link", "del", "wg0"])  # the whole box goes away (wireguard-go exits)
+    stopped = time.monotonic()
+    gone = wait_for(lambda: all(f"{OVERLAY['charlie']}/32" not in our_routes(boxes[n]) and
+                                OVERLAY["charlie"] not in our_routes(boxes[n]) for n in ("alice", "bob")), 20)
+    assert gone, {n: our_routes(boxes[n]) for n in ("alice", "bob")}
+    took = time.monotonic() - stopped
+    assert took < 10, f"routes to a dead node must go within the failure-detection bound ({took:.1f}s)"
+    charlie.start_helper(charlie.dir / "net.yaml")
+    charlie.start_controller(charlie.dir / "net.yaml", OVERLAY["charlie"])
+    assert wait_for(lambda: all_direct(boxes), 30), {n: paths(b) for n, b in boxes.items()}
+    assert every_pair_pings(boxes, OVERLAY) == []
+
+
+def test_five_boxes_converge():
+    with Lab() as lab:
+        boxes = build(lab)
+        wan, home = lab.segments["wan"], lab.segments["home"]
+        extra = {"dave": ("home", "192.168.1.20/24", "10.1.1.4"), "erin": ("wan", "198.51.100.5/24", "10.1.1.5")}
+        addresses = dict(OVERLAY)
+        for name, (seg, underlay, overlay) in extra.items():
+            box = lab.box(name)
+            box.attach(home if seg == "home" else wan, underlay)
+            if seg == "home":
+                box.default_route("192.168.1.1")
+            box.sysctl("net.ipv4.ip_forward", "1")
+            box.start_dbus()
+            box.start_helper(box.write_config(NET_YAML))
+            box.start_controller(box.dir / "net.yaml", overlay)
+            boxes[name] = box
+            addresses[name] = overlay
+        assert wait_for(lambda: all(len(paths(b)) == 4 and "unreachable" not in paths(b).values()
+                                    for b in boxes.values()), 30)
+        assert every_pair_pings(boxes, addresses) == []
+        assert wait_for(lambda: all_direct(boxes), 30), {n: paths(b) for n, b in boxes.items()}
+
+
+def test_check_reports_a_broken_config_with_file_and_line(tmp_path):
+    bad = tmp_path / "net.yaml"
+    bad.write_text(NET_YAML.replace("subnet: 10.1.1.0/24", "subnet: 10.1.1.0/40"))
+    r = subprocess.run([sys.executable, "-m", "wg_netmanager.controller.cli", "check", "-c", str(bad)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"wg_netmanager: {bad}:3: subnet is not a CIDR " \
+                               "('10.1.1.0/40' does not appear to be an IPv4 or IPv6 network)"
+    good = tmp_path / "good.yaml"
+    good.write_text(NET_YAML)
+    r = subprocess.run([sys.executable, "-m", "wg_netmanager.controller.cli", "check", "-c", str(good)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout
