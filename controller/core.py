@@ -264,6 +264,7 @@ class Core:
         self.dataplane = DataPlane()
         self.dataplane_version = 0
         self.applied_keys: frozenset[bytes] = frozenset()
+        self._plane_keys: dict[int, frozenset[bytes]] = {0: frozenset()}
 
         # timers
         self.t_gossip = now
@@ -340,9 +341,10 @@ class Core:
     def dataplane_applied(self, version: int, now: float) -> None:
         """The runtime applied ``dataplane`` of this version (Helper1.Apply returned).
         Messages that ask the other end to start a handshake wait for this."""
-        if version != self.dataplane_version:
+        keys = self._plane_keys.get(version)
+        if keys is None:
             return
-        self.applied_keys = frozenset(p.public_key for p in self.dataplane.peers)
+        self.applied_keys = keys
         for id8, link in self.links.items():
             if link.state == DOWN and not link.removal_applied:
                 member = self.members.get(id8)
@@ -370,6 +372,9 @@ class Core:
         link.pinned = True
         if link.state == DOWN:
             link.retry_at = now
+            if not link.initiator and not link.static:
+                # the other end starts attempts: nudge it (attempt 0 = "try now")
+                self._send(link.peer, wire.CONNECT, wire.body_connect(0, None, None), now)
         self.t_links = now
         return True
 
@@ -634,7 +639,11 @@ class Core:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
         if old is None or old.info.links != info.links or old.info.overlay_ip != info.overlay_ip \
                 or old.info.wg_public_key != info.wg_public_key:
-            self._schedule_paths(now)
+            # a change of a link to us completes or breaks an edge the other end already
+            # switched: follow at once (the window between the two switches loses packets)
+            mine_before = any(c.peer == self.id8 for c in old.info.links) if old else False
+            mine_now = any(c.peer == self.id8 for c in info.links)
+            self._schedule_paths(now, urgent=mine_before != mine_now)
         if self._wants_link(info, id8):
             self._ensure_link(self.members[id8], now)
         link = self.links.get(id8)
@@ -709,6 +718,12 @@ class Core:
                 self._schedule_paths(now)
             return
         if link.initiator:
+            if attempt == 0:  # a nudge from the other end (its Connect): retry now
+                if link.state == DOWN:
+                    link.retry_at = now
+                    link.fails = 0
+                    self.t_links = now
+                return
             # both think they initiate (views differ): the smaller id wins
             if self.id8 < sender8:
                 self._count("drop_connect_role")
@@ -888,7 +903,7 @@ class Core:
         self._digest_cache = None
         self.hot[self.id8] = self.config.gossip_rounds
         self.bindings_dirty = True
-        self._schedule_paths(now)
+        self._schedule_paths(now, urgent=bool(self._changed_links))
         # a link change matters most to the link's other end: tell it at once; and hand the
         # record to one static neighbour, which floods it (a static node floods its own)
         changed, self._changed_links = self._changed_links, set()
@@ -1289,8 +1304,10 @@ class Core:
 
     # ========================================================================= paths
 
-    def _schedule_paths(self, now: float) -> None:
-        if self.t_paths is None:
+    def _schedule_paths(self, now: float, urgent: bool = False) -> None:
+        if urgent:
+            self.t_paths = now
+        elif self.t_paths is None:
             # at most 10 times a second, less often in big meshes (each run costs O(N log N))
             spacing = 0.1 * max(1.0, len(self.members) / 250)
             self.t_paths = max(now + self.config.path_debounce, self._last_recompute + spacing)
@@ -1351,3 +1368,6 @@ class Core:
         if plane != self.dataplane:
             self.dataplane = plane
             self.dataplane_version += 1
+            # applied versions may lag behind: remember what the recent ones contained
+            self._plane_keys[self.dataplane_version] = frozenset(p.public_key for p in plane.peers)
+            self._plane_keys.pop(self.dataplane_version - 16, None)

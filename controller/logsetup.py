@@ -30,7 +30,7 @@ class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         parts = []
         if not self.journal:
-            parts.append(f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}")
+            parts.append(f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}")
         parts.append(f"level={record.levelname.lower()}")
         parts.append(f"msg={_quote(record.getMessage())}")
         for key, value in record.__dict__.items():

@@ -150,6 +150,7 @@ class Controller:
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self.applied_version = -1
         self.apply_wanted = asyncio.Event()
+        self.poll_now = asyncio.Event()
         self.stop = asyncio.Event()
         self.timer: asyncio.TimerHandle | None = None
         self.mesh_generation = 0
@@ -356,6 +357,8 @@ class Controller:
                                            **{k: v for k, v in summary.items() if v}})
             core.dataplane_applied(version, time.time())
             self.pump()
+            if core.observation_interval() < 1.0:
+                self.poll_now.set()  # a handshake may follow this Apply at once: look soon
 
     async def poll_loop(self) -> None:
         while True:
@@ -368,7 +371,12 @@ class Controller:
             except (HelperError, DBusError) as e:
                 log.warning("GetState failed", extra={"error": str(e)})
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(self.core.observation_interval())
+            self.poll_now.clear()
+            try:
+                await asyncio.wait_for(self.poll_now.wait(), self.core.observation_interval())
+                await asyncio.sleep(0.02)
+            except TimeoutError:
+                pass
 
     async def housekeeping_loop(self) -> None:
         """Re-resolve static peers (dynamic DNS), refresh local addresses, persist, hop ports."""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # wg_netmanager developer entry point (Debian/Ubuntu, as root):
+#   sudo bash scripts/dev.sh demo                 install what is needed, run the namespace demo
 #   sudo bash scripts/dev.sh test [pytest args]   install what is needed, run every test tier
 #   sudo bash scripts/dev.sh setup                only install (system packages, users, venvs)
 #   sudo bash scripts/dev.sh clean                remove leftover lab namespaces and processes
@@ -28,10 +29,12 @@ setup() {
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
     log "users"
-    for user in wg-netmanager wgnm-other; do   # the controller's user; an unrelated user for refusals
+    # the controller's user; an unrelated user for refusals; a member of group wg-netmanager
+    for user in wg-netmanager wgnm-other wgnm-member; do
         id "$user" >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin "$user"
     done
+    usermod -a -G wg-netmanager wgnm-member
     log "virtualenvs in $DEV (from /usr/bin/python3)"
     install -d -m 0755 "$DEV"
     [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
@@ -72,7 +75,8 @@ cmd="${1:-test}"
 shift || true
 case "$cmd" in
     setup) need_root "$cmd"; setup ;;
+    demo) need_root "$cmd"; setup; trap clean EXIT; "$VENV/bin/wg_netmanager" demo "$@" ;;
     test) need_root "$cmd"; setup; run_tests "$@" ;;
     clean) need_root "$cmd"; clean ;;
-    *) echo "usage: sudo bash scripts/dev.sh {test|setup|clean} [pytest args]" >&2; exit 2 ;;
+    *) echo "usage: sudo bash scripts/dev.sh {demo|test|setup|clean} [args]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""The mesh on real parts (root): network namespaces, wireguard-go, a system bus per box, the
+helper as root and the controller as user wg-netmanager.
+
+Topology: bob (the static peer) on a "public" segment, a NAT router, and the other boxes
+alternately on the router's LAN and on the public segment; alice and charlie share the LAN.
+Per size (3, 5, 10 boxes) it measures:
+  join_s            last controller started -> every pair pings (all pairs pinged in parallel)
+  shortcut_s        alice sees charlie via bob -> alice and charlie both see each other direct
+  switch_loss_pkts  pings (10 ms spacing) lost while alice<->charlie moves from relayed to
+                    direct (LAN blocked by nft until relayed, then unblocked and Connect called)
+  failover_s        the alice<->charlie LAN is cut (nft drop) -> a ping gets through via bob
+  controller_rss_mb largest controller resident set size
+Final stdout line: {"results": [{"boxes", "join_s", "shortcut_s", "failover_s", "switch_loss_pkts",
+"controller_rss_mb"}, ...]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+from wg_netmanager.controller.demo import NET_YAML, controller_call, paths
+from wg_netmanager.controller.netlab import Lab
+
+NAMES = ["bob", "alice", "charlie", "erin", "dave", "frank", "grace", "heidi", "ivan", "judy"]
+
+
+def build(lab: Lab, n: int) -> tuple[dict, dict]:
+    wan = lab.segment("wan")
+    home = lab.segment("home")
+    lab.router("router", home, "192.168.1.1/24", wan, "198.51.100.1/24")
+    boxes, overlay = {}, {}
+    for i, name in enumerate(NAMES[:n]):
+        box = lab.box(name)
+        on_lan = name in ("alice", "charlie") or (name != "bob" and i % 2 == 0)
+        if name == "bob":
+            box.attach(wan, "198.51.100.2/24")
+        elif on_lan:
+            box.attach(home, f"192.168.1.{10 + i}/24")
+            box.default_route("192.168.1.1")
+        else:
+            box.attach(wan, f"198.51.100.{10 + i}/24")
+        box.sysctl("net.ipv4.ip_forward", "1")
+        box.sysctl("net.ipv4.conf.all.send_redirects", "0")
+        box.start_dbus()
+        box.start_helper(box.write_config(NET_YAML), verbose=False)
+        boxes[name] = box
+        overlay[name] = f"10.1.1.{i + 1}" if name != "bob" else "10.1.1.2"
+    # bob is 10.1.1.2 (the static peer in NET_YAML); give alice .1
+    overlay["alice"] = "10.1.1.1"
+    return boxes, overlay
+
+
+def ping_matrix(boxes, overlay) -> bool:
+    procs = [subprocess.Popen(box._enter() + ["ping", "-n", "-q", "-c", "1", "-W", "1", overlay[dst]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for src, box in boxes.items() for dst in boxes if dst != src]
+    return all(p.wait(10) == 0 for p in procs)
+
+
+def rss_mb(proc) -> float:
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def lan_block(box, other_lan_ip: str, on: bool) -> None:
+    if on:
+        box.nft(f"""table inet wgnmbench {{
+  chain inbound {{ type filter hook input priority 0; ip saddr {other_lan_ip} drop; }}
+  chain outbound {{ type filter hook output priority 0; ip daddr {other_lan_ip} drop; }}
+}}
+""")
+    else:
+        box.run(["nft", "delete", "table", "inet", "wgnmbench"])
+
+
+def measure(n: int) -> dict:
+    with Lab(f"b{n}") as lab:
+        boxes, overlay = build(lab, n)
+        t_start = time.monotonic()
+        for name, box in boxes.items():
+            box.start_controller(box.dir / "net.yaml", overlay[name], extra=())
+        t_last = time.monotonic()
+        t_relay = t_direct = None
+        deadline = t_last + 60
+        while time.monotonic() < deadline:
+            a, c = paths(boxes["alice"]), paths(boxes["charlie"])
+            if t_relay is None and a.get("charlie", "").startswith("via"):
+                t_relay = time.monotonic()
+            if t_direct is None and a.get("charlie") == "direct" and c.get("alice") == "direct":
+                t_direct = time.monotonic()
+            if t_direct:
+                break
+            time.sleep(0.05)
+        join = None
+        while time.monotonic() < deadline:
+            if ping_matrix(boxes, overlay):
+                join = time.monotonic() - t_last
+                break
+            time.sleep(0.1)
+        shortcut = (t_direct - t_relay) if t_relay and t_direct else (0.0 if t_direct else None)
+
+        # switch loss: force the pair onto the relay, then let it go direct under a 10 ms ping
+        alice, charlie = boxes["alice"], boxes["charlie"]
+        charlie_lan = charlie.run(["ip", "-4", "-o", "addr", "show", "eth0"]).stdout.split()[3].split("/")[0]
+        lan_block(alice, charlie_lan, True)
+        relayed = time.monotonic() + 30
+        while time.monotonic() < relayed and not paths(alice).get("charlie", "").startswith("via"):
+            time.sleep(0.1)
+        failover = None
+        ping = subprocess.Popen(alice._enter() + ["ping", "-n", "-q", "-i", "0.01", "-W", "1", overlay["charlie"]],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.0)
+        lan_block(alice, charlie_lan, False)
+        asyncio.run(controller_call(alice, "Connect", "s", ["charlie"]))
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not (paths(alice).get("charlie") == "direct" and
+                                              paths(charlie).get("alice") == "direct"):
+            time.sleep(0.05)
+        time.sleep(1.0)
+        ping.send_signal(2)
+        out, _ = ping.communicate(10)
+        line = next(x for x in out.splitlines() if "packets transmitted" in x)
+        sent, received = int(line.split()[0]), int(line.split(",")[1].split()[0])
+
+        # failover: cut the direct LAN link; time until traffic flows again via bob
+        lan_block(alice, charlie_lan, True)
+        t_cut = time.monotonic()
+        while time.monotonic() < t_cut + 30:
+            if paths(alice).get("charlie", "").startswith("via") and alice.ping(overlay["charlie"], 1, 0.3):
+                failover = time.monotonic() - t_cut
+                break
+            time.sleep(0.05)
+        rss = max(rss_mb(box.procs["controller"]) for box in boxes.values())
+        return {"boxes": n, "join_s": round(join, 2) if join else None,
+                "shortcut_s": round(shortcut, 2) if shortcut is not None else None,
+                "failover_s": round(failover, 2) if failover else None,
+                "switch_loss_pkts": sent - received, "switch_pings_sent": sent,
+                "controller_rss_mb": round(rss, 1), "setup_s": round(t_last - t_start, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="3,5,10")
+    args = parser.parse_args()
+    results = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        results.append(measure(n))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    print(json.dumps({"results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
