@@ -143,6 +143,7 @@ def measure(n: int) -> dict:
         return {"boxes": n, "join_s": round(join, 2) if join else None,
                 "shortcut_s": round(shortcut, 2) if shortcut is not None else None,
                 "failover_s": round(failover, 2) if failover else None,
+                "shortcut_relay_seen": t_relay is not None,  # False: direct before a 50 ms poll saw it relayed
                 "switch_loss_pkts": sent - received, "switch_pings_sent": sent,
                 "controller_rss_mb": round(rss, 1), "setup_s": round(t_last - t_start, 1)}
 

@@ -635,6 +635,7 @@ class Core:
         if self.is_static and source is not None and (
                 (flood and source == id8) or (source in self.members and self.members[source].info.is_static)):
             self._flood[id8] = source  # a hub hands new records on (see _gossip)
+            self.t_gossip = min(self.t_gossip, now + 0.02)  # soon: batch briefly, do not wait a round
         if old is None:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
         if old is None or old.info.links != info.links or old.info.overlay_ip != info.overlay_ip \
@@ -907,18 +908,21 @@ class Core:
         # a link change matters most to the link's other end: tell it at once; and hand the
         # record to one static neighbour, which floods it (a static node floods its own)
         changed, self._changed_links = self._changed_links, set()
-        body = wire.body_records([record.raw])
-        for id8 in changed:  # the other end of a changed link needs our claim to use the link
-            self._send_both(id8, wire.RECORDS, body, now)
+        primary = None
         if self.is_static:
             self._flood[self.id8] = None
+            self.t_gossip = min(self.t_gossip, now + 0.02)
         else:
             statics = sorted(i for i, link in self.links.items() if link.static and link.state == UP)
-            if statics:
-                addr = self._addr_of(statics[0])
-                if addr is not None:
-                    self._count("tx_records_publish")
-                    self._send_to_addr(addr, wire.RECORDS, wire.body_records([record.raw], wire.RECORDS_FLOOD), now)
+            primary = statics[0] if statics else None
+        flagged = wire.body_records([record.raw], wire.RECORDS_FLOOD)
+        for id8 in changed:  # the other end of a changed link needs our claim to use the link
+            self._send_both(id8, wire.RECORDS, flagged if id8 == primary else wire.body_records([record.raw]), now)
+        if primary is not None and primary not in changed:
+            addr = self._addr_of(primary)
+            if addr is not None:
+                self._count("tx_records_publish")
+                self._send_to_addr(addr, wire.RECORDS, flagged, now)
 
     def _maybe_update_rtt_claim(self, link: Link, now: float) -> None:
         """Hysteresis: republish an RTT only when it moved by > max(5 ms, 25 %)."""
