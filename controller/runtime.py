@@ -111,21 +111,44 @@ def save_persisted(state_dir: Path, data: dict) -> None:
 
 def local_addresses(exclude_ifname: str, subnet) -> list[tuple[str, int]]:
     """Underlay addresses of this box (the original's LocalContact): all but loopback,
-    link-local, the WireGuard device and the overlay."""
-    from pyroute2 import IPRoute  # reading addresses needs no privilege
+    link-local, the WireGuard device and the overlay. Uses only an AF_INET socket (ioctl)
+    and /proc/net/if_inet6, so the controller needs no netlink socket."""
+    import array
+    import fcntl
+    import struct
 
+    siocgifconf, siocgifnetmask, ifreq = 0x8912, 0x891B, 40
+    found: list[tuple[str, str, int]] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        buf = array.array("B", b"\0" * ifreq * 256)
+        size, _ = struct.unpack("iL", fcntl.ioctl(s.fileno(), siocgifconf,
+                                                   struct.pack("iL", len(buf), buf.buffer_info()[0])))
+        raw = buf.tobytes()[:size]
+        for off in range(0, size, ifreq):
+            name = raw[off:off + 16].split(b"\0", 1)[0].decode()
+            addr = socket.inet_ntoa(raw[off + 20:off + 24])
+            try:
+                mask = fcntl.ioctl(s.fileno(), siocgifnetmask, struct.pack("16s24x", name.encode()))
+                prefix = bin(int.from_bytes(mask[20:24], "big")).count("1")
+            except OSError:
+                prefix = 32
+            found.append((name, addr, prefix))
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                hexaddr, _idx, plen, _scope, _flags, name = line.split()
+                found.append((name, str(ipaddress.ip_address(bytes.fromhex(hexaddr))), int(plen, 16)))
+    except OSError:
+        pass
     out = []
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for a in ipr.get_addr():
-            name = names.get(a["index"], "")
-            if name in ("lo", exclude_ifname):
-                continue
-            ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
-            if ip.is_loopback or ip.is_link_local or (ip.version == subnet.version and ip in subnet):
-                continue
-            out.append((str(ip), a["prefixlen"]))
-    return sorted(out)
+    for name, addr, prefix in found:
+        if name in ("lo", exclude_ifname):
+            continue
+        ip = ipaddress.ip_address(addr)
+        if ip.is_loopback or ip.is_link_local or (ip.version == subnet.version and ip in subnet):
+            continue
+        out.append((addr, prefix))
+    return sorted(set(out))
 
 
 # ------------------------------------------------------------------------------ the daemon

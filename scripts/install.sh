@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install wg_netmanager on a Debian/Ubuntu box, as root, once:
+#   sudo bash scripts/install.sh [WHEEL]        (default: build from this source tree)
+# Then put net.yaml (and peer.yaml) into /etc/wg-netmanager/ and run
+#   systemctl enable --now wg-netmanager
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFIX="${WGNM_PREFIX:-/opt/wg-netmanager}"
+SOURCE="${1:-$ROOT}"
+[ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 2; }
+
+if [ "${WGNM_SKIP_APT:-}" != 1 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3 python3-venv dbus wireguard-tools iproute2 >/dev/null
+    # userspace WireGuard only where the kernel has none
+    ip link add wgnm-probe0 type wireguard 2>/dev/null && ip link del wgnm-probe0 \
+        || apt-get install -y -qq --no-install-recommends wireguard-go >/dev/null
+fi
+
+# the Python package, in its own environment; the two commands on PATH
+[ -x "$PREFIX/venv/bin/python" ] || /usr/bin/python3 -m venv "$PREFIX/venv"
+"$PREFIX/venv/bin/pip" install -q --upgrade "$SOURCE"
+ln -sf "$PREFIX/venv/bin/wg_netmanager" /usr/local/bin/wg_netmanager
+ln -sf "$PREFIX/venv/bin/wg-netmanager-helper" /usr/local/bin/wg-netmanager-helper
+chmod -R a+rX "$PREFIX"
+
+# system files
+install -D -m 0644 "$ROOT/dbus/org.wgnetmanager.conf" /usr/share/dbus-1/system.d/org.wgnetmanager.conf
+install -D -m 0644 "$ROOT/dbus/org.wgnetmanager.Helper1.service" \
+    /usr/share/dbus-1/system-services/org.wgnetmanager.Helper1.service
+install -D -m 0644 "$ROOT/systemd/wg-netmanager-helper.service" /etc/systemd/system/wg-netmanager-helper.service
+install -D -m 0644 "$ROOT/systemd/wg-netmanager.service" /etc/systemd/system/wg-netmanager.service
+install -D -m 0644 "$ROOT/systemd/wg-netmanager.sysusers" /usr/lib/sysusers.d/wg-netmanager.conf
+install -D -m 0644 "$ROOT/systemd/wg-netmanager.tmpfiles" /usr/lib/tmpfiles.d/wg-netmanager.conf
+systemd-sysusers /usr/lib/sysusers.d/wg-netmanager.conf
+systemd-tmpfiles --create /usr/lib/tmpfiles.d/wg-netmanager.conf
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    systemctl reload dbus 2>/dev/null || true
+fi
+echo "installed. Next: /etc/wg-netmanager/net.yaml (root:wg-netmanager 0640), optionally peer.yaml"
+echo "(name, wgIp), then: systemctl enable --now wg-netmanager"
