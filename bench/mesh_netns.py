@@ -45,8 +45,6 @@ def build(lab: Lab, n: int) -> tuple[dict, dict]:
             box.default_route("192.168.1.1")
         else:
             box.attach(wan, f"198.51.100.{10 + i}/24")
-        box.sysctl("net.ipv4.ip_forward", "1")
-        box.sysctl("net.ipv4.conf.all.send_redirects", "0")
         box.start_dbus()
         box.start_helper(box.write_config(NET_YAML), verbose=False)
         boxes[name] = box

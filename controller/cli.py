@@ -47,7 +47,7 @@ def fail(message: str, code: int = 1) -> None:
 @click.option("-t", "--live", is_flag=True, help="live view of the mesh while running")
 @click.option("-l", "--link-policy", type=click.Choice(["auto", "all", "static"]), default="auto",
               show_default=True, help="which pairs keep direct links (see README)")
-@click.option("--state-dir", type=click.Path(file_okay=False),
+@click.option("--state-dir", type=str,
               default=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/wg-netmanager"),
               show_default="$STATE_DIRECTORY or /var/lib/wg-netmanager")
 @click.option("--drop-privileges", metavar="USER", help="when started as root: switch to USER before running")

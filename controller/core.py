@@ -1072,9 +1072,14 @@ class Core:
             if ep.kind in (EP_REFLEXIVE, EP_STATIC):
                 out.append(((ep.address, ep.port), mine_public, ep.kind))
         static = self.static_by_ip.get(info.overlay_ip)
-        if static is not None and not any(c[0] == (static.host, static.wg_port) for c in out):
+        if static is not None:
             out.append(((static.host, static.wg_port), mine_public, EP_STATIC))
-        return out
+        unique, seen = [], set()
+        for cand in out:  # an un-NATed node's reflexive endpoint is its LAN address: try once
+            if cand[0] not in seen:
+                seen.add(cand[0])
+                unique.append(cand)
+        return unique
 
     def _ensure_link(self, member: Member, now: float) -> Link:
         id8 = member.record.id8

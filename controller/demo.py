@@ -44,8 +44,6 @@ def build(lab: Lab, names=("alice", "bob", "charlie")) -> dict:
         else:
             box.attach(home, f"192.168.1.{10 + list(OVERLAY).index(name)}/24")
             box.default_route("192.168.1.1")
-        box.sysctl("net.ipv4.ip_forward", "1")
-        box.sysctl("net.ipv4.conf.all.send_redirects", "0")
         box.start_dbus()
         box.start_helper(box.write_config(NET_YAML))
         boxes[name] = box

@@ -66,7 +66,10 @@ async def _spawn_userspace(ifname: str) -> str:
         env=env, start_new_session=True)
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     if proc.returncode != 0:
-        raise DeviceError(f"{name} {ifname} failed (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}")
+        # wireguard-go prints a framed banner about kernel support; keep the actual error lines
+        lines = [ln.strip() for ln in err.decode(errors="replace").splitlines()
+                 if ln.strip() and not ln.lstrip().startswith(("┌", "│", "└"))]
+        raise DeviceError(f"{name} {ifname} failed (exit {proc.returncode}): {' / '.join(lines)[-300:]}")
     for _ in range(200):
         if UapiBackend.available(ifname):
             return name
@@ -85,7 +88,8 @@ async def open_backend(ifname: str, create: bool) -> tuple[int, KernelBackend | 
                 await ipr.link("add", ifname=ifname, kind="wireguard")
             log.info("created kernel wireguard device", extra={"ifname": ifname})
         except NetlinkError as e:
-            if e.code not in (errno.EOPNOTSUPP, errno.ENODEV, errno.EINVAL):
+            # no kernel module (EOPNOTSUPP), or not allowed to load it (EPERM, e.g. in a container)
+            if e.code not in (errno.EOPNOTSUPP, errno.ENODEV, errno.EINVAL, errno.EPERM):
                 raise DeviceError(f"cannot create {ifname}: {e}") from None
             impl = await _spawn_userspace(ifname)
             log.info("started userspace wireguard", extra={"ifname": ifname, "impl": impl})
@@ -124,6 +128,31 @@ async def ensure_address(index: int, iface: ipaddress.IPv4Interface | ipaddress.
             await ipr.link("set", index=index, state="up")
             changes += 1
     return changes
+
+
+def enable_forwarding(ifname: str, index: int, version: int) -> list[str]:
+    """Relay traffic between peers: forwarding on the WireGuard interface only (not the whole
+    box), and no ICMP redirects (a peer must not be told to bypass the relay). IPv4 is set over
+    netlink (works with ProtectKernelTunables and in containers); IPv6 through /proc. Returns
+    what could not be set."""
+    from .routes import IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_SEND_REDIRECTS, RouteError, RouteTable
+
+    if version == 4:
+        table = RouteTable()
+        try:
+            table.set_ipv4_devconf(index, {IPV4_DEVCONF_FORWARDING: 1, IPV4_DEVCONF_SEND_REDIRECTS: 0})
+            return []
+        except RouteError as e:
+            return [f"net.ipv4.conf.{ifname}.forwarding: {e}"]
+        finally:
+            table.close()
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/forwarding"
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+        return []
+    except OSError as e:
+        return [f"{path}: {e.strerror}"]
 
 
 async def own_address(index: int, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:

@@ -101,6 +101,22 @@ def _parse_attrs(buf: bytes) -> dict[int, bytes]:
     return attrs
 
 
+_RTM_SETLINK = 19
+_IFLA_AF_SPEC = 26
+_IFLA_INET_CONF = 1
+_IFINFO = struct.Struct("=BxHiII")
+IPV4_DEVCONF_FORWARDING = 1
+IPV4_DEVCONF_SEND_REDIRECTS = 6
+
+
+def encode_ipv4_devconf(seq: int, index: int, values: dict[int, int]) -> bytes:
+    """RTM_SETLINK setting per-interface IPv4 sysctls (net.ipv4.conf.<if>.*) without /proc."""
+    conf = b"".join(_attr(key, struct.pack("=I", value)) for key, value in sorted(values.items()))
+    af_inet = _attr(socket.AF_INET, _attr(_IFLA_INET_CONF, conf))
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + _attr(_IFLA_AF_SPEC, af_inet)
+    return _HDR.pack(_HDR.size + len(body), _RTM_SETLINK, _F_REQUEST | _F_ACK, seq, 0) + body
+
+
 class RouteTable:
     """Synchronous and fast; the kernel answers netlink immediately."""
 
@@ -156,6 +172,10 @@ class RouteTable:
             seq = self._next()
             msgs.append((seq, encode_route(seq, _RTM_NEWROUTE, oif, r.dst, r.gateway, prefsrc)))
         self._batch(msgs, set())
+
+    def set_ipv4_devconf(self, index: int, values: dict[int, int]) -> None:
+        seq = self._next()
+        self._batch([(seq, encode_ipv4_devconf(seq, index, values))], set())
 
     def delete(self, oif: int, dsts: list[str]) -> None:
         msgs = []

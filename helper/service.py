@@ -164,6 +164,8 @@ class Helper1(ServiceInterface):
             port = listen_port if listen_port and listen_port != live.listen_port else None
             await backend.set_device(private_key=private, listen_port=port)
             changes = await device.ensure_address(index, iface, self.subnet)
+            for problem in device.enable_forwarding(ifname, index, iface.version):
+                log.warning("cannot enable relaying on the interface", extra={"ifname": ifname, "error": problem})
             live = await backend.get()
             dev = _Device(ifname, index, backend)
             dev.own_ip = str(iface.ip)

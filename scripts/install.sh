@@ -34,7 +34,8 @@ install -D -m 0644 "$ROOT/systemd/wg-netmanager.service" /etc/systemd/system/wg-
 install -D -m 0644 "$ROOT/systemd/wg-netmanager.sysusers" /usr/lib/sysusers.d/wg-netmanager.conf
 install -D -m 0644 "$ROOT/systemd/wg-netmanager.tmpfiles" /usr/lib/tmpfiles.d/wg-netmanager.conf
 systemd-sysusers /usr/lib/sysusers.d/wg-netmanager.conf
-systemd-tmpfiles --create /usr/lib/tmpfiles.d/wg-netmanager.conf
+systemd-tmpfiles --create /usr/lib/tmpfiles.d/wg-netmanager.conf 2>/dev/null \
+    || install -d -m 0750 -o root -g wg-netmanager /etc/wg-netmanager   # e.g. in a chroot without /proc
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl reload dbus 2>/dev/null || true

@@ -14,5 +14,5 @@ def pytest_collection_modifyitems(config, items):
         reason = f"missing tools: {', '.join(missing)}"
     if reason:
         for item in items:
-            if "netns" in item.keywords:
+            if "netns" in item.keywords or "boot" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))

@@ -180,7 +180,6 @@ def test_five_boxes_converge():
             box.attach(home if seg == "home" else wan, underlay)
             if seg == "home":
                 box.default_route("192.168.1.1")
-            box.sysctl("net.ipv4.ip_forward", "1")
             box.start_dbus()
             box.start_helper(box.write_config(NET_YAML))
             box.start_controller(box.dir / "net.yaml", overlay)

@@ -1,0 +1,115 @@
+"""Installed like a user: the wheel and the system files put in by scripts/install.sh into a
+Debian bookworm rootfs, booted with systemd-nspawn; two systemd units, the bus policy, busctl,
+the CLI, and three containers forming a mesh over WireGuard (boot tier, root)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests import bootlab
+from wg_netmanager.controller.netlab import Lab
+from wg_netmanager.dbus import CONTROLLER_XML, HELPER_XML, contract_file
+
+pytestmark = [pytest.mark.boot, pytest.mark.skipif(
+    shutil.which("systemd-nspawn") is None or shutil.which("debootstrap") is None,
+    reason="needs systemd-nspawn and debootstrap (scripts/dev.sh setup installs them)")]
+
+NET_YAML = """network:
+  sharedKey: YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128=
+  subnet: 10.1.1.0/24
+peers:
+  - endPoint: 198.51.100.11:50000
+    adminPort: 55555
+    wgIp: 10.1.1.1
+"""
+NAMES = ("c1", "c2", "c3")
+
+
+def overlay(i: int) -> str:
+    return f"10.1.1.{i + 1}"
+
+
+@pytest.fixture(scope="module")
+def containers():
+    image = bootlab.install_product(bootlab.build_rootfs())
+    lab = Lab("boot")
+    try:
+        lan = lab.segment("lan")
+        out = {}
+        for i, name in enumerate(NAMES):
+            box = lab.box(name)
+            box.attach(lan, f"198.51.100.{11 + i}/24")
+            c = bootlab.Container(image, box)
+            # what README tells a user to do after install.sh
+            c.sh(f"cat > /etc/wg-netmanager/net.yaml <<'EOF'\n{NET_YAML}EOF\n"
+                 f"printf 'name: {name}\\nwgIp: {overlay(i)}\\n' > /etc/wg-netmanager/peer.yaml\n"
+                 "chown root:wg-netmanager /etc/wg-netmanager/*.yaml && chmod 0640 /etc/wg-netmanager/*.yaml\n"
+                 "systemctl enable --now wg-netmanager")
+            out[name] = c
+        yield out
+    finally:
+        lab.close()
+
+
+def test_both_units_active_and_both_names_on_the_bus(containers):
+    for c in containers.values():
+        assert c.sh("systemctl is-active wg-netmanager-helper wg-netmanager").stdout.split() == ["active", "active"]
+        names = c.sh("busctl list --no-pager --acquired").stdout
+        assert "org.wgnetmanager.Helper1" in names and "org.wgnetmanager.Controller1" in names
+        # the controller runs unprivileged, the helper as root
+        assert c.sh("systemctl show -p User --value wg-netmanager").stdout.strip() == "wg-netmanager"
+
+
+def structure(text: str, iface_name: str):
+    iface = next(i for i in ET.fromstring(text).iter("interface") if i.get("name") == iface_name)
+    return ({m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in")) for a in m.iter("arg")]
+             for m in iface.iter("method")},
+            {p.get("name"): (p.get("type"), p.get("access")) for p in iface.iter("property")},
+            {s.get("name"): [a.get("type") for a in s.iter("arg")] for s in iface.iter("signal")})
+
+
+@pytest.mark.parametrize("name,xml", [("Helper1", HELPER_XML), ("Controller1", CONTROLLER_XML)])
+def test_busctl_introspect_matches_the_shipped_xml(containers, name, xml):
+    c = containers["c2"]
+    live = c.sh(f"busctl introspect --xml-interface org.wgnetmanager.{name} /org/wgnetmanager/{name}").stdout
+    iface = f"org.wgnetmanager.{name}"
+    assert structure(live, iface) == structure(contract_file(xml).read_text(), iface)
+
+
+def test_status_for_group_members_and_the_helper_refuses_others(containers):
+    c = containers["c1"]
+    c.sh("id tester >/dev/null 2>&1 || useradd -M -G wg-netmanager tester; "
+         "id stranger >/dev/null 2>&1 || useradd -M stranger")
+    status = c.sh("runuser -u tester -- wg_netmanager status --json").stdout
+    assert '"overlay_ip": "10.1.1.2"' in status
+    refused = c.sh("runuser -u stranger -- wg_netmanager status", check=False)
+    assert refused.returncode == 4 and "not allowed" in refused.stderr
+    denied = c.sh("runuser -u stranger -- busctl call org.wgnetmanager.Helper1 /org/wgnetmanager/Helper1 "
+                  "org.wgnetmanager.Helper1 GetState s wg0", check=False)
+    assert denied.returncode != 0 and "Access denied" in denied.stderr
+
+
+def test_three_containers_form_a_mesh_and_ping(containers):
+    for i, src in enumerate(NAMES):
+        for j, _dst in enumerate(NAMES):
+            if i != j:
+                ok = containers[src].sh(f"for n in $(seq 40); do ping -c1 -W1 {overlay(j)} >/dev/null && exit 0; "
+                                        "sleep 0.25; done; exit 1", check=False, timeout=90)
+                assert ok.returncode == 0, f"{src} -> {overlay(j)}"
+
+
+def test_restarting_the_helper_unit_keeps_a_ping_flowing(containers):
+    c1 = containers["c1"]
+    before = c1.sh("pidof wireguard-go").stdout.strip()
+    ping = subprocess.Popen(["nsenter", "-t", str(c1.pid), "-a", "--", "ping", "-n", "-q", "-i", "0.02", "-c", "150",
+                             "-W", "1", overlay(1)], stdout=subprocess.PIPE, text=True)
+    c1.sh("sleep 0.5; systemctl restart wg-netmanager-helper")
+    out, _ = ping.communicate(timeout=30)
+    line = next(x for x in out.splitlines() if "packets transmitted" in x)
+    assert line.startswith("150 packets transmitted, 150 received"), line
+    assert c1.sh("pidof wireguard-go").stdout.strip() == before, "the data plane process lived on"
+    assert c1.sh("systemctl is-active wg-netmanager-helper wg-netmanager").stdout.split() == ["active", "active"]
