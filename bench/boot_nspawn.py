@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Boot-to-active of the installed product (root): a systemd-nspawn container from the cached
+rootfs with scripts/install.sh applied, booted on a lab LAN; measures container start until
+`systemctl is-system-running` answers, and `systemctl enable --now wg-netmanager` until both
+units are active (Type=dbus: active = the bus name is owned).
+Final stdout line: {"boot_s": ..., "enable_to_active_s": ..., "image_build_s": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tests import bootlab  # noqa: E402
+from tests.test_boot_nspawn import NET_YAML  # noqa: E402
+from wg_netmanager.controller.netlab import Lab  # noqa: E402
+
+
+def main() -> int:
+    t0 = time.monotonic()
+    image = bootlab.install_product(bootlab.build_rootfs())
+    image_s = time.monotonic() - t0
+    with Lab("bootbench") as lab:
+        box = lab.box("c1")
+        box.attach(lab.segment("lan"), "198.51.100.11/24")
+        c = bootlab.Container(image, box)
+        c.sh(f"cat > /etc/wg-netmanager/net.yaml <<'EOF'\n{NET_YAML}EOF\n"
+             "chown root:wg-netmanager /etc/wg-netmanager/net.yaml; chmod 0640 /etc/wg-netmanager/net.yaml")
+        t1 = time.monotonic()
+        c.sh("systemctl enable --now wg-netmanager")
+        c.wait_active("wg-netmanager-helper")
+        c.wait_active("wg-netmanager")
+        active_s = time.monotonic() - t1
+        c.poweroff()
+    print(json.dumps({"boot_s": round(c.boot_s, 2), "enable_to_active_s": round(active_s, 2),
+                      "image_build_s": round(image_s, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
