@@ -20,17 +20,10 @@ import sys
 import time
 
 from wg_netmanager.controller.helper_client import HelperClient
-from wg_netmanager.controller.netlab import Lab
+from wg_netmanager.controller.netlab import Lab, net_yaml
 from wg_netmanager.dbus.compat import LIBRARY
 
-NET = """network:
-  sharedKey: YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128=
-  subnet: 10.1.0.0/16
-peers:
-  - endPoint: 198.51.100.1:51820
-    adminPort: 55555
-    wgIp: 10.1.0.1
-"""
+NET = net_yaml("198.51.100.1:51820", "10.1.0.1", subnet="10.1.0.0/16")
 
 
 def desired(n: int) -> tuple[list, list]:

@@ -17,17 +17,9 @@ import time
 from wg_netmanager.dbus import CONTROLLER_BUS_NAME, CONTROLLER_INTERFACE, CONTROLLER_OBJECT_PATH
 from wg_netmanager.dbus.compat import Message, MessageBus, MessageType
 
-from .netlab import Lab, LabError
+from .netlab import Lab, LabError, net_yaml
 
-SHARED_KEY = "YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128="
-NET_YAML = f"""network:
-  sharedKey: {SHARED_KEY}
-  subnet: 10.1.1.0/24
-peers:
-  - endPoint: 198.51.100.2:50000
-    adminPort: 55555
-    wgIp: 10.1.1.2
-"""
+NET_YAML = net_yaml("198.51.100.2:50000", "10.1.1.2")
 OVERLAY = {"alice": "10.1.1.1", "bob": "10.1.1.2", "charlie": "10.1.1.3"}
 
 

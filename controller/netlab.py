@@ -25,6 +25,14 @@ from pathlib import Path
 from wg_netmanager.dbus import BUS_POLICY, contract_file
 
 PREFIX = "wgnm-"
+DEMO_SHARED_KEY = "YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128="  # the original README's; for labs only
+
+
+def net_yaml(static_endpoint: str, static_wg_ip: str, subnet: str = "10.1.1.0/24",
+             shared_key: str = DEMO_SHARED_KEY, admin_port: int = 55555) -> str:
+    """A net.yaml in the original's format with one static peer (labs, tests, benchmarks)."""
+    return (f"network:\n  sharedKey: {shared_key}\n  subnet: {subnet}\npeers:\n"
+            f"  - endPoint: {static_endpoint}\n    adminPort: {admin_port}\n    wgIp: {static_wg_ip}\n")
 BUS_SOCKET = "/run/dbus/system_bus_socket"
 
 _SYSTEM_BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"

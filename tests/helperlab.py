@@ -8,17 +8,9 @@ import subprocess
 import sys
 
 from wg_netmanager.controller.helper_client import HelperClient, HelperError
-from wg_netmanager.controller.netlab import Box
+from wg_netmanager.controller.netlab import Box, net_yaml
 
-SHARED_KEY = "YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128="
-NET_YAML = f"""network:
-  sharedKey: {SHARED_KEY}
-  subnet: 10.1.1.0/24
-peers:
-  - endPoint: 198.51.100.2:51820
-    adminPort: 55555
-    wgIp: 10.1.1.2
-"""
+NET_YAML = net_yaml("198.51.100.2:51820", "10.1.1.2")
 
 # On one box the bus policy is opened to an unrelated user, to show that the helper's
 # own UID check refuses it too.

@@ -11,21 +11,14 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests import bootlab
-from wg_netmanager.controller.netlab import Lab
+from wg_netmanager.controller.netlab import Lab, net_yaml
 from wg_netmanager.dbus import CONTROLLER_XML, HELPER_XML, contract_file
 
 pytestmark = [pytest.mark.boot, pytest.mark.skipif(
     shutil.which("systemd-nspawn") is None or shutil.which("debootstrap") is None,
     reason="needs systemd-nspawn and debootstrap (scripts/dev.sh setup installs them)")]
 
-NET_YAML = """network:
-  sharedKey: YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128=
-  subnet: 10.1.1.0/24
-peers:
-  - endPoint: 198.51.100.11:50000
-    adminPort: 55555
-    wgIp: 10.1.1.1
-"""
+NET_YAML = net_yaml("198.51.100.11:50000", "10.1.1.1")
 NAMES = ("c1", "c2", "c3")
 
 
