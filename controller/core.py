@@ -184,6 +184,7 @@ class Link:
     connect_acked: bool = False
     connect_body: bytes = b""
     connect_due: bool = False  # send CONNECT once our data plane has the peer
+    held_back_done: bool = False
     peer_ready: bool = False  # the other end has us configured (static links)
     removal_applied: bool = True  # after a failure: the data plane no longer has the peer
 
@@ -739,6 +740,7 @@ class Core:
         link.state = ATTEMPTING
         self._attempting = True
         link.attempt_started = now
+        link.held_back_done = False
         link.endpoint = _fmt_ep(you_use) if you_use else ""
         link.endpoint_kind = EP_REFLEXIVE if you_use and member.info.endpoints and any(
             e.kind == EP_REFLEXIVE and (e.address, e.port) == you_use for e in member.info.endpoints) else EP_LAN
@@ -1036,7 +1038,8 @@ class Core:
             return True
         if self.config.link_policy == "static":
             return self._shares_lan(info)
-        return bool(self._candidates(info))
+        # a node with a LAN or public endpoint of its own could be reached directly
+        return self._shares_lan(info) or any(ep.kind in (EP_REFLEXIVE, EP_STATIC) for ep in info.endpoints)
 
     def _lan_nets(self):
         if self._lan_nets_for != self.lan:
@@ -1068,11 +1071,14 @@ class Core:
         if mine_public is None and self.is_static:
             me = next(p for p in self.config.static_peers if p.overlay_ip == self.config.overlay_ip)
             mine_public = (me.host, me.wg_port)
-        for ep in info.endpoints:
-            if ep.kind in (EP_REFLEXIVE, EP_STATIC):
-                out.append(((ep.address, ep.port), mine_public, ep.kind))
+        # through NAT both ends must send (hole punching): without our own public endpoint
+        # the other end could not, so such candidates wait until a static peer told us ours
+        if mine_public is not None:
+            for ep in info.endpoints:
+                if ep.kind in (EP_REFLEXIVE, EP_STATIC):
+                    out.append(((ep.address, ep.port), mine_public, ep.kind))
         static = self.static_by_ip.get(info.overlay_ip)
-        if static is not None:
+        if static is not None and (mine_public is not None or not out):
             out.append(((static.host, static.wg_port), mine_public, EP_STATIC))
         unique, seen = [], set()
         for cand in out:  # an un-NATed node's reflexive endpoint is its LAN address: try once
@@ -1116,12 +1122,13 @@ class Core:
             self._schedule_paths(now)
             return
         if not link.candidates:
-            self._link_failed(link, member, now, "no candidate endpoint")
+            link.retry_at = now + 1.0  # e.g. our public endpoint is not known yet: look again soon
             return
         link.candidate_index = 0
         self._try_candidate(link, member, now)
 
     def _try_candidate(self, link: Link, member: Member, now: float) -> None:
+        link.held_back_done = False
         fresh = self._candidates(member.info)
         if len(fresh) == len(link.candidates):
             link.candidates = fresh
@@ -1189,11 +1196,30 @@ class Core:
             # the non-static end (it may be behind NAT), once the static end has us configured
             return link.initiator and (link.peer_ready or link.state == UP)
         if link.state == ATTEMPTING:
+            if link.endpoint_kind == EP_REFLEXIVE and self._holds_back(link, now):
+                return False
             # the side that configured the peer last (the responder) starts the handshake;
             # the initiator also sends when punching NAT, to open its own mapping
             return (not link.initiator) or link.endpoint_kind == EP_REFLEXIVE
         # up: the initiator keeps active links (and NAT mappings) alive
         return link.initiator and (self._active(link, now) or link.endpoint_kind == EP_REFLEXIVE)
+
+    def _behind_nat(self, reflexive: tuple[str, int] | None, lan: set[str]) -> bool:
+        return reflexive is not None and reflexive[0] not in lan
+
+    def _holds_back(self, link: Link, now: float) -> bool:
+        """Hole punching between an untranslated node (public, maybe firewalled) and a NATed one:
+        the NATed side must send first. A packet from outside that reaches a NAT before the inside
+        sent creates a conntrack entry on the router that then blocks the inside's mapping. So the
+        untranslated side waits a second; the NATed side's first packets only die at a firewall."""
+        if now - link.attempt_started >= 1.0:
+            return False
+        mine = self._behind_nat(self.reflexive, {ip for ip, _ in self.lan})
+        member = self.members.get(link.peer)
+        if member is None or mine:
+            return False
+        ref = next(((e.address, e.port) for e in member.info.endpoints if e.kind == EP_REFLEXIVE), None)
+        return self._behind_nat(ref, {e.address for e in member.info.endpoints if e.kind == EP_LAN})
 
     def _observe_link(self, link: Link, obs: PeerObservation, now: float) -> None:
         member = self.members[link.peer]
@@ -1270,6 +1296,12 @@ class Core:
                         self._link_failed(link, member, now, "no handshake")
                 else:
                     next_t = min(next_t, link.attempt_started + timeout + 0.001)
+                    if link.endpoint_kind == EP_REFLEXIVE and not link.held_back_done:
+                        if now - link.attempt_started >= 1.0:
+                            link.held_back_done = True
+                            self._schedule_paths(now, urgent=True)  # keepalive on now
+                        else:
+                            next_t = min(next_t, link.attempt_started + 1.001)
                     if link.static and not link.initiator and link.connect_sent:
                         if now - link.connect_sent >= 1.0:  # "ready": until the handshake arrives
                             link.connect_sent = now

@@ -319,26 +319,41 @@ class Lab:
         return self.boxes[name]
 
     def router(self, name: str, inside: Segment, inside_addr: str, outside: Segment, outside_addr: str,
-               gateway: str | None = None, nat: bool = True) -> Box:
-        """A home router: forwards between two segments and (with ``nat``) masquerades the
-        inside behind its outside address, with a stateful filter (nothing gets in unasked)."""
+               gateway: str | None = None, nat: bool = True, firewall: bool = True,
+               fixed_ports: dict[tuple[str, int], int] | None = None) -> Box:
+        """A router between two segments: with ``nat`` it masquerades the inside behind its
+        outside address (a home router); with ``firewall`` a stateful filter lets nothing in
+        that the inside did not ask for (with nat=False: a firewalled, routed network).
+        ``fixed_ports`` {(inside ip, udp port): outside port} makes those mappings endpoint-
+        independent (one outside port for every destination), as many home routers do; plain
+        masquerade reassigns a port per destination when two inside hosts use the same one."""
         box = self.box(name)
         box.attach(inside, inside_addr, "lan0")
         box.attach(outside, outside_addr, "wan0")
         if gateway:
             box.default_route(gateway)
         box.sysctl("net.ipv4.ip_forward", "1")
+        rules = ""
         if nat:
-            box.nft("""table ip nat {
-  chain postrouting { type nat hook postrouting priority srcnat; oifname "wan0" masquerade; }
-}
-table ip filter {
+            outside_ip = outside_addr.split("/")[0]
+            fixed = "".join(f'    oifname "wan0" ip saddr {ip} udp sport {port} snat to {outside_ip}:{out}\n'
+                            for (ip, port), out in (fixed_ports or {}).items())
+            rules += f"""table ip nat {{
+  chain postrouting {{ type nat hook postrouting priority srcnat;
+{fixed}    oifname "wan0" masquerade
+  }}
+}}
+"""
+        if firewall:
+            rules += """table ip filter {
   chain forward { type filter hook forward priority filter; policy drop;
     ct state established,related accept
     iifname "lan0" accept
   }
 }
-""")
+"""
+        if rules:
+            box.nft(rules)
         return box
 
     def close(self) -> None:
