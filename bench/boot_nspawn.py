@@ -29,7 +29,8 @@ def main() -> int:
         box.attach(lab.segment("lan"), "198.51.100.11/24")
         c = bootlab.Container(image, box)
         c.sh(f"cat > /etc/wg-netmanager/net.yaml <<'EOF'\n{NET_YAML}EOF\n"
-             "chown root:wg-netmanager /etc/wg-netmanager/net.yaml; chmod 0640 /etc/wg-netmanager/net.yaml")
+             "printf 'name: c1\\nwgIp: 10.1.1.1\\n' > /etc/wg-netmanager/peer.yaml\n"
+             "chown root:wg-netmanager /etc/wg-netmanager/*.yaml; chmod 0640 /etc/wg-netmanager/*.yaml")
         t1 = time.monotonic()
         c.sh("systemctl enable --now wg-netmanager")
         c.wait_active("wg-netmanager-helper")

@@ -40,5 +40,5 @@ if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl reload dbus 2>/dev/null || true
 fi
-echo "installed. Next: /etc/wg-netmanager/net.yaml (root:wg-netmanager 0640), optionally peer.yaml"
-echo "(name, wgIp), then: systemctl enable --now wg-netmanager"
+echo "installed. Next: /etc/wg-netmanager/net.yaml (the same on every node) and peer.yaml"
+echo "(this node's name and wgIp), both root:wg-netmanager 0640; then: systemctl enable --now wg-netmanager"
