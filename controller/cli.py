@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import os
 import pwd
@@ -135,6 +136,10 @@ def init(output, subnet, endpoint, force):
     if path.exists() and not force:
         fail(f"{path} exists; not overwriting it (use --force)")
     key = base64.b64encode(os.urandom(32)).decode()
+    try:
+        first_host = next(ipaddress.ip_network(subnet, strict=False).hosts())
+    except (ValueError, StopIteration):
+        fail(f"--subnet {subnet!r} is not a usable CIDR", EXIT_CONFIG)
     text = f"""# wg_netmanager network configuration: copy this file to every node (keep it secret).
 network:
   sharedKey: {key}   # like `wg genkey`; whoever has it can join
@@ -142,7 +147,7 @@ network:
 peers:                  # static peers: at least one, reachable by the others
   - endPoint: {endpoint}   # host:port of its WireGuard; the host may be a DNS name
     adminPort: 55555
-    wgIp: {str(next(__import__('ipaddress').ip_network(subnet, strict=False).hosts()))}
+    wgIp: {first_host}
 """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

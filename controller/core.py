@@ -21,6 +21,7 @@ passed in and randomness comes from the injected ``random_bytes(n)``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
@@ -118,8 +119,6 @@ class DataPlane:
 
     def helper_args(self) -> tuple[list, list]:
         """The Helper1.Apply arguments (a(ssasu), a(ss))."""
-        import base64
-
         peers = [[base64.b64encode(p.public_key).decode(), p.endpoint, list(p.allowed_ips), p.keepalive]
                  for p in self.peers]
         routes = [[r.destination, r.gateway or ""] for r in self.routes]

@@ -3,9 +3,11 @@
 # No `from __future__ import annotations`: the D-Bus signatures are the annotations.
 
 import asyncio
+import base64
 import grp
 import os
 import pwd
+import time
 
 from wg_netmanager.dbus import (
     CONTROLLER_BUS_NAME,
@@ -94,7 +96,7 @@ class Controller1(ServiceInterface):
         await self.auth.require({0}, "pin links (root only)")
         if self.c.core.find(node) is None:
             raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {node!r}")
-        ok = self.c.core.connect(node, __import__("time").time())
+        ok = self.c.core.connect(node, time.time())
         self.c.pump()
         return ok
 
@@ -136,8 +138,6 @@ class Controller1(ServiceInterface):
 
 
 def _b64(raw: bytes) -> str:
-    import base64
-
     return base64.b64encode(raw).decode()
 
 
