@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.meshlab import paths, wait_for
+from tests.test_mesh_netns import pings
 from wg_netmanager.controller.netlab import Lab, net_yaml
 
 pytestmark = pytest.mark.netns
@@ -67,7 +68,7 @@ def test_original_example_relayed_then_lan_then_all_direct():
         assert wait_for(lambda: all(len(v) == 3 and "unreachable" not in v.values()
                                     for v in snapshot().values()), 20), view
         for a, b in itertools.permutations(OVERLAY, 2):
-            assert boxes[a].ping(OVERLAY[b], count=1, wait=2), f"{a} -> {b}"
+            assert pings(boxes[a], OVERLAY[b]), f"{a} -> {b}"
         # the LAN pair goes direct; then hole punching makes every pair direct
         assert wait_for(lambda: snapshot()["charlie"]["delta"] == "direct", 20), view
         all_direct = wait_for(lambda: all(p == "direct" for v in snapshot().values() for p in v.values()), 60)
@@ -77,5 +78,5 @@ def test_original_example_relayed_then_lan_then_all_direct():
         endpoints = boxes["alpha"].run(["wg", "show", "wg0", "endpoints"]).stdout
         assert "198.51.100.1:" in endpoints  # charlie/delta as the home router's NAT shows them
         for a, b in itertools.permutations(OVERLAY, 2):
-            assert boxes[a].ping(OVERLAY[b], count=1, wait=2), f"{a} -> {b}"
+            assert pings(boxes[a], OVERLAY[b]), f"{a} -> {b}"
         print(f"all pairs direct after {took:.1f}s")
