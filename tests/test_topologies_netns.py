@@ -80,3 +80,26 @@ def test_original_example_relayed_then_lan_then_all_direct():
         for a, b in itertools.permutations(OVERLAY, 2):
             assert pings(boxes[a], OVERLAY[b]), f"{a} -> {b}"
         print(f"all pairs direct after {took:.1f}s")
+
+
+def test_port_hopping_gets_through_a_router_that_blocks_the_wireguard_port():
+    """-H: alice's router drops everything from her default WireGuard port (50000); with
+    nothing reachable for a while the controller moves WireGuard to another port."""
+    with Lab() as lab:
+        wan, home = lab.segment("wan"), lab.segment("home")
+        router = lab.router("router", home, "192.168.1.1/24", wan, "198.51.100.1/24")
+        router.nft("table ip block {\n  chain blockwg { type filter hook forward priority -10;\n"
+                   "    ip saddr 192.168.1.10 udp sport 50000 drop\n  }\n}\n")
+        config = net_yaml("198.51.100.2:50000", "10.1.1.2")
+        bob, alice = lab.box("bob"), lab.box("alice")
+        bob.attach(wan, "198.51.100.2/24")
+        alice.attach(home, "192.168.1.10/24")
+        alice.default_route("192.168.1.1")
+        for box, ip, extra in ((bob, "10.1.1.2", ()), (alice, "10.1.1.1", ("-H",))):
+            box.start_dbus()
+            box.start_helper(box.write_config(config), verbose=False)
+            box.start_controller(box.dir / "net.yaml", ip, extra=extra)
+        assert wait_for(lambda: paths(alice).get("bob") == "direct", 60), alice.log("controller")[-3000:]
+        port = alice.run(["wg", "show", "wg0", "listen-port"]).stdout.strip()
+        assert port != "50000" and "hopping to another WireGuard port" in alice.log("controller")
+        assert pings(alice, "10.1.1.2")
