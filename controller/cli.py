@@ -214,6 +214,13 @@ def _unvariant(d: dict) -> dict:
     return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
 
 
+def path_text(node: dict) -> str:
+    """How a node is reached, for people: direct, via relays, or unreachable."""
+    if not node["reachable"]:
+        return "unreachable"
+    return "direct" if not node["via"] else "via " + ",".join(node["via"])
+
+
 def _nodes() -> list[dict]:
     (nodes,) = asyncio.run(_controller_call("ListNodes"))
     return [_unvariant(n) for n in nodes]
@@ -245,8 +252,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json):
     """This node and every other node: path, latency, handshake, traffic."""
-    (node_list,) = asyncio.run(_controller_call("ListNodes"))
-    nodes = [_unvariant(n) for n in node_list]
+    nodes = _nodes()
     (routes,) = asyncio.run(_controller_call("ListRoutes"))
     if as_json:
         click.echo(json.dumps({"nodes": nodes, "routes": [{"destination": d, "gateway": g, "via": v}
@@ -254,9 +260,8 @@ def status(as_json):
         return
     rows = []
     for n in nodes:
-        path = ("direct" if not n["via"] else "via " + ",".join(n["via"])) if n["reachable"] else "unreachable"
         rtt = f"{n['rtt_ms']:.0f} ms" if n["rtt_ms"] >= 0 and n["reachable"] else "-"
-        rows.append([n["overlay_ip"], n["name"], path, rtt, n["endpoint"] or "-", _ago(n["last_handshake"]),
+        rows.append([n["overlay_ip"], n["name"], path_text(n), rtt, n["endpoint"] or "-", _ago(n["last_handshake"]),
                      f"{_bytes(n['rx_bytes'])} / {_bytes(n['tx_bytes'])}"])
     click.echo(_table(rows, ["ADDRESS", "NODE", "PATH", "RTT", "ENDPOINT", "HANDSHAKE", "RX / TX"]))
 
@@ -302,8 +307,7 @@ def watch(interval):
     try:
         while True:
             nodes = _nodes()
-            rows = [[n["overlay_ip"], n["name"],
-                     ("direct" if not n["via"] else "via " + ",".join(n["via"])) if n["reachable"] else "unreachable",
+            rows = [[n["overlay_ip"], n["name"], path_text(n),
                      f"{n['rtt_ms']:.0f} ms" if n["rtt_ms"] >= 0 and n["reachable"] else "-",
                      _ago(n["last_handshake"])] for n in nodes]
             click.echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + f"  {len(nodes)} other node(s)\n")

@@ -263,7 +263,6 @@ class Core:
         self.hops: dict[bytes, bytes] = {}
         self.dataplane = DataPlane()
         self.dataplane_version = 0
-        self.applied_keys: frozenset[bytes] = frozenset()
         self._plane_keys: dict[int, frozenset[bytes]] = {0: frozenset()}
 
         # timers
@@ -274,7 +273,7 @@ class Core:
         self.t_publish: float | None = now
         self.t_paths: float | None = None
         self.t_gc = now + 60
-        self._digest_cache: tuple[int, bytes] | None = None
+        self._digest_cache: bytes | None = None
         self._changed_links: set[bytes] = set()
         self._last_publish = -1e18
         self._last_recompute = -1e18
@@ -341,19 +340,18 @@ class Core:
     def dataplane_applied(self, version: int, now: float) -> None:
         """The runtime applied ``dataplane`` of this version (Helper1.Apply returned).
         Messages that ask the other end to start a handshake wait for this."""
-        keys = self._plane_keys.get(version)
-        if keys is None:
+        applied = self._plane_keys.get(version)
+        if applied is None:
             return
-        self.applied_keys = keys
         for id8, link in self.links.items():
             if link.state == DOWN and not link.removal_applied:
                 member = self.members.get(id8)
-                if member is None or member.info.wg_public_key not in self.applied_keys:
+                if member is None or member.info.wg_public_key not in applied:
                     link.removal_applied = True
                     self.t_links = min(self.t_links, now)
             if link.connect_due and link.state == ATTEMPTING:
                 member = self.members.get(id8)
-                if member is not None and member.info.wg_public_key in self.applied_keys:
+                if member is not None and member.info.wg_public_key in applied:
                     link.connect_due = False
                     link.connect_sent = now
                     if link.static:
@@ -788,23 +786,22 @@ class Core:
         self._count(f"tx_{wire.TYPE_NAMES[mtype]}")
         self._count("tx_bytes", len(data))
 
+    def _static_admin_addr(self, member: Member | None) -> tuple[str, int] | None:
+        """A static peer's admin address from net.yaml (None for other nodes)."""
+        static = self.static_by_ip.get(member.info.overlay_ip) if member is not None else None
+        return (static.host, static.admin_port) if static is not None else None
+
     def _addr_of(self, id8: bytes) -> tuple[str, int] | None:
         member = self.members.get(id8)
         if member is not None and id8 in self.hops:
             return member.info.overlay_ip, member.info.admin_port
-        if member is not None:
-            static = self.static_by_ip.get(member.info.overlay_ip)
-            if static is not None:
-                return static.host, static.admin_port
-        return self.underlay_addr.get(id8)
+        return self._static_admin_addr(member) or self.underlay_addr.get(id8)
 
     def _underlay_of(self, id8: bytes, now: float) -> tuple[str, int] | None:
         """An address outside the overlay: a static peer's, or where the node recently spoke from."""
-        member = self.members.get(id8)
-        if member is not None:
-            static = self.static_by_ip.get(member.info.overlay_ip)
-            if static is not None:
-                return static.host, static.admin_port
+        static = self._static_admin_addr(self.members.get(id8))
+        if static is not None:
+            return static
         if now - self.underlay_seen.get(id8, -1e18) < 60:
             return self.underlay_addr.get(id8)
         return None
@@ -943,8 +940,8 @@ class Core:
             h = hashlib.blake2b(digest_size=16)
             for id8, version in sorted(self._digest_entries()):
                 h.update(id8 + version.to_bytes(8, "big"))
-            self._digest_cache = (len(self.members), h.digest())
-        return self._digest_cache[1]
+            self._digest_cache = h.digest()
+        return self._digest_cache
 
     def _bootstrap(self, now: float) -> None:
         """While a static peer's record is unknown: send our digest to one such static peer

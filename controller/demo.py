@@ -17,6 +17,7 @@ import time
 from wg_netmanager.dbus import CONTROLLER_BUS_NAME, CONTROLLER_INTERFACE, CONTROLLER_OBJECT_PATH
 from wg_netmanager.dbus.compat import Message, MessageBus, MessageType
 
+from .cli import path_text
 from .netlab import Lab, LabError, net_yaml
 
 NET_YAML = net_yaml("198.51.100.2:50000", "10.1.1.2")
@@ -60,12 +61,7 @@ async def controller_call(box, member: str, signature: str = "", body: list | No
 def paths(box) -> dict[str, str]:
     """node name -> "direct" / "via X" / "unreachable", as the box's controller sees it."""
     (nodes,) = asyncio.run(controller_call(box, "ListNodes"))
-    out = {}
-    for n in nodes:
-        n = {k: v.value for k, v in n.items()}
-        out[n["name"]] = ("direct" if not n["via"] else "via " + ",".join(n["via"])) if n["reachable"] \
-            else "unreachable"
-    return out
+    return {n["name"].value: path_text({k: v.value for k, v in n.items()}) for n in nodes}
 
 
 def run_demo(keep: bool = False) -> int:

@@ -597,7 +597,7 @@ class Sim:
         if over is None:
             over = self._overlay[addr[0]] = ipaddress.ip_address(addr[0]) in self.subnet
         if over:
-            node.send_overlay(Packet(node.overlay_ip, addr[0], "admin", data, wire_port(node), addr[1],
+            node.send_overlay(Packet(node.overlay_ip, addr[0], "admin", data, node.core.config.admin_port, addr[1],
                                      size=len(data) + 28))
         else:
             self.udp((node.underlay_ip, node.core.config.admin_port), addr, ("admin", data), len(data) + 28)
@@ -701,7 +701,3 @@ class Sim:
 
     def events_of(self, kind: str) -> list[tuple[float, str, object]]:
         return [e for e in self.events if e[2].kind == kind]
-
-
-def wire_port(node: SimNode) -> int:
-    return node.core.config.admin_port
