@@ -24,34 +24,19 @@ import subprocess
 import sys
 import time
 
-from wg_netmanager.controller.demo import NET_YAML, controller_call, paths
+from wg_netmanager.controller import labnets
+from wg_netmanager.controller.demo import controller_call, paths
 from wg_netmanager.controller.netlab import Lab
 
-NAMES = ["bob", "alice", "charlie", "erin", "dave", "frank", "grace", "heidi", "ivan", "judy"]
+NAMES = ["alice", "bob", "charlie", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 
 
 def build(lab: Lab, n: int) -> tuple[dict, dict]:
-    wan = lab.segment("wan")
-    home = lab.segment("home")
-    lab.router("router", home, "192.168.1.1/24", wan, "198.51.100.1/24")
-    boxes, overlay = {}, {}
-    for i, name in enumerate(NAMES[:n]):
-        box = lab.box(name)
-        on_lan = name in ("alice", "charlie") or (name != "bob" and i % 2 == 0)
-        if name == "bob":
-            box.attach(wan, "198.51.100.2/24")
-        elif on_lan:
-            box.attach(home, f"192.168.1.{10 + i}/24")
-            box.default_route("192.168.1.1")
-        else:
-            box.attach(wan, f"198.51.100.{10 + i}/24")
-        box.start_dbus()
-        box.start_helper(box.write_config(NET_YAML), verbose=False)
-        boxes[name] = box
-        overlay[name] = f"10.1.1.{i + 1}" if name != "bob" else "10.1.1.2"
-    # bob is 10.1.1.2 (the static peer in NET_YAML); give alice .1
-    overlay["alice"] = "10.1.1.1"
-    return boxes, overlay
+    """labnets.home_lan: bob public (static peer), alice/charlie on the NATed LAN, the rest
+    alternately on the LAN and on the public segment."""
+    names = NAMES[:n]
+    mesh = labnets.home_lan(lab, names, public=[x for i, x in enumerate(names) if i % 2 and x != "bob"])
+    return mesh.boxes, mesh.overlay
 
 
 def ping_matrix(boxes, overlay) -> bool:

@@ -147,6 +147,9 @@ class PeerObservation:
 # ----------------------------------------------------------------------------- internals
 
 ATTEMPTING, UP, DOWN = "attempting", "up", "down"
+#: a candidate kind of our own (never on the wire): a LAN address of a node behind the same
+#: public address as ours that is not on any of our LANs - NAT behind NAT, routed subnets
+EP_NEARBY = 0x80
 
 
 @dataclass
@@ -261,6 +264,11 @@ class Core:
         self.cost: dict[bytes, int] = {}
         self.pred: dict[bytes, bytes] = {}
         self.hops: dict[bytes, bytes] = {}
+        self.graph = paths.LinkGraph(config.hop_cost_ms)
+        self._graph_dirty = True  # the mutually claimed links changed: Dijkstra again
+        self._routes_dirty = True  # hops or addresses changed: routes and allowed IPs again
+        self._routes: tuple[DesiredRoute, ...] = ()
+        self._allowed: dict[bytes, tuple[str, ...]] = {}
         self.dataplane = DataPlane()
         self.dataplane_version = 0
         self._plane_keys: dict[int, frozenset[bytes]] = {0: frozenset()}
@@ -384,10 +392,31 @@ class Core:
         return self._send_probe(member.info, member.record.id8, now, user=True)
 
     def set_lan_endpoints(self, endpoints: Iterable[tuple[str, int]], now: float) -> None:
+        """Our own underlay addresses. When one goes away we moved (a roaming laptop) or the
+        network changed under us: direct links over a LAN we left are down at once (no waiting
+        for probes to time out), and every other link is probed now - WireGuard follows a peer
+        that sends from a new address, and a static peer's answer tells our new public one."""
         lan = tuple(endpoints)
-        if lan != self.lan:
-            self.lan = lan
-            self._schedule_publish(now)
+        if lan == self.lan:
+            return
+        gone = {ip for ip, _ in self.lan} - {ip for ip, _ in lan}
+        self.lan = lan
+        self._schedule_publish(now)
+        if not gone:
+            return
+        self._event("addresses_changed", gone=",".join(sorted(gone)), now=",".join(ip for ip, _ in lan))
+        for id8, link in self.links.items():
+            member = self.members.get(id8)
+            if member is None or link.state == DOWN:
+                continue
+            host = ep[0] if (ep := _parse_ep(link.endpoint)) else ""
+            if link.endpoint_kind == EP_NEARBY or (link.endpoint_kind == EP_LAN and host and
+                                                   self._on_my_lan(host) is None):
+                self._link_failed(link, member, now, "left the LAN")
+                link.retry_at = now + 1.0  # new candidates soon (our public endpoint first)
+            else:
+                link.next_probe = now
+        self.t_links = now
 
     def set_wg_public_key(self, key: bytes, now: float) -> None:
         """Key rotation: publish the new WireGuard key under the same identity."""
@@ -629,6 +658,7 @@ class Core:
         self.wg_owner[info.wg_public_key] = id8
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
+        self._claims_changed(id8, info, old.info if old else None)
         self._digest_cache = None
         if self.is_static and source is not None and (
                 (flood and source == id8) or (source in self.members and self.members[source].info.is_static)):
@@ -897,6 +927,7 @@ class Core:
             return
         self.version = max(self.version + 1, int(now * 1000))
         record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
+        self._claims_changed(self.id8, info, current.info if current else None)
         self.members[self.id8] = Member(self.identity.public, record, info, self.started, now)
         self.wg_owner[info.wg_public_key] = self.id8
         self._digest_cache = None
@@ -1013,6 +1044,8 @@ class Core:
             elif now - member.last_reachable > self.config.forget_after:
                 # forget the record (the address binding stays)
                 del self.members[id8]
+                self._graph_dirty |= self.graph.remove(id8)
+                self._routes_dirty = True
                 self.wg_owner.pop(member.info.wg_public_key, None)
                 self.links.pop(id8, None)
                 self._digest_cache = None
@@ -1033,7 +1066,7 @@ class Core:
         if link is not None and link.pinned:
             return True
         if self.config.link_policy == "static":
-            return self._shares_lan(info)
+            return self._shares_lan(info) or self._behind_same_nat(info)
         # a node with a LAN or public endpoint of its own could be reached directly
         return self._shares_lan(info) or any(ep.kind in (EP_REFLEXIVE, EP_STATIC) for ep in info.endpoints)
 
@@ -1055,6 +1088,11 @@ class Core:
     def _shares_lan(self, info: NodeInfo) -> bool:
         return any(ep.kind == EP_LAN and self._on_my_lan(ep.address) for ep in info.endpoints)
 
+    def _behind_same_nat(self, info: NodeInfo) -> bool:
+        """Both behind one public address: the same home, maybe on different LANs."""
+        return self.reflexive is not None and any(
+            ep.kind == EP_REFLEXIVE and ep.address == self.reflexive[0] for ep in info.endpoints)
+
     def _candidates(self, info: NodeInfo) -> list[tuple[tuple[str, int], tuple[str, int] | None, int]]:
         """Ordered (endpoint to reach the peer, endpoint the peer should use for us, kind)."""
         out = []
@@ -1063,6 +1101,15 @@ class Core:
                 mine = self._on_my_lan(ep.address)
                 if mine is not None:
                     out.append(((ep.address, ep.port), (mine, self.wg_port), EP_LAN))
+        if self.lan and self._behind_same_nat(info):
+            # one of the two LANs may be routed from the other (the original's second example:
+            # a router on the home LAN with a LAN of its own). Hairpinning through the shared
+            # public address mostly fails, so try the other end's LAN addresses, both ends
+            # sending: the end that can reach the other gets through, and WireGuard answers
+            # to wherever the handshake came from.
+            for ep in info.endpoints:
+                if ep.kind == EP_LAN and self._on_my_lan(ep.address) is None:
+                    out.append(((ep.address, ep.port), (self.lan[0][0], self.wg_port), EP_NEARBY))
         mine_public = self.reflexive
         if mine_public is None and self.is_static:
             me = next(p for p in self.config.static_peers if p.overlay_ip == self.config.overlay_ip)
@@ -1194,9 +1241,12 @@ class Core:
         if link.state == ATTEMPTING:
             if link.endpoint_kind == EP_REFLEXIVE and self._holds_back(link, now):
                 return False
+            if link.endpoint_kind == EP_NEARBY and link.initiator and not link.held_back_done:
+                return False  # a second for the other end to configure us: it cannot send first
             # the side that configured the peer last (the responder) starts the handshake;
-            # the initiator also sends when punching NAT, to open its own mapping
-            return (not link.initiator) or link.endpoint_kind == EP_REFLEXIVE
+            # the initiator also sends when punching NAT, to open its own mapping, and to a
+            # nearby LAN that may be reachable only from its side
+            return (not link.initiator) or link.endpoint_kind in (EP_REFLEXIVE, EP_NEARBY)
         # up: the initiator keeps active links (and NAT mappings) alive
         return link.initiator and (self._active(link, now) or link.endpoint_kind == EP_REFLEXIVE)
 
@@ -1292,7 +1342,7 @@ class Core:
                         self._link_failed(link, member, now, "no handshake")
                 else:
                     next_t = min(next_t, link.attempt_started + timeout + 0.001)
-                    if link.endpoint_kind == EP_REFLEXIVE and not link.held_back_done:
+                    if link.endpoint_kind in (EP_REFLEXIVE, EP_NEARBY) and not link.held_back_done:
                         if now - link.attempt_started >= 1.0:
                             link.held_back_done = True
                             self._schedule_paths(now, urgent=True)  # keepalive on now
@@ -1349,26 +1399,34 @@ class Core:
             spacing = 0.1 * max(1.0, len(self.members) / 250)
             self.t_paths = max(now + self.config.path_debounce, self._last_recompute + spacing)
 
+    def _claims_changed(self, id8: bytes, info: NodeInfo, old: NodeInfo | None) -> None:
+        if old is None or old.links != info.links:
+            self._graph_dirty |= self.graph.set_claims(id8, {claim.peer: claim.rtt_ms for claim in info.links})
+        if old is None or old.overlay_ip != info.overlay_ip:
+            self._routes_dirty = True
+
     def _recompute(self, now: float) -> None:
+        """Paths (only if the link graph changed), then the data plane."""
         self.t_paths = None
         self._last_recompute = now
-        claims: dict[bytes, dict[bytes, int]] = {}
-        for id8, member in self.members.items():
-            claims[id8] = {claim.peer: claim.rtt_ms for claim in member.info.links}
-        graph = paths.build_graph(claims, self.config.hop_cost_ms)
-        old_hops = self.hops
-        self.cost, self.pred = paths.shortest_tree(graph, self.id8)
-        self.hops = paths.first_hops(self.pred, self.id8)
-        if set(self.hops) != set(old_hops):
-            self.t_links = min(self.t_links, now)
-        for id8 in set(old_hops) ^ set(self.hops):
-            member = self.members.get(id8)
-            if member is not None:
-                self._event("node_reachable" if id8 in self.hops else "node_unreachable", node=member.info.name)
-        for id8, hop in self.hops.items():
-            if old_hops.get(id8) not in (None, hop):
-                self._event("path_changed", node=self.members[id8].info.name,
-                            via=self.members[hop].info.name if hop != id8 else "direct")
+        if self._graph_dirty:
+            self._graph_dirty = False
+            old_hops = self.hops
+            self.cost, self.pred = self.graph.shortest_tree(self.id8)
+            self.hops = paths.first_hops(self.pred, self.id8)
+            if self.hops != old_hops:
+                self._routes_dirty = True
+            if self.hops.keys() != old_hops.keys():
+                self.t_links = min(self.t_links, now)
+            for id8 in old_hops.keys() ^ self.hops.keys():
+                member = self.members.get(id8)
+                if member is not None:
+                    self._event("node_reachable" if id8 in self.hops else "node_unreachable",
+                                node=member.info.name)
+            for id8, hop in self.hops.items():
+                if old_hops.get(id8) not in (None, hop):
+                    self._event("path_changed", node=self.members[id8].info.name,
+                                via=self.members[hop].info.name if hop != id8 else "direct")
         self._build_dataplane(now)
 
     def _ip_key(self, prefix: str) -> int:
@@ -1378,13 +1436,19 @@ class Core:
         return key
 
     def _build_dataplane(self, now: float) -> None:
-        allowed: dict[bytes, list[str]] = {}
-        routes = []
-        for dest, hop in self.hops.items():
-            ip = self.members[dest].info.overlay_ip
-            allowed.setdefault(hop, []).append(f"{ip}/{self.subnet.max_prefixlen}")
-            gateway = None if hop == dest else self.members[hop].info.overlay_ip
-            routes.append(DesiredRoute(f"{ip}/{self.subnet.max_prefixlen}", gateway))
+        if self._routes_dirty:  # O(N): only when paths or addresses changed
+            self._routes_dirty = False
+            allowed: dict[bytes, list[str]] = {}
+            routes = []
+            host = self.subnet.max_prefixlen
+            for dest, hop in self.hops.items():
+                ip = self.members[dest].info.overlay_ip
+                allowed.setdefault(hop, []).append(f"{ip}/{host}")
+                gateway = None if hop == dest else self.members[hop].info.overlay_ip
+                routes.append(DesiredRoute(f"{ip}/{host}", gateway))
+            routes.sort(key=lambda r: self._ip_key(r.destination))
+            self._routes = tuple(routes)
+            self._allowed = {hop: tuple(sorted(ips)) for hop, ips in allowed.items()}
         peers = []
         for id8, link in self.links.items():
             member = self.members.get(id8)
@@ -1397,11 +1461,9 @@ class Core:
             if obs is not None and obs.endpoint and obs.last_handshake and now - obs.last_handshake < 180:
                 endpoint = obs.endpoint  # what WireGuard uses now (it roams); do not fight it
             keepalive = self.config.keepalive if self._wants_keepalive(link, now) else 0
-            peers.append(DesiredPeer(member.info.wg_public_key, endpoint,
-                                     tuple(sorted(allowed.get(id8, ()))), keepalive))
+            peers.append(DesiredPeer(member.info.wg_public_key, endpoint, self._allowed.get(id8, ()), keepalive))
         peers.sort(key=lambda p: p.public_key)
-        routes.sort(key=lambda r: self._ip_key(r.destination))
-        plane = DataPlane(tuple(peers), tuple(routes))
+        plane = DataPlane(tuple(peers), self._routes)
         if plane != self.dataplane:
             self.dataplane = plane
             self.dataplane_version += 1

@@ -17,32 +17,21 @@ import time
 from wg_netmanager.dbus import CONTROLLER_BUS_NAME, CONTROLLER_INTERFACE, CONTROLLER_OBJECT_PATH
 from wg_netmanager.dbus.compat import Message, MessageBus, MessageType
 
+from . import labnets
 from .cli import path_text
-from .netlab import Lab, LabError, net_yaml
+from .labnets import NET_YAML
+from .netlab import Lab, LabError
 
-NET_YAML = net_yaml("198.51.100.2:50000", "10.1.1.2")
+__all__ = ["NET_YAML", "OVERLAY", "build", "controller_call", "paths", "run_demo"]
+
 OVERLAY = {"alice": "10.1.1.1", "bob": "10.1.1.2", "charlie": "10.1.1.3"}
 
 
-def build(lab: Lab, names=("alice", "bob", "charlie")) -> dict:
-    """wan: bob 198.51.100.2, router 198.51.100.1; home: router 192.168.1.1, alice .10, charlie .12."""
-    wan = lab.segment("wan")
-    home = lab.segment("home")
-    lab.router("router", home, "192.168.1.1/24", wan, "198.51.100.1/24")
-    boxes = {}
-    for name in names:
-        box = lab.box(name)
-        if name == "bob":
-            box.attach(wan, "198.51.100.2/24")
-        else:
-            box.attach(home, f"192.168.1.{10 + list(OVERLAY).index(name)}/24")
-            box.default_route("192.168.1.1")
-        box.start_dbus()
-        box.start_helper(box.write_config(NET_YAML))
-        boxes[name] = box
-    for name, box in boxes.items():
-        box.start_controller(box.dir / "net.yaml", OVERLAY[name])
-    return boxes
+def build(lab: Lab) -> dict:
+    """bob 198.51.100.2 (public); a NAT router; alice 192.168.1.10 and charlie .12 on its LAN."""
+    mesh = labnets.home_lan(lab, tuple(OVERLAY), public=())
+    mesh.start()
+    return mesh.boxes
 
 
 async def controller_call(box, member: str, signature: str = "", body: list | None = None):

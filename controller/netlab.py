@@ -208,6 +208,13 @@ class Box:
         _ip("link", "set", peer, "up", ns=segment.ns)
         return ifname
 
+    def move(self, segment: Segment, address: str, gateway: str | None = None, ifname: str = "eth0") -> None:
+        """Roaming: unplug ``ifname`` and plug it into ``segment`` with a new address."""
+        self.run(["ip", "link", "del", ifname])
+        self.attach(segment, address, ifname)
+        if gateway:
+            self.default_route(gateway)
+
     def default_route(self, via: str) -> None:
         self.run(["ip", "route", "replace", "default", "via", via])
 
@@ -320,13 +327,15 @@ class Lab:
 
     def router(self, name: str, inside: Segment, inside_addr: str, outside: Segment, outside_addr: str,
                gateway: str | None = None, nat: bool = True, firewall: bool = True,
-               fixed_ports: dict[tuple[str, int], int] | None = None) -> Box:
+               fixed_ports: dict[tuple[str, int], int] | None = None, mapping: str = "masquerade") -> Box:
         """A router between two segments: with ``nat`` it masquerades the inside behind its
         outside address (a home router); with ``firewall`` a stateful filter lets nothing in
         that the inside did not ask for (with nat=False: a firewalled, routed network).
         ``fixed_ports`` {(inside ip, udp port): outside port} makes those mappings endpoint-
         independent (one outside port for every destination), as many home routers do; plain
-        masquerade reassigns a port per destination when two inside hosts use the same one."""
+        masquerade reassigns a port per destination when two inside hosts use the same one.
+        ``mapping="symmetric"``: every new flow gets a random outside port (endpoint-dependent
+        mapping, as carrier-grade and some enterprise NATs do)."""
         box = self.box(name)
         box.attach(inside, inside_addr, "lan0")
         box.attach(outside, outside_addr, "wan0")
@@ -336,19 +345,28 @@ class Lab:
         rules = ""
         if nat:
             outside_ip = outside_addr.split("/")[0]
+            flags = " fully-random" if mapping == "symmetric" else ""
             fixed = "".join(f'    oifname "wan0" ip saddr {ip} udp sport {port} snat to {outside_ip}:{out}\n'
                             for (ip, port), out in (fixed_ports or {}).items())
             rules += f"""table ip nat {{
   chain postrouting {{ type nat hook postrouting priority srcnat;
-{fixed}    oifname "wan0" masquerade
+{fixed}    oifname "wan0" masquerade{flags}
   }}
 }}
 """
         if firewall:
+            # like any home router, nothing unasked gets in - neither forwarded nor to the
+            # router itself (a dropped packet leaves no conntrack entry behind; one delivered
+            # to a closed port would, and it would then clash with the mapping hole punching
+            # needs: Linux NAT picks another port, and the punch fails)
             rules += """table ip filter {
   chain forward { type filter hook forward priority filter; policy drop;
     ct state established,related accept
     iifname "lan0" accept
+  }
+  chain input { type filter hook input priority filter; policy drop;
+    ct state established,related accept
+    iifname { "lan0", "lo" } accept
   }
 }
 """

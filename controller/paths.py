@@ -36,6 +36,11 @@ def tie_break(a: bytes, b: bytes) -> int:
     return value
 
 
+def edge_cost(a: bytes, b: bytes, weight: int) -> int:
+    """The comparable cost of one edge: its weight (ms) above its tie-break."""
+    return (weight << _SHIFT) + tie_break(a, b)
+
+
 def build_graph(claims: Mapping[bytes, Mapping[bytes, int]], hop_cost_ms: int) -> Graph:
     """``claims[a][b] = rtt`` as a claims it -> graph of mutually claimed links."""
     graph: Graph = {}
@@ -51,25 +56,83 @@ def build_graph(claims: Mapping[bytes, Mapping[bytes, int]], hop_cost_ms: int) -
 
 
 def shortest_tree(graph: Graph, source: bytes) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
-    """Dijkstra: (cost, predecessor) for every node reachable from ``source``."""
+    """Dijkstra over a :func:`build_graph` graph: (cost, predecessor) for every node reachable
+    from ``source``."""
+    return _dijkstra({a: {b: edge_cost(a, b, w) for b, w in nbrs.items()} for a, nbrs in graph.items()}, source)
+
+
+def _dijkstra(edges: Mapping[bytes, Mapping[bytes, int]], source: bytes) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
+    """``edges[a][b]`` = :func:`edge_cost`. Costs are unique (tie-breaks), so the tree is too."""
     cost = {source: 0}
     pred: dict[bytes, bytes] = {}
     heap = [(0, source)]
     done: set[bytes] = set()
+    pop, push, empty = heapq.heappop, heapq.heappush, {}
     while heap:
-        c, node = heapq.heappop(heap)
+        c, node = pop(heap)
         if node in done:
             continue
         done.add(node)
-        for nbr, weight in graph.get(node, {}).items():
+        for nbr, ec in edges.get(node, empty).items():
             if nbr in done:
                 continue
-            nc = c + (weight << _SHIFT) + tie_break(node, nbr)
-            if nbr not in cost or nc < cost[nbr]:
+            nc = c + ec
+            old = cost.get(nbr)
+            if old is None or nc < old:
                 cost[nbr] = nc
                 pred[nbr] = node
-                heapq.heappush(heap, (nc, nbr))
+                push(heap, (nc, nbr))
     return cost, pred
+
+
+class LinkGraph:
+    """:func:`build_graph` kept up to date one node's claims at a time (a mesh of N nodes
+    changes a few claims at a time; rebuilding all edges for each change costs O(N) per
+    change and node). Edges carry :func:`edge_cost` values, ready for Dijkstra."""
+
+    def __init__(self, hop_cost_ms: int) -> None:
+        self.hop_cost_ms = hop_cost_ms
+        self.claims: dict[bytes, dict[bytes, int]] = {}
+        self.edges: dict[bytes, dict[bytes, int]] = {}
+
+    def set_claims(self, node: bytes, links: Mapping[bytes, int]) -> bool:
+        """Replace ``node``'s claimed links; True if an edge (a mutually claimed link) changed."""
+        old = self.claims.get(node, {})
+        if old == links:
+            return False
+        self.claims[node] = dict(links)
+        changed = False
+        for peer in old.keys() | links.keys():
+            if old.get(peer) != links.get(peer):
+                changed |= self._update(node, peer)
+        return changed
+
+    def remove(self, node: bytes) -> bool:
+        changed = self.set_claims(node, {})
+        self.claims.pop(node, None)
+        return changed
+
+    def _update(self, a: bytes, b: bytes) -> bool:
+        if a == b:
+            return False
+        ab = self.claims.get(a, {}).get(b)
+        ba = self.claims.get(b, {}).get(a)
+        current = self.edges.get(a, {}).get(b)
+        if ab is None or ba is None:
+            if current is None:
+                return False
+            del self.edges[a][b]
+            del self.edges[b][a]
+            return True
+        cost = edge_cost(a, b, max(ab, ba) + self.hop_cost_ms)
+        if cost == current:
+            return False
+        self.edges.setdefault(a, {})[b] = cost
+        self.edges.setdefault(b, {})[a] = cost
+        return True
+
+    def shortest_tree(self, source: bytes) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
+        return _dijkstra(self.edges, source)
 
 
 def path_to(pred: Mapping[bytes, bytes], source: bytes, dest: bytes) -> list[bytes]:

@@ -402,27 +402,28 @@ class Controller:
                 pass
 
     async def housekeeping_loop(self) -> None:
-        """Re-resolve static peers (dynamic DNS), refresh local addresses, persist, hop ports."""
+        """Every second: local addresses (a roaming laptop's move shows there first); every 5 s:
+        persist, hop ports; every minute: re-resolve static peers (dynamic DNS)."""
         tick = 0
         last_contact = time.monotonic()
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(1)
             tick += 1
-            if tick % 12 == 0:
+            if tick % 60 == 0:
                 statics = await self.resolve_static_peers()
                 self.core.update_static_peers(statics, time.time())
-            if tick % 2 == 0:
-                try:
-                    lan = await asyncio.to_thread(local_addresses, self.s.interface, self.s.network.subnet)
-                    self.core.set_lan_endpoints(lan, time.time())
-                except OSError as e:
-                    log.debug("address scan failed", extra={"error": str(e)})
-            self.persist()
-            if self.core.reachable():
-                last_contact = time.monotonic()
-            elif self.s.port_hopping and time.monotonic() - last_contact > 15:
-                await self.hop_port()
-                last_contact = time.monotonic()
+            try:
+                lan = await asyncio.to_thread(local_addresses, self.s.interface, self.s.network.subnet)
+                self.core.set_lan_endpoints(lan, time.time())
+            except OSError as e:
+                log.debug("address scan failed", extra={"error": str(e)})
+            if tick % 5 == 0:
+                self.persist()
+                if self.core.reachable():
+                    last_contact = time.monotonic()
+                elif self.s.port_hopping and time.monotonic() - last_contact > 15:
+                    await self.hop_port()
+                    last_contact = time.monotonic()
             self.pump()
 
     async def hop_port(self) -> None:

@@ -51,6 +51,7 @@ class Nat:
     kind: str  # eim | symmetric | firewall
     outside_ip: str
     timeout: float = 120.0
+    hairpin: bool = True  # inside hosts reach each other through the outside address
     next_port: int = 40000
     # eim: (in_ip, in_port) -> out_port; symmetric: (in_ip, in_port, dst) -> out_port
     mappings: dict = field(default_factory=dict)
@@ -78,13 +79,13 @@ class Underlay:
         self.drop_rules: list[Callable[[str, Addr, Addr], bool]] = []
 
     def site(self, name: str, parent: str = "internet", nat: str | None = None, outside_ip: str | None = None,
-             latency: float = 0.0005, nat_timeout: float = 120.0) -> Site:
+             latency: float = 0.0005, nat_timeout: float = 120.0, hairpin: bool = True) -> Site:
         parent_site = self.sites[parent]
         site = Site(name, parent_site, latency)
         if nat is not None:
             if outside_ip is None:
                 raise ValueError("a NAT needs its outside address")
-            site.nat = Nat(nat, outside_ip, timeout=nat_timeout)
+            site.nat = Nat(nat, outside_ip, timeout=nat_timeout, hairpin=hairpin)
             self._announce(parent_site, outside_ip, site)
         self.sites[name] = site
         return site
@@ -191,6 +192,8 @@ class Underlay:
         latency += site.latency
         if nat is None:
             inner = dst
+        elif src[0] == nat.outside_ip and not nat.hairpin:
+            return None
         elif nat.kind == "firewall":
             entry = nat.reverse.get((dst[0], dst[1]))
             if entry is None or entry[2] < now or src not in entry[1]:
@@ -506,6 +509,20 @@ class Sim:
                              **overrides)
         self.start(name)
         return node
+
+    def move(self, name: str, new_ip: str, site: str, notice_after: float = 0.5) -> None:
+        """Roaming: the box gets a new underlay address on another site at once; its controller
+        notices ``notice_after`` seconds later (the runtime scans addresses every second)."""
+        node = self.nodes[name]
+        self.underlay.move_host(node.underlay_ip, new_ip, site)
+        del self.by_underlay[node.underlay_ip]
+        node.underlay_ip = new_ip
+        self.by_underlay[new_ip] = node
+
+        def notice() -> None:
+            node.core.set_lan_endpoints([(new_ip, node.lan_prefix)], EPOCH + self.now)
+            self._pump(node)
+        self.schedule(notice_after, notice)
 
     # ---------------------------------------------------------------- event loop
 

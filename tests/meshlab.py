@@ -11,7 +11,7 @@ from wg_netmanager.controller.demo import NET_YAML, OVERLAY, build, controller_c
 from wg_netmanager.controller.netlab import Box, Lab
 
 __all__ = ["NET_YAML", "OVERLAY", "build", "controller_call", "paths", "wait_for", "all_direct", "our_routes",
-           "wg_peers", "status_json", "Lab"]
+           "wg_peers", "status_json", "Lab", "pings", "every_pair_pings", "all_paths"]
 
 
 def wait_for(pred, timeout: float, interval: float = 0.2):
@@ -23,6 +23,27 @@ def wait_for(pred, timeout: float, interval: float = 0.2):
             return last
         time.sleep(interval)
     return None
+
+
+def pings(box: Box, ip: str, tries: int = 3) -> bool:
+    """A pair pings when one of a few probes half a second apart gets through: a path switch
+    (relay -> direct) may lose one packet by design."""
+    for _ in range(tries):
+        if box.ping(ip, count=1, wait=2):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def every_pair_pings(boxes: dict[str, Box], addresses: dict[str, str]) -> list[tuple[str, str]]:
+    """The (src, dst) pairs that do not ping; [] when all do."""
+    return [(src, dst) for src, box in boxes.items() for dst, ip in addresses.items()
+            if src != dst and not pings(box, ip)]
+
+
+def all_paths(boxes: dict[str, Box]) -> dict[str, dict[str, str]]:
+    """box -> {other node -> "direct" / "via X" / "unreachable"}, as each controller sees it."""
+    return {name: paths(box) for name, box in boxes.items()}
 
 
 def all_direct(boxes: dict[str, Box]) -> bool:

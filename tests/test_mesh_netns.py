@@ -18,6 +18,7 @@ from tests.meshlab import (
     Lab,
     all_direct,
     build,
+    every_pair_pings,
     our_routes,
     paths,
     probe,
@@ -38,21 +39,6 @@ def mesh():
         yield lab, boxes
     finally:
         lab.close()
-
-
-def pings(box, ip: str, tries: int = 3) -> bool:
-    """A pair pings when one of a few probes half a second apart gets through: a path switch
-    (relay -> direct) may lose one packet by design."""
-    for _ in range(tries):
-        if box.ping(ip, count=1, wait=2):
-            return True
-        time.sleep(0.5)
-    return False
-
-
-def every_pair_pings(boxes, addresses) -> list[tuple[str, str]]:
-    return [(src, dst) for src, box in boxes.items() for dst, ip in addresses.items()
-            if src != dst and not pings(box, ip)]
 
 
 def test_three_boxes_converge_relay_then_lan_shortcut(mesh):

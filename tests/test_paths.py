@@ -80,3 +80,30 @@ def test_equal_cost_ties_break_the_same_way_from_both_ends():
                 fwd = paths.path_to(paths.shortest_tree(graph, node(i))[1], node(i), node(j))
                 back = paths.path_to(paths.shortest_tree(graph, node(j))[1], node(j), node(i))
                 assert fwd == back[::-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(graphs(), st.lists(st.tuples(st.integers(0, 13), st.dictionaries(st.integers(0, 13), st.integers(1, 40),
+                                                                          max_size=5)), max_size=12),
+       st.lists(st.integers(0, 13), max_size=3))
+def test_link_graph_kept_incrementally_equals_a_rebuild(case, updates, removals):
+    """The core keeps the graph up to date claim by claim: the same edges, the same trees."""
+    claims, hop_cost = case
+    incremental = paths.LinkGraph(hop_cost)
+    for a, links in claims.items():
+        incremental.set_claims(a, links)
+    current = {a: dict(links) for a, links in claims.items()}
+    for i, links in updates:
+        new = {node(j): rtt for j, rtt in links.items()}
+        before = paths.build_graph(current, hop_cost)
+        current[node(i)] = new
+        changed = incremental.set_claims(node(i), new)
+        assert changed == (paths.build_graph(current, hop_cost) != before)
+    for i in removals:
+        current.pop(node(i), None)
+        incremental.remove(node(i))
+    graph = paths.build_graph(current, hop_cost)
+    assert {a: {b: paths.edge_cost(a, b, w) for b, w in nbrs.items()} for a, nbrs in graph.items()} == \
+        {a: nbrs for a, nbrs in incremental.edges.items() if nbrs}
+    for source in current:
+        assert incremental.shortest_tree(source) == paths.shortest_tree(graph, source)

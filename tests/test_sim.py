@@ -281,3 +281,51 @@ def test_multi_hop_relay():
     assert sim.run_until_true(lambda: sim.path("a", "d") == ["a", "b", "c", "d"], 30) is not None
     assert sim.path("d", "a") == ["d", "c", "b", "a"]
     assert sim.ping("a", "10.1.0.4") is not None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_nat_behind_nat_goes_direct_over_the_outer_lan(seed):
+    """The original's second example: delta sits behind router 2, itself a host on charlie's
+    home LAN behind router 1. Neither LAN contains the other's address and hairpinning through
+    the shared public address fails; delta can reach charlie's LAN address, so the pair ends
+    direct whichever end initiates (the seeds vary who does)."""
+    sim = Sim(seed=seed)
+    u = sim.underlay
+    u.site("dc")
+    u.site("home", nat="eim", outside_ip="203.0.113.20", hairpin=False)  # like nftables masquerade
+    u.site("inner", parent="home", nat="eim", outside_ip="192.168.1.2")
+    sim.add_static("10.1.0.2", "198.51.100.20")
+    sim.add_node("beta", "198.51.100.20", "dc", "10.1.0.2")
+    sim.add_node("charlie", "192.168.1.30", "home", "10.1.0.3")
+    sim.add_node("delta", "192.168.2.40", "inner", "10.1.0.4")
+    assert sim.run_until_true(lambda: relays(sim, "charlie", "delta") == [], 20) is not None
+    assert sim.path("delta", "charlie") == ["delta", "charlie"]
+    charlie = sim.nodes["charlie"]
+    assert charlie.peers[sim.nodes["delta"].wg_key].endpoint[0] == "192.168.1.2"  # router 2, as WireGuard saw it
+    assert sim.ping("charlie", "10.1.0.4") is not None and sim.ping("delta", "10.1.0.3") is not None
+
+
+def test_roaming_laptop_reconnects_and_goes_direct_again():
+    """erin's laptop leaves the home LAN (direct to charlie there) for a café behind another
+    NAT. Her controller notices the address change: the LAN link is dropped at once, traffic
+    flows via beta within seconds, and hole punching makes erin<->charlie direct again."""
+    sim = Sim(seed=6)
+    u = sim.underlay
+    u.site("dc")
+    u.site("home", nat="eim", outside_ip="203.0.113.20", hairpin=False)
+    u.site("cafe", nat="eim", outside_ip="203.0.113.70", hairpin=False)
+    sim.add_static("10.1.0.2", "198.51.100.20")
+    sim.add_node("beta", "198.51.100.20", "dc", "10.1.0.2")
+    sim.add_node("charlie", "192.168.1.30", "home", "10.1.0.3")
+    sim.add_node("erin", "192.168.1.50", "home", "10.1.0.5")
+    names = ["beta", "charlie", "erin"]
+    assert sim.run_until_true(lambda: all(v == [] for v in all_pairs(sim, names).values()), 10) is not None
+    sim.move("erin", "192.168.7.23", "cafe")
+    moved = sim.now
+    back = sim.run_until_true(lambda: sim.ping("erin", "10.1.0.3") is not None and
+                              sim.ping("charlie", "10.1.0.5") is not None and
+                              sim.ping("erin", "10.1.0.2") is not None, 10, step=0.05)
+    assert back is not None and back - moved <= 5
+    assert sim.run_until_true(lambda: all(v == [] for v in all_pairs(sim, names).values()), 30) is not None
+    charlie = sim.nodes["charlie"]
+    assert charlie.peers[sim.nodes["erin"].wg_key].endpoint[0] == "203.0.113.70"  # through the café's NAT

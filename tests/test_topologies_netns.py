@@ -1,8 +1,6 @@
-"""The original README's first example on real parts (slow tier, root): Alpha-VPS behind a
-firewall (nothing gets in unasked), Beta-VPS public (the only static peer), a home router doing
-NAT (nftables masquerade + stateful filter) with Charlie and Delta on its LAN. As the original
-describes: first everyone reaches everyone via Beta, then Charlie<->Delta go direct on the LAN,
-then NAT traversal makes every pair direct."""
+"""The networks people really have, on real parts (slow tier, root): network namespaces with
+nftables routers (see controller/labnets.py), wireguard-go, a system bus, the helper and the
+controller per box. Each test asserts the final path of every pair and that every pair pings."""
 
 from __future__ import annotations
 
@@ -11,94 +9,145 @@ import time
 
 import pytest
 
-from tests.meshlab import paths, wait_for
-from tests.test_mesh_netns import pings
-from wg_netmanager.controller.netlab import Lab, net_yaml
+from tests.meshlab import all_paths, every_pair_pings, paths, pings, wait_for
+from wg_netmanager.controller import labnets
+from wg_netmanager.controller.netlab import Lab
 
 pytestmark = pytest.mark.netns
 
-OVERLAY = {"alpha": "10.1.1.1", "beta": "10.1.1.2", "charlie": "10.1.1.3", "delta": "10.1.1.4"}
+
+def converged_to(mesh: labnets.Mesh, expected: dict[tuple[str, str], str], timeout: float) -> dict:
+    """Wait until every pair's path is what ``expected`` says ("direct" by default, or "via X");
+    returns the last view (for the failure message) or {} on success."""
+    view: dict = {}
+
+    def check() -> bool:
+        view.clear()
+        view.update(all_paths(mesh.boxes))
+        return all(view[a].get(b) == expected.get((a, b), expected.get((b, a), "direct"))
+                   for a, b in itertools.permutations(mesh.boxes, 2))
+    return {} if wait_for(check, timeout, interval=0.3) else view
 
 
-def build_original_example(lab: Lab) -> dict:
-    wan = lab.segment("wan")
-    dc = lab.segment("dc")
-    home = lab.segment("home")
-    lab.router("fw", dc, "203.0.113.1/24", wan, "198.51.100.3/24", nat=False, firewall=True)
-    # an endpoint-independent home router (as the original's example assumes): each laptop's
-    # WireGuard port keeps one outside port whatever the destination. (Plain masquerade gives the
-    # second of two laptops using the same port a new outside port per destination: that is
-    # endpoint-dependent mapping, which no hole punching gets through; it stays relayed.)
-    lab.router("router", home, "192.168.1.1/24", wan, "198.51.100.1/24", nat=True, firewall=True,
-               fixed_ports={("192.168.1.30", 50000): 50030, ("192.168.1.40", 50000): 50040})
-    config = net_yaml("198.51.100.2:50000", OVERLAY["beta"])
-    boxes = {}
-    for name in OVERLAY:
-        box = lab.box(name)
-        if name == "beta":
-            box.attach(wan, "198.51.100.2/24")
-            box.run(["ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.3"])
-        elif name == "alpha":
-            box.attach(dc, "203.0.113.10/24")
-            box.default_route("203.0.113.1")
-        else:
-            box.attach(home, f"192.168.1.{30 if name == 'charlie' else 40}/24")
-            box.default_route("192.168.1.1")
-        box.start_dbus()
-        box.start_helper(box.write_config(config), verbose=False)
-        boxes[name] = box
-    lab.boxes["router"].run(["ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.3"])
-    for name, box in boxes.items():
-        box.start_controller(box.dir / "net.yaml", OVERLAY[name])
-    return boxes
+def lan_cut(box, other_ip: str, cut: bool) -> None:
+    """Drop everything between ``box`` and ``other_ip`` (a dead LAN link), or restore it."""
+    if cut:
+        box.nft(f"table inet wgnmcut {{\n  chain i {{ type filter hook input priority 0; ip saddr {other_ip} drop; }}\n"
+                f"  chain o {{ type filter hook output priority 0; ip daddr {other_ip} drop; }}\n}}\n")
+    else:
+        box.run(["nft", "delete", "table", "inet", "wgnmcut"])
 
 
-def test_original_example_relayed_then_lan_then_all_direct():
+def test_original_example_relayed_then_lan_then_all_direct_and_failover():
+    """1 + 5. The original's first example: first everyone reaches everyone via Beta, then
+    Charlie<->Delta go direct on the LAN, then NAT traversal makes every pair direct. Then the
+    LAN between Charlie and Delta dies: traffic moves to a relay; it comes back: direct again."""
     with Lab() as lab:
-        boxes = build_original_example(lab)
+        mesh = labnets.original_example(lab)
+        boxes, overlay = mesh.boxes, mesh.overlay
+        mesh.start()
         started = time.monotonic()
         view = {}
 
         def snapshot():
-            for name, box in boxes.items():
-                view[name] = paths(box)
+            view.update(all_paths(boxes))
             return view
 
-        # everyone reaches everyone (relayed where needed)
         assert wait_for(lambda: all(len(v) == 3 and "unreachable" not in v.values()
                                     for v in snapshot().values()), 20), view
-        for a, b in itertools.permutations(OVERLAY, 2):
-            assert pings(boxes[a], OVERLAY[b]), f"{a} -> {b}"
-        # the LAN pair goes direct; then hole punching makes every pair direct
+        assert every_pair_pings(boxes, overlay) == []
         assert wait_for(lambda: snapshot()["charlie"]["delta"] == "direct", 20), view
-        all_direct = wait_for(lambda: all(p == "direct" for v in snapshot().values() for p in v.values()), 60)
+        assert converged_to(mesh, {}, 60) == {}
         took = time.monotonic() - started
-        assert all_direct, f"not all direct after {took:.0f}s: {view}"
-        # and traffic between the NATed and the firewalled VPS really goes direct
-        endpoints = boxes["alpha"].run(["wg", "show", "wg0", "endpoints"]).stdout
-        assert "198.51.100.1:" in endpoints  # charlie/delta as the home router's NAT shows them
-        for a, b in itertools.permutations(OVERLAY, 2):
-            assert pings(boxes[a], OVERLAY[b]), f"{a} -> {b}"
+        # traffic between the NATed laptops and the firewalled VPS really goes direct
+        assert "198.51.100.1:" in boxes["alpha"].run(["wg", "show", "wg0", "endpoints"]).stdout
+        assert every_pair_pings(boxes, overlay) == []
         print(f"all pairs direct after {took:.1f}s")
+
+        # failover: the LAN link dies -> a relay carries charlie<->delta; it returns -> direct
+        lan_cut(boxes["charlie"], "192.168.1.40", True)
+        relayed = wait_for(lambda: paths(boxes["charlie"])["delta"].startswith("via ") and
+                           paths(boxes["delta"])["charlie"].startswith("via "), 20)
+        assert relayed, all_paths(boxes)
+        assert paths(boxes["charlie"])["delta"] == paths(boxes["delta"])["charlie"]  # the same relay
+        assert pings(boxes["charlie"], overlay["delta"]) and pings(boxes["delta"], overlay["charlie"])
+        lan_cut(boxes["charlie"], "192.168.1.40", False)
+        assert converged_to(mesh, {}, 40) == {}
+        assert every_pair_pings(boxes, overlay) == []
+
+
+def test_two_nat_routers_in_series():
+    """2. The original's second example: delta and echo sit behind router 2, which sits on
+    router 1's LAN next to charlie. Every pair ends direct: delta/echo share a LAN, reach
+    charlie's LAN address through router 2, and everyone else through both NATs."""
+    with Lab() as lab:
+        mesh = labnets.nat_in_series(lab)
+        mesh.start()
+        assert converged_to(mesh, {}, 60) == {}
+        assert every_pair_pings(mesh.boxes, mesh.overlay) == []
+        # charlie talks to delta at router 2's address on their shared LAN, not via the internet
+        assert "192.168.1.2:" in mesh.boxes["charlie"].run(["wg", "show", "wg0", "endpoints"]).stdout
+
+
+@pytest.mark.parametrize("mapping", ["eim", "symmetric"])
+def test_nat_mapping_and_short_conntrack_timeouts(mapping):
+    """3. Two homes behind two routers with 5 s conntrack UDP timeouts. Endpoint-independent
+    mapping: hole punching makes carol<->dave direct. Symmetric (a random port per
+    destination): it cannot, so they stay relayed via beta - and stay put (no flapping). After
+    idling for three timeouts, traffic from outside still gets in: keepalives hold the mappings."""
+    with Lab() as lab:
+        mesh = labnets.two_homes(lab, mapping, udp_timeout=5)
+        boxes = mesh.boxes
+        mesh.start()
+        expected = {} if mapping == "eim" else {("carol", "dave"): "via beta"}
+        assert converged_to(mesh, expected, 60) == {}
+        seen = set()
+        for _ in range(30):  # 15 s: the pair keeps its path
+            seen.add((paths(boxes["carol"])["dave"], paths(boxes["dave"])["carol"]))
+            time.sleep(0.5)
+        assert seen == {(expected.get(("carol", "dave"), "direct"),) * 2}
+        if mapping == "symmetric":
+            log = boxes["dave"].log("controller") + boxes["carol"].log("controller")
+            assert log.count("path_changed") <= 2, "flapping"  # at most the first relay->... switch
+        time.sleep(15)
+        assert every_pair_pings(boxes, mesh.overlay) == []
+
+
+def test_roaming_laptop_comes_back_after_moving_to_another_network():
+    """4. erin's laptop leaves the home LAN (direct to charlie there) for a café behind another
+    NAT: new address, new router. Connectivity returns on its own, and erin<->charlie end up
+    direct again through hole punching."""
+    with Lab() as lab:
+        mesh = labnets.roaming(lab)
+        boxes, overlay = mesh.boxes, mesh.overlay
+        mesh.start()
+        assert converged_to(mesh, {}, 40) == {}
+        moved = time.monotonic()
+        labnets.move_to_cafe(mesh)
+        back = wait_for(lambda: boxes["erin"].ping(overlay["beta"], 1, 0.5) and
+                        boxes["erin"].ping(overlay["charlie"], 1, 0.5) and
+                        boxes["charlie"].ping(overlay["erin"], 1, 0.5), 30, interval=0.1)
+        took = time.monotonic() - moved
+        assert back, all_paths(boxes)
+        print(f"erin reaches everyone {took:.1f}s after the move")
+        assert converged_to(mesh, {}, 60) == {}
+        assert "198.51.100.12:" in boxes["charlie"].run(["wg", "show", "wg0", "endpoints"]).stdout
+        assert every_pair_pings(boxes, overlay) == []
 
 
 def test_port_hopping_gets_through_a_router_that_blocks_the_wireguard_port():
-    """-H: alice's router drops everything from her default WireGuard port (50000); with
+    """6. -H: alice's router drops everything from her default WireGuard port (50000); with
     nothing reachable for a while the controller moves WireGuard to another port."""
     with Lab() as lab:
+        mesh = labnets.Mesh(lab)
         wan, home = lab.segment("wan"), lab.segment("home")
         router = lab.router("router", home, "192.168.1.1/24", wan, "198.51.100.1/24")
         router.nft("table ip block {\n  chain blockwg { type filter hook forward priority -10;\n"
                    "    ip saddr 192.168.1.10 udp sport 50000 drop\n  }\n}\n")
-        config = net_yaml("198.51.100.2:50000", "10.1.1.2")
-        bob, alice = lab.box("bob"), lab.box("alice")
-        bob.attach(wan, "198.51.100.2/24")
-        alice.attach(home, "192.168.1.10/24")
-        alice.default_route("192.168.1.1")
-        for box, ip, extra in ((bob, "10.1.1.2", ()), (alice, "10.1.1.1", ("-H",))):
-            box.start_dbus()
-            box.start_helper(box.write_config(config), verbose=False)
-            box.start_controller(box.dir / "net.yaml", ip, extra=extra)
+        mesh.add("bob", "10.1.1.2", wan, "198.51.100.2/24")
+        alice = mesh.add("alice", "10.1.1.1", home, "192.168.1.10/24", "192.168.1.1")
+        mesh.start(names=["bob"])
+        alice.start_controller(alice.dir / "net.yaml", "10.1.1.1", extra=["-H"])
         assert wait_for(lambda: paths(alice).get("bob") == "direct", 60), alice.log("controller")[-3000:]
         port = alice.run(["wg", "show", "wg0", "listen-port"]).stdout.strip()
         assert port != "50000" and "hopping to another WireGuard port" in alice.log("controller")
