@@ -54,17 +54,6 @@ def rss_mb(proc) -> float:
     return 0.0
 
 
-def lan_block(box, other_lan_ip: str, on: bool) -> None:
-    if on:
-        box.nft(f"""table inet wgnmbench {{
-  chain inbound {{ type filter hook input priority 0; ip saddr {other_lan_ip} drop; }}
-  chain outbound {{ type filter hook output priority 0; ip daddr {other_lan_ip} drop; }}
-}}
-""")
-    else:
-        box.run(["nft", "delete", "table", "inet", "wgnmbench"])
-
-
 def measure(n: int) -> dict:
     with Lab(f"b{n}") as lab:
         boxes, overlay = build(lab, n)
@@ -94,7 +83,7 @@ def measure(n: int) -> dict:
         # switch loss: force the pair onto the relay, then let it go direct under a 10 ms ping
         alice, charlie = boxes["alice"], boxes["charlie"]
         charlie_lan = charlie.run(["ip", "-4", "-o", "addr", "show", "eth0"]).stdout.split()[3].split("/")[0]
-        lan_block(alice, charlie_lan, True)
+        alice.block(charlie_lan)
         relayed = time.monotonic() + 30
         while time.monotonic() < relayed and not paths(alice).get("charlie", "").startswith("via"):
             time.sleep(0.1)
@@ -102,7 +91,7 @@ def measure(n: int) -> dict:
         ping = subprocess.Popen(alice._enter() + ["ping", "-n", "-q", "-i", "0.01", "-W", "1", overlay["charlie"]],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(1.0)
-        lan_block(alice, charlie_lan, False)
+        alice.block(charlie_lan, on=False)
         asyncio.run(controller_call(alice, "Connect", "s", ["charlie"]))
         end = time.monotonic() + 30
         while time.monotonic() < end and not (paths(alice).get("charlie") == "direct" and
@@ -115,7 +104,7 @@ def measure(n: int) -> dict:
         sent, received = int(line.split()[0]), int(line.split(",")[1].split()[0])
 
         # failover: cut the direct LAN link; time until traffic flows again via bob
-        lan_block(alice, charlie_lan, True)
+        alice.block(charlie_lan)
         t_cut = time.monotonic()
         while time.monotonic() < t_cut + 30:
             if paths(alice).get("charlie", "").startswith("via") and alice.ping(overlay["charlie"], 1, 0.3):

@@ -48,6 +48,8 @@ def fail(message: str, code: int = 1) -> None:
 @click.option("-t", "--live", is_flag=True, help="live view of the mesh while running")
 @click.option("-l", "--link-policy", type=click.Choice(["auto", "all", "static"]), default="auto",
               show_default=True, help="which pairs keep direct links (see README)")
+@click.option("--idle-timeout", type=click.FloatRange(5, 86400), default=120, show_default=True, metavar="SECONDS",
+              help="-l auto: a direct link without traffic for this long goes quiet (no keepalives/probes)")
 @click.option("--state-dir", type=str,
               default=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/wg-netmanager"),
               show_default="$STATE_DIRECTORY or /var/lib/wg-netmanager")
@@ -55,7 +57,7 @@ def fail(message: str, code: int = 1) -> None:
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_port, port_hopping, live,
-         link_policy, state_dir, drop_privileges, verbose):
+         link_policy, idle_timeout, state_dir, drop_privileges, verbose):
     """WireGuard mesh manager. Without a command: run the controller in the foreground."""
     if ctx.invoked_subcommand is not None:
         return
@@ -70,7 +72,8 @@ def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_p
             click.echo(f"wg_netmanager: warning: {warning}", err=True)
         settings = settings_from(network, peer_cfg, interface=interface, address=address, name=name,
                                  existing=existing, wg_port=wg_port, admin_port=admin_port,
-                                 port_hopping=port_hopping, state_dir=Path(state_dir), link_policy=link_policy)
+                                 port_hopping=port_hopping, state_dir=Path(state_dir), link_policy=link_policy,
+                                 idle_timeout=idle_timeout)
     except ConfigError as e:
         fail(str(e), EXIT_CONFIG)
     if os.geteuid() == 0:

@@ -289,6 +289,7 @@ class Core:
         self._sort_keys: dict[str, int] = {}
         self._lan_nets_for: tuple = ()
         self._lan_nets_cache: list = []
+        self._lan_cache: dict[str, str | None] = {}  # address -> our address on its LAN
         self._bootstrap_turn = -1
         self._settled = False
         self._observed_once = False
@@ -393,9 +394,11 @@ class Core:
 
     def set_lan_endpoints(self, endpoints: Iterable[tuple[str, int]], now: float) -> None:
         """Our own underlay addresses. When one goes away we moved (a roaming laptop) or the
-        network changed under us: direct links over a LAN we left are down at once (no waiting
-        for probes to time out), and every other link is probed now - WireGuard follows a peer
-        that sends from a new address, and a static peer's answer tells our new public one."""
+        network changed under us. Every link starts over at once, without waiting for probes
+        to time out: links over a LAN we left try their other candidates, and every WireGuard
+        peer is removed and added again - a fresh peer forgets the source address it used to
+        send from (wireguard-go keeps sending from the old one, and fails, when the interface
+        it used is gone). A static peer's answer then tells our new public endpoint."""
         lan = tuple(endpoints)
         if lan == self.lan:
             return
@@ -410,12 +413,11 @@ class Core:
             if member is None or link.state == DOWN:
                 continue
             host = ep[0] if (ep := _parse_ep(link.endpoint)) else ""
-            if link.endpoint_kind == EP_NEARBY or (link.endpoint_kind == EP_LAN and host and
-                                                   self._on_my_lan(host) is None):
-                self._link_failed(link, member, now, "left the LAN")
-                link.retry_at = now + 1.0  # new candidates soon (our public endpoint first)
-            else:
-                link.next_probe = now
+            left = link.endpoint_kind == EP_NEARBY or (link.endpoint_kind == EP_LAN and host and
+                                                       self._on_my_lan(host) is None)
+            self._link_failed(link, member, now, "left the LAN" if left else "own address changed")
+            link.fails = 0
+            link.retry_at = now + (1.0 if left else 0.0)  # new candidates once our public endpoint is known
         self.t_links = now
 
     def set_wg_public_key(self, key: bytes, now: float) -> None:
@@ -742,6 +744,10 @@ class Core:
         if link.static:
             # the static end has us configured: our handshake will not be dropped now
             self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now)
+            if not link.initiator and link.state == UP and attempt:
+                # the other end starts over (it moved, or restarted) while we still have it
+                # configured: say so at once rather than let it wait for a CONNECT of ours
+                self._send_to_addr(src, wire.CONNECT, wire.body_connect(0, None, None), now)
             if link.initiator and not link.peer_ready:
                 link.peer_ready = True
                 self._schedule_paths(now)
@@ -1074,16 +1080,17 @@ class Core:
         if self._lan_nets_for != self.lan:
             self._lan_nets_cache = [(_ip_net(ip, plen), ip) for ip, plen in self.lan]
             self._lan_nets_for = self.lan
+            self._lan_cache.clear()
         return self._lan_nets_cache
 
     def _on_my_lan(self, address: str) -> str | None:
         """Our own address on the LAN that contains ``address``, if any."""
-        key = "l" + address
-        if key not in self._overlay_cache or self._lan_nets_for != self.lan:
+        nets = self._lan_nets()  # (also forgets the answers for the LANs we had before)
+        if address not in self._lan_cache:
             addr = ipaddress.ip_address(address)
-            self._overlay_cache[key] = next((mine for net, mine in self._lan_nets()
-                                             if net.version == addr.version and addr in net), None)
-        return self._overlay_cache[key]
+            self._lan_cache[address] = next((mine for net, mine in nets if net.version == addr.version and addr in net),
+                                            None)
+        return self._lan_cache[address]
 
     def _shares_lan(self, info: NodeInfo) -> bool:
         return any(ep.kind == EP_LAN and self._on_my_lan(ep.address) for ep in info.endpoints)
@@ -1182,11 +1189,13 @@ class Core:
         link.attempt_started = now
         link.endpoint = _fmt_ep(reach)
         link.endpoint_kind = kind
-        if not link.static:
-            link.connect_body = wire.body_connect(link.attempt, mine, reach)
-            link.connect_acked = False
-            link.connect_due = True  # sent by dataplane_applied once WireGuard has the peer
-            link.connect_sent = 0.0
+        # sent by dataplane_applied once WireGuard has the peer. To a static peer it only says
+        # "starting over": one that still has us configured answers "ready" at once
+        link.connect_body = wire.body_connect(link.attempt, None, None) if link.static else \
+            wire.body_connect(link.attempt, mine, reach)
+        link.connect_acked = False
+        link.connect_due = True
+        link.connect_sent = 0.0
         self._event("link_attempt", node=member.info.name, endpoint=link.endpoint, role="initiator")
         self._schedule_paths(now)
 

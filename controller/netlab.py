@@ -224,6 +224,15 @@ class Box:
         if r.returncode != 0:
             raise LabError(f"[{self.name}] nft: {r.stderr.strip()}")
 
+    def block(self, other_ip: str, on: bool = True) -> None:
+        """Drop everything between this box and ``other_ip`` (a dead link), or stop dropping."""
+        if on:
+            self.nft(f"table inet wgnmblock {{\n"
+                     f"  chain i {{ type filter hook input priority 0; ip saddr {other_ip} drop; }}\n"
+                     f"  chain o {{ type filter hook output priority 0; ip daddr {other_ip} drop; }}\n}}\n")
+        else:
+            self.run(["nft", "delete", "table", "inet", "wgnmblock"])
+
     def sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-q", "-w", f"{key}={value}"])
 

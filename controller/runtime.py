@@ -45,11 +45,13 @@ class RunSettings:
     port_hopping: bool
     state_dir: Path
     link_policy: str = "auto"
+    idle_timeout: float = 120.0
 
 
 def settings_from(network: NetworkConfig, peer: PeerConfig | None, *, interface: str | None, address: str | None,
                   name: str | None, existing: bool, wg_port: int | None, admin_port: int | None,
-                  port_hopping: bool, state_dir: Path, link_policy: str = "auto") -> RunSettings:
+                  port_hopping: bool, state_dir: Path, link_policy: str = "auto",
+                  idle_timeout: float = 120.0) -> RunSettings:
     """Merge net.yaml, peer.yaml and command-line options (the command line wins)."""
     peer = peer or PeerConfig("")
     ip_text = address or (str(peer.wg_ip) if peer.wg_ip else None)
@@ -73,6 +75,7 @@ def settings_from(network: NetworkConfig, peer: PeerConfig | None, *, interface:
         port_hopping=port_hopping,
         state_dir=state_dir,
         link_policy=link_policy,
+        idle_timeout=idle_timeout,
     )
 
 
@@ -229,7 +232,8 @@ class Controller:
         net = self.s.network
         config = CoreConfig(shared_key=net.shared_key, subnet=str(net.subnet), overlay_ip=self.s.address,
                             name=self.s.name, wg_port=self.s.wg_port, admin_port=self.s.admin_port,
-                            static_peers=statics, link_policy=self.s.link_policy)
+                            static_peers=statics, link_policy=self.s.link_policy,
+                            idle_timeout=self.s.idle_timeout)
         lan = await asyncio.to_thread(local_addresses, self.s.interface, net.subnet)
         self.core = Core(config, seed, base64.b64decode(self.wg_public_key), time.time(),
                          os.urandom, persisted=persisted, lan_endpoints=lan)

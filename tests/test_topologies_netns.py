@@ -29,15 +29,6 @@ def converged_to(mesh: labnets.Mesh, expected: dict[tuple[str, str], str], timeo
     return {} if wait_for(check, timeout, interval=0.3) else view
 
 
-def lan_cut(box, other_ip: str, cut: bool) -> None:
-    """Drop everything between ``box`` and ``other_ip`` (a dead LAN link), or restore it."""
-    if cut:
-        box.nft(f"table inet wgnmcut {{\n  chain i {{ type filter hook input priority 0; ip saddr {other_ip} drop; }}\n"
-                f"  chain o {{ type filter hook output priority 0; ip daddr {other_ip} drop; }}\n}}\n")
-    else:
-        box.run(["nft", "delete", "table", "inet", "wgnmcut"])
-
-
 def test_original_example_relayed_then_lan_then_all_direct_and_failover():
     """1 + 5. The original's first example: first everyone reaches everyone via Beta, then
     Charlie<->Delta go direct on the LAN, then NAT traversal makes every pair direct. Then the
@@ -65,13 +56,13 @@ def test_original_example_relayed_then_lan_then_all_direct_and_failover():
         print(f"all pairs direct after {took:.1f}s")
 
         # failover: the LAN link dies -> a relay carries charlie<->delta; it returns -> direct
-        lan_cut(boxes["charlie"], "192.168.1.40", True)
+        boxes["charlie"].block("192.168.1.40")
         relayed = wait_for(lambda: paths(boxes["charlie"])["delta"].startswith("via ") and
                            paths(boxes["delta"])["charlie"].startswith("via "), 20)
         assert relayed, all_paths(boxes)
         assert paths(boxes["charlie"])["delta"] == paths(boxes["delta"])["charlie"]  # the same relay
         assert pings(boxes["charlie"], overlay["delta"]) and pings(boxes["delta"], overlay["charlie"])
-        lan_cut(boxes["charlie"], "192.168.1.40", False)
+        boxes["charlie"].block("192.168.1.40", on=False)
         assert converged_to(mesh, {}, 40) == {}
         assert every_pair_pings(boxes, overlay) == []
 
