@@ -150,6 +150,10 @@ ATTEMPTING, UP, DOWN = "attempting", "up", "down"
 #: a candidate kind of our own (never on the wire): a LAN address of a node behind the same
 #: public address as ours that is not on any of our LANs - NAT behind NAT, routed subnets
 EP_NEARBY = 0x80
+#: an RTT claim that moved waits this long before it is published: a link's first measurement
+#: replaces a placeholder, and its neighbours' often follow; one record version carries them all
+#: (every version costs every node of the mesh a verification and a path computation)
+RTT_PUBLISH_DELAY = 1.0
 
 
 @dataclass
@@ -660,7 +664,11 @@ class Core:
         self.wg_owner[info.wg_public_key] = id8
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
-        self._claims_changed(id8, info, old.info if old else None)
+        claims_before = self.graph.claims.get(id8, {})
+        claims = claims_before if old is not None and old.info.links == info.links else \
+            {claim.peer: claim.rtt_ms for claim in info.links}
+        graph_changed = self.graph.set_claims(id8, claims)
+        self._graph_dirty |= graph_changed
         self._digest_cache = None
         if self.is_static and source is not None and (
                 (flood and source == id8) or (source in self.members and self.members[source].info.is_static)):
@@ -668,22 +676,22 @@ class Core:
             self.t_gossip = min(self.t_gossip, now + 0.02)  # soon: batch briefly, do not wait a round
         if old is None:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
-        if old is None or old.info.links != info.links or old.info.overlay_ip != info.overlay_ip \
+        if old is None or old.info.overlay_ip != info.overlay_ip:
+            self._routes_dirty = True
+        if graph_changed or old is None or old.info.overlay_ip != info.overlay_ip \
                 or old.info.wg_public_key != info.wg_public_key:
             # a change of a link to us completes or breaks an edge the other end already
             # switched: follow at once (the window between the two switches loses packets)
-            mine_before = any(c.peer == self.id8 for c in old.info.links) if old else False
-            mine_now = any(c.peer == self.id8 for c in info.links)
-            self._schedule_paths(now, urgent=mine_before != mine_now)
-        if self._wants_link(info, id8):
-            self._ensure_link(self.members[id8], now)
+            self._schedule_paths(now, urgent=(self.id8 in claims_before) != (self.id8 in claims))
         link = self.links.get(id8)
+        if link is None and self._wants_link(info, id8):  # (unwanted links go in _manage_links)
+            link = self._ensure_link(self.members[id8], now)
         if link is not None and link.state == UP and now - link.last_probe_rx < 3 * self.config.probe_interval:
             # the other end measures this link; claim what it measured (edges use the max of both)
-            theirs = next((c.rtt_ms for c in info.links if c.peer == self.id8), 0)
+            theirs = claims.get(self.id8, 0)
             if theirs and abs(theirs - link.claimed_rtt) > max(5, link.claimed_rtt // 4):
                 link.claimed_rtt = theirs
-                self._schedule_publish(now)
+                self._schedule_publish(now, RTT_PUBLISH_DELAY)
         return True
 
     def _report_conflict(self, reason: str, info: NodeInfo, record: Record) -> None:
@@ -904,11 +912,13 @@ class Core:
 
     # ========================================================================= own record
 
-    def _schedule_publish(self, now: float) -> None:
-        """Soon after a change, but not more than 4 times a second (a hub's links change in bursts)."""
-        if self.t_publish is None:
-            spacing = 0.25 * max(1.0, len(self.links) / 500)  # a hub's record grows with its links
-            self.t_publish = max(now + self.config.publish_interval, self._last_publish + spacing)
+    def _schedule_publish(self, now: float, delay: float | None = None) -> None:
+        """Soon after a change (or ``delay`` later), but not more than 4 times a second (a hub's
+        links change in bursts)."""
+        spacing = 0.25 * max(1.0, len(self.links) / 500)  # a hub's record grows with its links
+        due = max(now + (self.config.publish_interval if delay is None else delay), self._last_publish + spacing)
+        if self.t_publish is None or due < self.t_publish:
+            self.t_publish = due
 
     def _own_info(self) -> NodeInfo:
         endpoints = []
@@ -933,7 +943,8 @@ class Core:
             return
         self.version = max(self.version + 1, int(now * 1000))
         record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
-        self._claims_changed(self.id8, info, current.info if current else None)
+        if current is None or current.info.links != info.links:
+            self._graph_dirty |= self.graph.set_claims(self.id8, {c.peer: c.rtt_ms for c in info.links})
         self.members[self.id8] = Member(self.identity.public, record, info, self.started, now)
         self.wg_owner[info.wg_public_key] = self.id8
         self._digest_cache = None
@@ -965,7 +976,7 @@ class Core:
         old = link.claimed_rtt
         if old == 0 or abs(new - old) > max(5, old // 4):
             link.claimed_rtt = min(new, 65535)
-            self._schedule_publish(now)
+            self._schedule_publish(now, RTT_PUBLISH_DELAY)
 
     # ========================================================================= membership
 
@@ -1407,12 +1418,6 @@ class Core:
             # at most 10 times a second, less often in big meshes (each run costs O(N log N))
             spacing = 0.1 * max(1.0, len(self.members) / 250)
             self.t_paths = max(now + self.config.path_debounce, self._last_recompute + spacing)
-
-    def _claims_changed(self, id8: bytes, info: NodeInfo, old: NodeInfo | None) -> None:
-        if old is None or old.links != info.links:
-            self._graph_dirty |= self.graph.set_claims(id8, {claim.peer: claim.rtt_ms for claim in info.links})
-        if old is None or old.overlay_ip != info.overlay_ip:
-            self._routes_dirty = True
 
     def _recompute(self, now: float) -> None:
         """Paths (only if the link graph changed), then the data plane."""
