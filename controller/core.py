@@ -22,6 +22,7 @@ passed in and randomness comes from the injected ``random_bytes(n)``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
@@ -204,6 +205,12 @@ class Member:
     last_reachable: float
 
 
+@functools.lru_cache(maxsize=65536)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """ipaddress.ip_address, memoised: every node parses every other node's addresses."""
+    return ipaddress.ip_address(text)
+
+
 def _ip_net(ip: str, prefixlen: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(f"{ip}/{prefixlen}", strict=False)
 
@@ -273,6 +280,8 @@ class Core:
         self._routes_dirty = True  # hops or addresses changed: routes and allowed IPs again
         self._routes: tuple[DesiredRoute, ...] = ()
         self._allowed: dict[bytes, tuple[str, ...]] = {}
+        self._route_cache: dict[bytes, tuple[bytes, DesiredRoute]] = {}  # forgotten when addresses change
+        self._no_link: dict[bytes, tuple] = {}  # node -> what we knew when we wanted no link to it
         self.dataplane = DataPlane()
         self.dataplane_version = 0
         self._plane_keys: dict[int, frozenset[bytes]] = {0: frozenset()}
@@ -678,14 +687,21 @@ class Core:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
         if old is None or old.info.overlay_ip != info.overlay_ip:
             self._routes_dirty = True
+            if old is not None:
+                self._route_cache.clear()
         if graph_changed or old is None or old.info.overlay_ip != info.overlay_ip \
                 or old.info.wg_public_key != info.wg_public_key:
             # a change of a link to us completes or breaks an edge the other end already
             # switched: follow at once (the window between the two switches loses packets)
             self._schedule_paths(now, urgent=(self.id8 in claims_before) != (self.id8 in claims))
         link = self.links.get(id8)
-        if link is None and self._wants_link(info, id8):  # (unwanted links go in _manage_links)
-            link = self._ensure_link(self.members[id8], now)
+        if link is None:  # (links no longer wanted go in _manage_links)
+            key = (info.endpoints, info.flags, self.lan, self.reflexive)
+            if self._no_link.get(id8) != key:
+                if self._wants_link(info, id8):
+                    link = self._ensure_link(self.members[id8], now)
+                else:
+                    self._no_link[id8] = key  # asked again only when one of these changed
         if link is not None and link.state == UP and now - link.last_probe_rx < 3 * self.config.probe_interval:
             # the other end measures this link; claim what it measured (edges use the max of both)
             theirs = claims.get(self.id8, 0)
@@ -795,7 +811,7 @@ class Core:
         key = "h" + host
         ok = self._overlay_cache.get(key)
         if ok is None:
-            ip = ipaddress.ip_address(host)
+            ip = _ip(host)
             ok = ip.version == self.subnet.version and ip in self.subnet and \
                 ip not in (self.subnet.network_address, self.subnet.broadcast_address)
             self._overlay_cache[key] = ok
@@ -813,7 +829,7 @@ class Core:
         cached = self._overlay_cache.get(host)
         if cached is None:
             try:
-                ip = ipaddress.ip_address(host)
+                ip = _ip(host)
             except ValueError:
                 raise ProtocolError("bad_source") from None
             cached = ip.version == self.subnet.version and ip in self.subnet
@@ -1063,6 +1079,7 @@ class Core:
                 del self.members[id8]
                 self._graph_dirty |= self.graph.remove(id8)
                 self._routes_dirty = True
+                self._route_cache.pop(id8, None)
                 self.wg_owner.pop(member.info.wg_public_key, None)
                 self.links.pop(id8, None)
                 self._digest_cache = None
@@ -1098,7 +1115,7 @@ class Core:
         """Our own address on the LAN that contains ``address``, if any."""
         nets = self._lan_nets()  # (also forgets the answers for the LANs we had before)
         if address not in self._lan_cache:
-            addr = ipaddress.ip_address(address)
+            addr = _ip(address)
             self._lan_cache[address] = next((mine for net, mine in nets if net.version == addr.version and addr in net),
                                             None)
         return self._lan_cache[address]
@@ -1426,8 +1443,9 @@ class Core:
         if self._graph_dirty:
             self._graph_dirty = False
             old_hops = self.hops
-            self.cost, self.pred = self.graph.shortest_tree(self.id8)
-            self.hops = paths.first_hops(self.pred, self.id8)
+            self.cost, self.pred, changed = self.graph.update_tree(self.id8, self.cost, self.pred)
+            if changed:
+                self.hops = paths.first_hops(self.pred, self.id8)
             if self.hops != old_hops:
                 self._routes_dirty = True
             if self.hops.keys() != old_hops.keys():
@@ -1446,7 +1464,7 @@ class Core:
     def _ip_key(self, prefix: str) -> int:
         key = self._sort_keys.get(prefix)
         if key is None:
-            key = self._sort_keys[prefix] = int(ipaddress.ip_network(prefix).network_address)
+            key = self._sort_keys[prefix] = int(_ip(prefix.partition("/")[0]))
         return key
 
     def _build_dataplane(self, now: float) -> None:
@@ -1454,12 +1472,15 @@ class Core:
             self._routes_dirty = False
             allowed: dict[bytes, list[str]] = {}
             routes = []
-            host = self.subnet.max_prefixlen
+            cache = self._route_cache  # dest -> (hop, route): most stay put from run to run
             for dest, hop in self.hops.items():
-                ip = self.members[dest].info.overlay_ip
-                allowed.setdefault(hop, []).append(f"{ip}/{host}")
-                gateway = None if hop == dest else self.members[hop].info.overlay_ip
-                routes.append(DesiredRoute(f"{ip}/{host}", gateway))
+                cached = cache.get(dest)
+                if cached is None or cached[0] != hop:
+                    prefix = f"{self.members[dest].info.overlay_ip}/{self.subnet.max_prefixlen}"
+                    gateway = None if hop == dest else self.members[hop].info.overlay_ip
+                    cached = cache[dest] = (hop, DesiredRoute(prefix, gateway))
+                allowed.setdefault(hop, []).append(cached[1].destination)
+                routes.append(cached[1])
             routes.sort(key=lambda r: self._ip_key(r.destination))
             self._routes = tuple(routes)
             self._allowed = {hop: tuple(sorted(ips)) for hop, ips in allowed.items()}

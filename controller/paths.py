@@ -94,6 +94,8 @@ class LinkGraph:
         self.hop_cost_ms = hop_cost_ms
         self.claims: dict[bytes, dict[bytes, int]] = {}
         self.edges: dict[bytes, dict[bytes, int]] = {}
+        #: edges changed since the last :meth:`update_tree`: (a, b, old cost, new cost), None = absent
+        self.changes: list[tuple[bytes, bytes, int | None, int | None]] = []
 
     def set_claims(self, node: bytes, links: Mapping[bytes, int]) -> bool:
         """Replace ``node``'s claimed links; True if an edge (a mutually claimed link) changed."""
@@ -123,16 +125,62 @@ class LinkGraph:
                 return False
             del self.edges[a][b]
             del self.edges[b][a]
+            self.changes.append((a, b, current, None))
             return True
         cost = edge_cost(a, b, max(ab, ba) + self.hop_cost_ms)
         if cost == current:
             return False
         self.edges.setdefault(a, {})[b] = cost
         self.edges.setdefault(b, {})[a] = cost
+        self.changes.append((a, b, current, cost))
         return True
 
     def shortest_tree(self, source: bytes) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
+        self.changes.clear()
         return _dijkstra(self.edges, source)
+
+    def update_tree(self, source: bytes, cost: dict[bytes, int], pred: dict[bytes, bytes]
+                    ) -> tuple[dict[bytes, int], dict[bytes, bytes], bool]:
+        """``source``'s tree after :attr:`changes`, from the tree before them (updated in place
+        when it can be). Most changes far away touch nothing: an edge that got worse or went away
+        matters only if the tree used it (then: Dijkstra from scratch); one that got better or
+        appeared, only if it shortens a path (then: Dijkstra from the nodes it improved). Costs
+        are unique, so the result equals a full run (property-tested). The flag: whether the
+        tree may have changed."""
+        changes, self.changes = self.changes, []
+        if source not in cost:
+            return (*_dijkstra(self.edges, source), True)
+        for a, b, old, new in changes:
+            if old is not None and (new is None or new > old) and (pred.get(b) == a or pred.get(a) == b):
+                return (*_dijkstra(self.edges, source), True)
+        heap: list[tuple[int, bytes]] = []
+        for a, b, old, new in changes:
+            if new is not None and (old is None or new < old):
+                for u, v in ((a, b), (b, a)):
+                    cu = cost.get(u)
+                    if cu is not None and v != source:
+                        nc = cu + new
+                        cv = cost.get(v)
+                        if cv is None or nc < cv:
+                            cost[v] = nc
+                            pred[v] = u
+                            heap.append((nc, v))
+        if not heap:
+            return cost, pred, False
+        heapq.heapify(heap)
+        pop, push, empty, edges = heapq.heappop, heapq.heappush, {}, self.edges
+        while heap:
+            c, node = pop(heap)
+            if c != cost[node]:
+                continue  # improved again since
+            for nbr, ec in edges.get(node, empty).items():
+                nc = c + ec
+                old = cost.get(nbr)
+                if old is None or nc < old:
+                    cost[nbr] = nc
+                    pred[nbr] = node
+                    push(heap, (nc, nbr))
+        return cost, pred, True
 
 
 def path_to(pred: Mapping[bytes, bytes], source: bytes, dest: bytes) -> list[bytes]:

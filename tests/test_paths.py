@@ -107,3 +107,25 @@ def test_link_graph_kept_incrementally_equals_a_rebuild(case, updates, removals)
         {a: nbrs for a, nbrs in incremental.edges.items() if nbrs}
     for source in current:
         assert incremental.shortest_tree(source) == paths.shortest_tree(graph, source)
+
+
+@settings(max_examples=300, deadline=None)
+@given(graphs(), st.lists(st.tuples(st.integers(0, 13), st.dictionaries(st.integers(0, 13), st.integers(1, 40),
+                                                                          max_size=5)), max_size=15),
+       st.integers(0, 13))
+def test_tree_kept_incrementally_equals_a_full_dijkstra(case, updates, source_index):
+    """The core updates its shortest-path tree from the changed edges only: after every change
+    it must be exactly the tree a full Dijkstra gives (same costs, same predecessors)."""
+    claims, hop_cost = case
+    source = node(source_index)
+    graph = paths.LinkGraph(hop_cost)
+    for a, links in claims.items():
+        graph.set_claims(a, links)
+    cost, pred, _ = graph.update_tree(source, {}, {})
+    for i, links in updates:
+        graph.set_claims(node(i), {node(j): rtt for j, rtt in links.items()})
+        before = (dict(cost), dict(pred))
+        cost, pred, changed = graph.update_tree(source, cost, pred)
+        full_cost, full_pred = paths._dijkstra(graph.edges, source)
+        assert (cost, pred) == (full_cost, full_pred)
+        assert changed or (cost, pred) == before
