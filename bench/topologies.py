@@ -10,7 +10,8 @@ controller/labnets.py), wireguard-go, a system bus, the helper and the controlle
   keepalive_pps_on  10 boxes, every pair direct and idle, link policy auto (idle links go quiet;
                     --idle-timeout 10 here, 120 s by default): underlay UDP packets/s sent by all
                     boxes together (WireGuard: keepalives, probes and gossip inside the tunnel;
-                    plus admin datagrams outside it), over a 50 s window
+                    plus admin datagrams outside it), over a 50 s window; keepalive_on/off
+                    break it down (wg_keepalive_pps: WireGuard's own empty keepalives)
   keepalive_pps_off the same with link policy all (every pair kept alive: the original's N^2)
 Final stdout line: {"nat_direct_s", "failover_s", "roam_s", "keepalive_pps_on", "keepalive_pps_off", ...}
 """
@@ -94,21 +95,24 @@ def roaming() -> dict:
             "roam_direct_again_s": round(roam + direct_again, 1) if roam and direct_again is not None else None}
 
 
+# a WireGuard keepalive is a transport message without payload: 32 bytes of UDP payload
 COUNT_NFT = """table inet wgnmcount {
   counter wg { }
+  counter keepalive { }
   counter admin { }
   chain out { type filter hook output priority 0;
     oifname "eth0" udp sport 50000 counter name wg
+    oifname "eth0" udp sport 50000 udp length 40 counter name keepalive
     oifname "eth0" udp sport 55555 counter name admin
   }
 }
 """
 
 
-def packets(box) -> tuple[int, int]:
+def packets(box) -> tuple[int, int, int]:
     data = json.loads(box.run(["nft", "-j", "list", "counters", "table", "inet", "wgnmcount"]).stdout)
     got = {item["counter"]["name"]: item["counter"]["packets"] for item in data["nftables"] if "counter" in item}
-    return got["wg"], got["admin"]
+    return got["wg"], got["admin"], got["keepalive"]
 
 
 def keepalive_pps(policy: str, window: float, idle_timeout: float) -> dict:
@@ -124,10 +128,11 @@ def keepalive_pps(policy: str, window: float, idle_timeout: float) -> dict:
         before = [packets(box) for box in mesh.boxes.values()]
         time.sleep(window)
         after = [packets(box) for box in mesh.boxes.values()]
-        wg = sum(a[0] - b[0] for a, b in zip(after, before, strict=True)) / window
-        admin = sum(a[1] - b[1] for a, b in zip(after, before, strict=True)) / window
+        wg, admin, keepalive = (sum(a[i] - b[i] for a, b in zip(after, before, strict=True)) / window
+                                for i in range(3))
         direct = sum(v == "direct" for box in mesh.boxes.values() for v in paths(box).values())
-    return {"pps": round(wg + admin, 2), "wg_pps": round(wg, 2), "admin_pps": round(admin, 2),
+    return {"pps": round(wg + admin, 2), "wg_pps": round(wg, 2), "wg_keepalive_pps": round(keepalive, 2),
+            "admin_pps": round(admin, 2),
             "converged_s": round(converged, 1) if converged is not None else None,
             "direct_paths_after": direct}
 
@@ -136,12 +141,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=50.0, help="keepalive counting window (s)")
     parser.add_argument("--idle-timeout", type=float, default=10.0)
+    parser.add_argument("--skip-paths", action="store_true", help="only the keepalive part")
     args = parser.parse_args()
     result: dict = {}
-    result.update(nat_direct_and_failover())
-    print(json.dumps(result), file=sys.stderr)
-    result.update(roaming())
-    print(json.dumps(result), file=sys.stderr)
+    if not args.skip_paths:
+        result.update(nat_direct_and_failover())
+        print(json.dumps(result), file=sys.stderr)
+        result.update(roaming())
+        print(json.dumps(result), file=sys.stderr)
     on = keepalive_pps("auto", args.window, args.idle_timeout)
     off = keepalive_pps("all", args.window, args.idle_timeout)
     result.update({"keepalive_pps_on": on["pps"], "keepalive_pps_off": off["pps"], "keepalive_on": on,
