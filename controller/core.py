@@ -173,6 +173,7 @@ class Link:
     used_since: float = 0.0  # when our path to the peer became this link
     last_ack: float = 0.0  # last probe answered over this link
     rtt: float = 0.0  # EWMA, ms
+    rtt_hint: int = 0  # ms, before probes measured the link (see _link_up)
     claimed_rtt: int = 0
     fails: int = 0
     retry_at: float = 0.0
@@ -595,6 +596,10 @@ class Core:
             attempt = wire.parse_connect_ack(inner.body)
             link = self.links.get(sender8)
             if link is not None and link.attempt == attempt:
+                if link.static and link.connect_sent and not link.connect_acked:
+                    # to or from a static peer CONNECT crosses the same hosts and NATs as the
+                    # tunnel will: a first RTT for the link's claim (probes refine it)
+                    link.rtt_hint = max(1, round((now - link.connect_sent) * 1000))
                 link.connect_acked = True
 
     def _on_records(self, body: bytes, now: float, source: bytes | None = None) -> None:
@@ -1257,7 +1262,10 @@ class Core:
         link.last_traffic = now
         link.tx_stalled_since = 0.0
         if link.claimed_rtt == 0:
-            link.claimed_rtt = 50  # until probes over the link measure it
+            # until probes over the link measure it: what CONNECT took (static peers), a LAN's
+            # few ms, or a pessimistic 50 ms. A good first guess spares the mesh a record version
+            # per link (RTT claims move only by more than max(5 ms, 25 %)).
+            link.claimed_rtt = link.rtt_hint or (2 if link.endpoint_kind in (EP_LAN, EP_NEARBY) else 50)
         self._event("link_up", node=member.info.name, endpoint=link.endpoint)
         self._changed_links.add(link.peer)
         self._schedule_publish(now)
