@@ -65,24 +65,26 @@ def _dijkstra(edges: Mapping[bytes, Mapping[bytes, int]], source: bytes) -> tupl
     """``edges[a][b]`` = :func:`edge_cost`. Costs are unique (tie-breaks), so the tree is too."""
     cost = {source: 0}
     pred: dict[bytes, bytes] = {}
-    heap = [(0, source)]
-    done: set[bytes] = set()
+    _relax(edges, cost, pred, [(0, source)])
+    return cost, pred
+
+
+def _relax(edges: Mapping[bytes, Mapping[bytes, int]], cost: dict[bytes, int], pred: dict[bytes, bytes],
+           heap: list[tuple[int, bytes]]) -> None:
+    """Dijkstra's main loop from the (cost, node) entries in ``heap`` (a heap), in place. An
+    entry whose node got cheaper since it was pushed is skipped."""
     pop, push, empty = heapq.heappop, heapq.heappush, {}
     while heap:
         c, node = pop(heap)
-        if node in done:
+        if c != cost[node]:
             continue
-        done.add(node)
         for nbr, ec in edges.get(node, empty).items():
-            if nbr in done:
-                continue
             nc = c + ec
             old = cost.get(nbr)
             if old is None or nc < old:
                 cost[nbr] = nc
                 pred[nbr] = node
                 push(heap, (nc, nbr))
-    return cost, pred
 
 
 class LinkGraph:
@@ -168,18 +170,7 @@ class LinkGraph:
         if not heap:
             return cost, pred, False
         heapq.heapify(heap)
-        pop, push, empty, edges = heapq.heappop, heapq.heappush, {}, self.edges
-        while heap:
-            c, node = pop(heap)
-            if c != cost[node]:
-                continue  # improved again since
-            for nbr, ec in edges.get(node, empty).items():
-                nc = c + ec
-                old = cost.get(nbr)
-                if old is None or nc < old:
-                    cost[nbr] = nc
-                    pred[nbr] = node
-                    push(heap, (nc, nbr))
+        _relax(self.edges, cost, pred, heap)
         return cost, pred, True
 
 
