@@ -4,7 +4,7 @@
 Inputs, in rounds until --inputs is reached:
 * random bytes of random length (mostly refused at the header or by the AEAD);
 * valid datagrams of every type with one to four bytes mutated (refused by the AEAD);
-* valid envelopes (sealed with the right key, correctly signed) around random or mutated
+* valid envelopes (sealed with the right key, correctly signed or MACed) around random or mutated
   bodies: these reach the per-type body parsers;
 * random and mutated node-record payloads straight into the record decoder.
 Final stdout line: {"inputs": N, "crashes": N, ...per-kind counts}
@@ -64,7 +64,11 @@ def main() -> int:
     rng = random.Random(args.seed)
     ident = Identity(bytes([3]) * 32)
     bodies = valid_bodies(rng, ident)
-    sealed = [wire.seal(KEY, rng.randbytes(24), ident, t, 1, 1, b) for t, b in bodies]
+    # signed datagrams, and ones authenticated by the pair MAC (decoded by the other end of the pair)
+    peer = Identity(bytes([4]) * 32)
+    pairs = wire.PairKeys(peer, KEY)
+    pair = (peer.public, wire.PairKeys(ident, KEY).key(peer.public))
+    sealed = [wire.seal(KEY, rng.randbytes(24), ident, t, 1, 1, b, mac) for t, b in bodies for mac in (None, pair)]
     payload = wire.encode_node_info(NodeInfo(bytes(32), "10.1.1.1", 1, 2, "n", 0, (), (LinkClaim(b"a" * 8, 3),)))
     counts = {"random": 0, "mutated_datagram": 0, "sealed_random_body": 0, "sealed_mutated_body": 0,
               "node_payload": 0}
@@ -94,8 +98,8 @@ def main() -> int:
             mutated = mutate(rng, rng.choice(sealed))
             bad_payload = mutate(rng, payload)
             random_payload = rng.randbytes(rng.randrange(120))
-            feed("random", lambda d=data: wire.decode(KEY, d))
-            feed("mutated_datagram", lambda d=mutated: wire.decode(KEY, d))
+            feed("random", lambda d=data: wire.decode(KEY, d, pairs))
+            feed("mutated_datagram", lambda d=mutated: wire.decode(KEY, d, pairs))
             feed("node_payload", lambda p=bad_payload: wire.decode_node_info(p))
             feed("node_payload", lambda p=random_payload: wire.decode_node_info(p))
         total = sum(counts.values())
@@ -104,8 +108,8 @@ def main() -> int:
             mtype, body = rng.choice(bodies)
             for kind, b in (("sealed_random_body", rng.randbytes(rng.randrange(80))),
                             ("sealed_mutated_body", mutate(rng, body))):
-                data = wire.seal(KEY, rng.randbytes(24), ident, mtype, 1, 1, b)
-                feed(kind, lambda d=data: wire.decode(KEY, d))
+                data = wire.seal(KEY, rng.randbytes(24), ident, mtype, 1, 1, b, rng.choice((None, pair)))
+                feed(kind, lambda d=data: wire.decode(KEY, d, pairs))
                 feed(kind, lambda t=mtype, bb=b: wire.BODY_PARSERS[t](bb))
         total = sum(counts.values())
     for example in examples:

@@ -155,6 +155,10 @@ EP_NEARBY = 0x80
 #: replaces a placeholder, and its neighbours' often follow; one record version carries them all
 #: (every version costs every node of the mesh a verification and a path computation)
 RTT_PUBLISH_DELAY = 1.0
+#: urgent path recomputations (a link to us changed) come at most this often
+URGENT_PATHS_SPACING = 0.02
+#: how long a new link that only shortens a path waits to be announced with others (see _link_up)
+LINK_BATCH_DELAY = 0.5
 
 
 @dataclass
@@ -231,7 +235,8 @@ def _parse_ep(text: str) -> tuple[str, int] | None:
 class Core:
     def __init__(self, config: CoreConfig, identity_seed: bytes, wg_public_key: bytes, now: float,
                  random_bytes: Callable[[int], bytes], persisted: Mapping | None = None,
-                 lan_endpoints: Iterable[tuple[str, int]] = (), cache: wire.RecordCache | None = None) -> None:
+                 lan_endpoints: Iterable[tuple[str, int]] = (), cache: wire.RecordCache | None = None,
+                 pair_memo: dict | None = None) -> None:
         self.config = config
         self.subnet = ipaddress.ip_network(config.subnet, strict=False)
         own_ip = ipaddress.ip_address(config.overlay_ip)
@@ -242,6 +247,7 @@ class Core:
         self.key = wire.derive_admin_key(config.shared_key)
         self.random_bytes = random_bytes
         self.verified = cache or wire.RecordCache()
+        self.pairs = wire.PairKeys(self.identity, self.key, memo=pair_memo)
         self.wg_public_key = wg_public_key
         self.wg_port = config.wg_port
         self.is_static = any(p.overlay_ip == config.overlay_ip for p in config.static_peers)
@@ -305,6 +311,7 @@ class Core:
         self._lan_nets_cache: list = []
         self._lan_cache: dict[str, str | None] = {}  # address -> our address on its LAN
         self._bootstrap_turn = -1
+        self._hop_list: tuple[dict, list[bytes]] = ({}, [])  # (hops, its keys but ours), for _sync
         self._settled = False
         self._observed_once = False
         self._attempting = False  # any link waiting for a handshake (kept by _manage_links)
@@ -317,7 +324,7 @@ class Core:
 
     def datagram_received(self, data: bytes, src: tuple[str, int], now: float) -> None:
         try:
-            inner = wire.open_datagram(self.key, data)
+            inner = wire.open_datagram(self.key, data, self.pairs)
             self._check_replay(inner, now)
             self._dispatch(inner, src, now)
         except ProtocolError as e:
@@ -378,6 +385,9 @@ class Core:
                     link.connect_due = False
                     link.connect_sent = now
                     if link.static:
+                        me = self.members.get(self.id8)
+                        if link.initiator and me is not None:  # the static end may not know us yet
+                            self._send_both(id8, wire.RECORDS, wire.body_records([me.record.raw]), now)
                         self._send_both(id8, wire.CONNECT, link.connect_body, now)
                     else:
                         self._send(id8, wire.CONNECT, link.connect_body, now)
@@ -578,18 +588,19 @@ class Core:
                 obs = self.observed.get(member.info.wg_public_key)
                 if obs is not None and obs.endpoint:
                     seen_wg = _parse_ep(obs.endpoint)
-            self._send_to_addr(src, wire.PROBE_ACK, wire.body_probe_ack(probe_id, src, seen_wg), now)
+            self._send_to_addr(src, wire.PROBE_ACK, wire.body_probe_ack(probe_id, src, seen_wg), now, inner.sender)
         elif t == wire.PROBE_ACK:
             self._on_probe_ack(sender8, *wire.parse_probe_ack(inner.body), now)
         elif t == wire.SYNC:
             count, digest_hash = wire.parse_sync(inner.body)
             if digest_hash != self._digest_hash():
-                self._send_to_addr(src, wire.DIGEST, wire.body_digest(self._digest_entries()), now)
+                self._send_to_addr(src, wire.DIGEST, wire.body_digest(self._digest_entries()), now, inner.sender)
         elif t == wire.DIGEST:
-            self._on_digest(wire.parse_digest(inner.body), src, now)
+            self._on_digest(wire.parse_digest(inner.body), src, now, inner.sender)
         elif t == wire.REQUEST:
             wanted = wire.parse_request(inner.body)
-            self._send_records(src, [self.members[i].record.raw for i in wanted if i in self.members], now)
+            self._send_records(src, [self.members[i].record.raw for i in wanted if i in self.members], now,
+                               to=inner.sender)
         elif t == wire.CONNECT:
             self._on_connect(sender8, *wire.parse_connect(inner.body), src, now)
         elif t == wire.CONNECT_ACK:
@@ -626,7 +637,7 @@ class Core:
             self._count("drop_unknown_record_kind")
             return False
         try:
-            info = self.verified.decoded(record.raw, lambda: wire.decode_node_info(record.payload))
+            info = self.verified.decoded(record, lambda: wire.decode_node_info(record.payload))
         except ProtocolError as e:
             self._count(f"drop_{e.reason}")
             return False
@@ -679,15 +690,16 @@ class Core:
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
         claims_before = self.graph.claims.get(id8, {})
-        claims = claims_before if old is not None and old.info.links == info.links else \
-            {claim.peer: claim.rtt_ms for claim in info.links}
+        claims = info.link_map
         graph_changed = self.graph.set_claims(id8, claims)
         self._graph_dirty |= graph_changed
         self._digest_cache = None
-        if self.is_static and source is not None and (
+        if self.is_static and source is not None and (info.links or info.is_static) and (
                 (flood and source == id8) or (source in self.members and self.members[source].info.is_static)):
+            # (a record without links is of use only to the static peers it connects to: it
+            # sends it to them itself, see dataplane_applied)
             self._flood[id8] = source  # a hub hands new records on (see _gossip)
-            self.t_gossip = min(self.t_gossip, now + 0.02)  # soon: batch briefly, do not wait a round
+            self.t_gossip = min(self.t_gossip, now + self._flood_batch())  # soon, not a round later
         if old is None:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
         if old is None or old.info.overlay_ip != info.overlay_ip:
@@ -725,16 +737,16 @@ class Core:
         self._event("claim_refused", reason=reason, ip=info.overlay_ip, name=info.name,
                     identity=record.identity.hex()[:16])
 
-    def _on_digest(self, entries: list[tuple[bytes, int]], src: tuple[str, int], now: float) -> None:
+    def _on_digest(self, entries: list[tuple[bytes, int]], src: tuple[str, int], now: float, to: bytes) -> None:
         theirs = dict(entries)
         send = [m.record.raw for id8, m in self.members.items()
                 if theirs.get(id8, -1) < m.record.version]
         want = [id8 for id8, version in theirs.items()
                 if id8 != self.id8 and (id8 not in self.members or self.members[id8].record.version < version)]
-        self._send_records(src, send, now)
+        self._send_records(src, send, now, to=to)
         if want:
             for i in range(0, len(want), 1000):
-                self._send_to_addr(src, wire.REQUEST, wire.body_request(want[i:i + 1000]), now)
+                self._send_to_addr(src, wire.REQUEST, wire.body_request(want[i:i + 1000]), now, to)
 
     def _on_probe_ack(self, sender8: bytes, probe_id: int, seen_admin, seen_wg, now: float) -> None:
         pending = self.pending_probes.pop(probe_id, None)
@@ -762,7 +774,8 @@ class Core:
             return
         self.reflexive = seen
         self._event("reflexive_endpoint", endpoint=_fmt_ep(seen))
-        self._schedule_publish(now)
+        # others punch holes to it: an optimisation, like a shortcut link (see _link_up)
+        self._schedule_publish(now, LINK_BATCH_DELAY if self._announces_links() else None)
 
     def _on_connect(self, sender8: bytes, attempt: int, you_use, i_use, src, now: float) -> None:
         member = self.members.get(sender8)
@@ -772,11 +785,11 @@ class Core:
         link = self._ensure_link(member, now)
         if link.static:
             # the static end has us configured: our handshake will not be dropped now
-            self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now)
+            self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
             if not link.initiator and link.state == UP and attempt:
                 # the other end starts over (it moved, or restarted) while we still have it
                 # configured: say so at once rather than let it wait for a CONNECT of ours
-                self._send_to_addr(src, wire.CONNECT, wire.body_connect(0, None, None), now)
+                self._send_to_addr(src, wire.CONNECT, wire.body_connect(0, None, None), now, member.identity)
             if link.initiator and not link.peer_ready:
                 link.peer_ready = True
                 self._schedule_paths(now)
@@ -796,7 +809,7 @@ class Core:
         if link.state == UP and attempt <= link.attempt:
             return
         if link.state == ATTEMPTING and attempt == link.attempt:  # a retransmission
-            self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now)
+            self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
             return
         link.attempt = attempt
         link.state = ATTEMPTING
@@ -806,7 +819,7 @@ class Core:
         link.endpoint = _fmt_ep(you_use) if you_use else ""
         link.endpoint_kind = EP_REFLEXIVE if you_use and member.info.endpoints and any(
             e.kind == EP_REFLEXIVE and (e.address, e.port) == you_use for e in member.info.endpoints) else EP_LAN
-        self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now)
+        self._send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
         self._event("link_attempt", node=member.info.name, endpoint=link.endpoint, role="responder")
         self._schedule_paths(now)
 
@@ -843,13 +856,21 @@ class Core:
             self._overlay_cache[host] = cached
         return cached
 
-    def _send_to_addr(self, addr: tuple[str, int], mtype: int, body: bytes, now: float) -> None:
+    def _send_to_addr(self, addr: tuple[str, int], mtype: int, body: bytes, now: float,
+                      to: bytes | None = None) -> None:
+        """``to``: the receiver's identity, if known. Towards a node we link to, the datagram is
+        authenticated by our pair's MAC (derived once per link), else signed (see wire)."""
         self.seq = (self.seq + 1) & 0xFFFFFFFF
+        pair = (to, self.pairs.key(to)) if to is not None and to[:wire.ID8_LEN] in self.links else None
         data = wire.seal(self.key, self.random_bytes(wire.NONCE_LEN), self.identity, mtype, int(now * 1000),
-                         self.seq, body)
+                         self.seq, body, pair)
         self._out.append((data, addr))
         self._count(f"tx_{wire.TYPE_NAMES[mtype]}")
         self._count("tx_bytes", len(data))
+
+    def _identity_of(self, id8: bytes) -> bytes | None:
+        member = self.members.get(id8)
+        return member.identity if member is not None else None
 
     def _static_admin_addr(self, member: Member | None) -> tuple[str, int] | None:
         """A static peer's admin address from net.yaml (None for other nodes)."""
@@ -875,11 +896,11 @@ class Core:
         """For messages that must arrive although the other end's link-state may not yet
         route our overlay traffic: over the underlay where possible, and over the overlay."""
         under = self._underlay_of(id8, now)
-        if under is not None:
-            self._send_to_addr(under, mtype, body, now)
         member = self.members.get(id8)
+        if under is not None:
+            self._send_to_addr(under, mtype, body, now, member.identity if member else None)
         if member is not None and id8 in self.hops:
-            self._send_to_addr((member.info.overlay_ip, member.info.admin_port), mtype, body, now)
+            self._send_to_addr((member.info.overlay_ip, member.info.admin_port), mtype, body, now, member.identity)
         elif under is None:
             self._send(id8, mtype, body, now)
 
@@ -891,10 +912,11 @@ class Core:
         link = self.links.get(id8)
         if link is not None and self.hops.get(id8) == id8:
             link.admin_bytes += len(body) + 200
-        self._send_to_addr(addr, mtype, body, now)
+        self._send_to_addr(addr, mtype, body, now, self._identity_of(id8))
         return True
 
-    def _send_records(self, addr: tuple[str, int], raws: list[bytes], now: float, why: str = "reply") -> None:
+    def _send_records(self, addr: tuple[str, int], raws: list[bytes], now: float, why: str = "reply",
+                      to: bytes | None = None) -> None:
         self._count(f"tx_records_{why}", len(raws))
         # the underlay may not pass fragments; inside the tunnel a fragmented datagram is fine
         limit = 8000 if self._is_overlay(addr[0]) else 1100
@@ -902,12 +924,12 @@ class Core:
         size = 0
         for raw in raws:
             if chunk and size + len(raw) > limit:
-                self._send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now)
+                self._send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now, to)
                 chunk, size = [], 0
             chunk.append(raw)
             size += len(raw)
         if chunk:
-            self._send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now)
+            self._send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now, to)
 
     def _send_probe(self, info: NodeInfo, id8: bytes, now: float, user: bool = False) -> int | None:
         self.probe_seq = (self.probe_seq + 1) & 0xFFFFFFFF
@@ -941,6 +963,15 @@ class Core:
         if self.t_publish is None or due < self.t_publish:
             self.t_publish = due
 
+    def _flood_batch(self) -> float:
+        """How long a hub collects new records before handing them on: 20 ms, longer for a hub
+        with many neighbours (each batch is a datagram to every one of them)."""
+        return min(0.1, 0.02 * max(1.0, len(self.links) / 200))
+
+    def _announces_links(self) -> bool:
+        me = self.members.get(self.id8)
+        return me is not None and bool(me.info.links)
+
     def _own_info(self) -> NodeInfo:
         endpoints = []
         for ip, prefixlen in self.lan:
@@ -965,11 +996,12 @@ class Core:
         self.version = max(self.version + 1, int(now * 1000))
         record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
         if current is None or current.info.links != info.links:
-            self._graph_dirty |= self.graph.set_claims(self.id8, {c.peer: c.rtt_ms for c in info.links})
+            self._graph_dirty |= self.graph.set_claims(self.id8, info.link_map)
         self.members[self.id8] = Member(self.identity.public, record, info, self.started, now)
         self.wg_owner[info.wg_public_key] = self.id8
         self._digest_cache = None
-        self.hot[self.id8] = self.config.gossip_rounds
+        if info.links or self.is_static:  # (nobody can reach a node without links yet)
+            self.hot[self.id8] = self.config.gossip_rounds
         self.bindings_dirty = True
         self._schedule_paths(now, urgent=bool(self._changed_links))
         # a link change matters most to the link's other end: tell it at once; and hand the
@@ -978,7 +1010,7 @@ class Core:
         primary = None
         if self.is_static:
             self._flood[self.id8] = None
-            self.t_gossip = min(self.t_gossip, now + 0.02)
+            self.t_gossip = min(self.t_gossip, now + self._flood_batch())
         else:
             statics = sorted(i for i, link in self.links.items() if link.static and link.state == UP)
             primary = statics[0] if statics else None
@@ -989,7 +1021,7 @@ class Core:
             addr = self._addr_of(primary)
             if addr is not None:
                 self._count("tx_records_publish")
-                self._send_to_addr(addr, wire.RECORDS, flagged, now)
+                self._send_to_addr(addr, wire.RECORDS, flagged, now, self._identity_of(primary))
 
     def _maybe_update_rtt_claim(self, link: Link, now: float) -> None:
         """Hysteresis: republish an RTT only when it moved by > max(5 ms, 25 %)."""
@@ -1015,8 +1047,8 @@ class Core:
     def _bootstrap(self, now: float) -> None:
         """While a static peer's record is unknown: send our digest to one such static peer
         (a different one each time); its answer is the whole mesh, in one exchange."""
-        known_ips = {m.info.overlay_ip for m in self.members.values()}
-        unknown = [ip for ip in sorted(self.static_by_ip) if ip not in known_ips]
+        unknown = [ip for ip in sorted(self.static_by_ip)
+                   if (bound := self.bindings.get(ip)) is None or bound[:wire.ID8_LEN] not in self.members]
         if not unknown:
             return
         self._bootstrap_turn = (self._bootstrap_turn + 1) % len(unknown)
@@ -1034,22 +1066,25 @@ class Core:
             flood, self._flood = self._flood, {}
             mine = [i for i, link in self.links.items() if link.state == UP]
             batches: dict[bytes, list[bytes]] = {}
+            reached: dict[bytes | None, set[bytes]] = {}  # source -> the neighbours it floods to
             for origin, source in flood.items():
                 member = self.members.get(origin)
                 if member is None:
                     continue
-                covered = {origin, source}
-                if source is not None and source != origin:
-                    sender = self.members.get(source)
-                    if sender is not None and sender.info.is_static:
-                        covered.update(claim.peer for claim in sender.info.links)
+                covered = reached.get(source)
+                if covered is None:
+                    covered = reached[source] = {source}
+                    sender = self.members.get(source) if source is not None else None
+                    if sender is not None and sender.info.is_static:  # it floods to its own
+                        covered.update(self.graph.claims.get(source, ()))
+                raw = member.record.raw
                 for id8 in mine:
-                    if id8 not in covered:
-                        batches.setdefault(id8, []).append(member.record.raw)
+                    if id8 not in covered and id8 != origin:
+                        batches.setdefault(id8, []).append(raw)
             for id8, batch in batches.items():
                 addr = self._addr_of(id8)
                 if addr is not None:
-                    self._send_records(addr, batch, now, "flood")
+                    self._send_records(addr, batch, now, "flood", self._identity_of(id8))
         if not self.hot:
             return
         targets = [i for i in self.hops if i != self.id8]
@@ -1060,17 +1095,19 @@ class Core:
         for id8 in chosen:
             addr = self._addr_of(id8)
             if addr is not None:
-                self._send_records(addr, raws, now, "gossip")
+                self._send_records(addr, raws, now, "gossip", self._identity_of(id8))
         for id8 in list(self.hot):
             self.hot[id8] -= 1
             if self.hot[id8] <= 0:
                 del self.hot[id8]
 
     def _sync(self, now: float) -> None:
-        targets = [i for i in self.hops if i != self.id8]
+        if self._hop_list[0] is not self.hops:
+            self._hop_list = (self.hops, [i for i in self.hops if i != self.id8])
+        targets = self._hop_list[1]
         if not targets:
             return
-        (target,) = self._rand_choice(targets, 1)
+        target = targets[int(self._rand_unit() * len(targets))]
         self._send(target, wire.SYNC, wire.body_sync(len(self.members), self._digest_hash()), now)
 
     def _gc(self, now: float) -> None:
@@ -1111,7 +1148,8 @@ class Core:
 
     def _lan_nets(self):
         if self._lan_nets_for != self.lan:
-            self._lan_nets_cache = [(_ip_net(ip, plen), ip) for ip, plen in self.lan]
+            self._lan_nets_cache = [(net.version, int(net.network_address), int(net.netmask), ip)
+                                    for ip, plen in self.lan for net in (_ip_net(ip, plen),)]
             self._lan_nets_for = self.lan
             self._lan_cache.clear()
         return self._lan_nets_cache
@@ -1119,11 +1157,18 @@ class Core:
     def _on_my_lan(self, address: str) -> str | None:
         """Our own address on the LAN that contains ``address``, if any."""
         nets = self._lan_nets()  # (also forgets the answers for the LANs we had before)
-        if address not in self._lan_cache:
-            addr = _ip(address)
-            self._lan_cache[address] = next((mine for net, mine in nets if net.version == addr.version and addr in net),
-                                            None)
-        return self._lan_cache[address]
+        try:
+            return self._lan_cache[address]
+        except KeyError:
+            pass
+        addr = _ip(address)
+        value, found = int(addr), None
+        for version, network, mask, mine in nets:
+            if version == addr.version and value & mask == network:
+                found = mine
+                break
+        self._lan_cache[address] = found
+        return found
 
     def _shares_lan(self, info: NodeInfo) -> bool:
         return any(ep.kind == EP_LAN and self._on_my_lan(ep.address) for ep in info.endpoints)
@@ -1268,7 +1313,14 @@ class Core:
             link.claimed_rtt = link.rtt_hint or (2 if link.endpoint_kind in (EP_LAN, EP_NEARBY) else 50)
         self._event("link_up", node=member.info.name, endpoint=link.endpoint)
         self._changed_links.add(link.peer)
-        self._schedule_publish(now)
+        # a link that may be the first way to reach one of its ends is announced at once: we
+        # announce no link yet, or the other end has no other (mutual) link (a static peer always
+        # has: static peers link to each other, and to everyone). Any other link only
+        # shortens paths: it waits for the next batch (a node's links come up one by one, and
+        # each version of its record costs every node of the mesh)
+        shortcut = self._announces_links() and (
+            member.info.is_static or bool(self.graph.edges.get(link.peer, {}).keys() - {self.id8}))
+        self._schedule_publish(now, LINK_BATCH_DELAY if shortcut else None)
 
     def _active(self, link: Link, now: float) -> bool:
         """Whether the link is kept alive (keepalive + probes) - the idle policy."""
@@ -1438,7 +1490,10 @@ class Core:
 
     def _schedule_paths(self, now: float, urgent: bool = False) -> None:
         if urgent:
-            self.t_paths = now
+            # at once, but a hub whose links change by the hundred batches them a little
+            due = max(now, self._last_recompute + URGENT_PATHS_SPACING)
+            if self.t_paths is None or due < self.t_paths:
+                self.t_paths = due
         elif self.t_paths is None:
             # at most 10 times a second, less often in big meshes (each run costs O(N log N))
             spacing = 0.1 * max(1.0, len(self.members) / 250)

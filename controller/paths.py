@@ -106,9 +106,9 @@ class LinkGraph:
             return False
         self.claims[node] = dict(links)
         changed = False
-        for peer in old.keys() | links.keys():
-            if old.get(peer) != links.get(peer):
-                changed |= self._update(node, peer)
+        # (set operations on the items run in C: a hub claims a link to almost every node)
+        for peer in {peer for peer, _ in old.items() ^ links.items()}:
+            changed |= self._update(node, peer)
         return changed
 
     def remove(self, node: bytes) -> bool:

@@ -261,6 +261,7 @@ class SimNode:
         self.forwarding = forwarding
         self.peers: dict[bytes, WgPeer] = {}
         self.routes: dict[str, str | None] = {}
+        self.owners: dict[str, bytes] = {}  # allowed IP -> peer (cryptokey routing)
         self.applied_version = -1
         self.timer_at: float | None = None
         self.alive = True
@@ -295,7 +296,11 @@ class SimNode:
             peer.keepalive = p.keepalive
             peer.allowed = {ip.split("/")[0] for ip in p.allowed_ips}
             for ip in peer.allowed:
+                previous = owners.get(ip)
+                if previous is not None:  # like WireGuard: an allowed IP moves to the last peer given it
+                    self.peers[previous].allowed.discard(ip)
                 owners[ip] = p.public_key
+        self.owners = owners
         self.routes = {r.destination.split("/")[0]: r.gateway for r in plane.routes}
 
     def _keepalive_now(self, key: bytes) -> None:
@@ -306,10 +311,8 @@ class SimNode:
     # ---------------------------------------------------------------- sending
 
     def peer_for(self, dst: str) -> WgPeer | None:
-        for peer in self.peers.values():
-            if dst in peer.allowed:
-                return peer
-        return None
+        key = self.owners.get(dst)
+        return self.peers.get(key) if key is not None else None
 
     def send_overlay(self, pkt: Packet) -> None:
         if pkt.dst not in self.routes:
@@ -448,6 +451,7 @@ class Sim:
         self.pings: dict[int, float | None] = {}
         self.ping_seq = 0
         self.cache = wire.RecordCache(1 << 20)  # records verified/decoded once per process
+        self.pair_memo: dict[bytes, bytes] = {}  # pair MAC keys derived once per pair (see wire.PairKeys)
         self.stats: dict[str, int] = {}
         self.capture: Callable[[str, bytes, Addr], None] | None = None
         self.keep_events = True
@@ -472,7 +476,7 @@ class Sim:
         cfg_args.update(self.core_overrides)
         cfg_args.update(overrides)
         core = Core(CoreConfig(**cfg_args), seed, wg_key, EPOCH + self.now, self.random_bytes,
-                    lan_endpoints=[(underlay_ip, lan_prefix)], cache=self.cache)
+                    lan_endpoints=[(underlay_ip, lan_prefix)], cache=self.cache, pair_memo=self.pair_memo)
         node = SimNode(self, name, underlay_ip, overlay_ip, core, wg_key, lan_prefix, forwarding)
         node.identity_seed = seed
         node.alive = False

@@ -37,7 +37,7 @@ def test_round_trip_every_message_type():
         inner, parsed = wire.decode(KEY, sealed(mtype, body))
         assert (inner.type, inner.sender, inner.timestamp_ms, inner.seq) == (mtype, ALICE.public, 1000, 1)
         assert parsed == expected
-    parsed = wire.parse_record(record.raw, 0, wire.VerifiedCache())
+    parsed = wire.parse_record(record.raw, 0, wire.RecordCache())
     assert (parsed.identity, parsed.version, parsed.payload) == (ALICE.public, 7, record.payload)
 
 
@@ -55,16 +55,47 @@ def test_wrong_key_unknown_version_and_forgeries_are_refused():
     assert inner.sender != ALICE.public
 
 
+def test_pair_mac_authenticates_only_between_the_two_ends():
+    bob, mallory = Identity(bytes([2]) * 32), Identity(bytes([3]) * 32)
+    alice_pairs, bob_pairs = wire.PairKeys(ALICE, KEY), wire.PairKeys(bob, KEY)
+    mallory_pairs = wire.PairKeys(mallory, KEY)
+    assert alice_pairs.key(bob.public) == bob_pairs.key(ALICE.public)  # both ends derive the same key
+    assert alice_pairs.key(bob.public) != mallory_pairs.key(bob.public)
+    pair = (bob.public, alice_pairs.key(bob.public))
+    data = wire.seal(KEY, bytes(24), ALICE, wire.PROBE, 5, 6, wire.body_probe(7), pair)
+    assert len(data) == len(sealed(wire.PROBE, wire.body_probe(7))) - wire.SIG_LEN + wire.MAC_LEN
+    inner = wire.open_datagram(KEY, data, bob_pairs)
+    assert (inner.type, inner.sender, inner.timestamp_ms, inner.seq, inner.body) == \
+        (wire.PROBE, ALICE.public, 5, 6, wire.body_probe(7))
+    # meant for bob: nobody else can check it (mallory's key with alice differs), and without pair keys neither
+    with pytest.raises(ProtocolError, match="bad_mac"):
+        wire.open_datagram(KEY, data, mallory_pairs)
+    with pytest.raises(ProtocolError, match="mac_unverifiable"):
+        wire.open_datagram(KEY, data)
+    # a member holding the shared key cannot speak as alice: it has no key for the pair (alice, bob)
+    forged = wire.seal(KEY, bytes(24), ALICE, wire.PROBE, 5, 7, wire.body_probe(7),
+                       (bob.public, mallory_pairs.key(bob.public)))
+    with pytest.raises(ProtocolError, match="bad_mac"):
+        wire.open_datagram(KEY, forged, bob_pairs)
+    # ...nor bounce bob's own datagram back to him as if alice sent it
+    own = wire.seal(KEY, bytes(24), bob, wire.PROBE, 5, 8, b"", (ALICE.public, bob_pairs.key(ALICE.public)))
+    with pytest.raises(ProtocolError, match="own_identity"):
+        wire.open_datagram(KEY, own, bob_pairs)
+    # an unusable identity (a low-order point) is a protocol error, not a crash
+    with pytest.raises(ProtocolError, match="bad_identity"):
+        bob_pairs.key(bytes(32))
+
+
 def test_tampered_record_signature_is_refused():
     rec = wire.make_record(ALICE, 1, wire.RECORD_NODE, b"payload")
     bad = bytearray(rec.raw)
     bad[-70] ^= 1  # inside the payload
     with pytest.raises(ProtocolError, match="bad_record_signature"):
-        wire.parse_record(bytes(bad), 0, wire.VerifiedCache())
+        wire.parse_record(bytes(bad), 0, wire.RecordCache())
 
 
 def test_a_cached_signature_does_not_vouch_for_another_message():
-    cache = wire.VerifiedCache()
+    cache = wire.RecordCache()
     rec = wire.make_record(ALICE, 1, wire.RECORD_NODE, b"payload")
     assert wire.parse_record(rec.raw, 0, cache).payload == b"payload"
     forged = bytearray(rec.raw)
