@@ -31,12 +31,15 @@ def run(n: int, seed: int, steady: float) -> dict:
     t = sim.run_until_true(lambda: sim.converged(sample=sample), 30, step=0.1)
     converged_wall = time.perf_counter() - wall0
     sim.run_for(10)  # settle
+    settled_wall = time.perf_counter() - wall0
     before = sum(node.stats.get("admin_tx_bytes", 0) for node in sim.nodes.values())
     sim.run_for(steady)
     after = sum(node.stats.get("admin_tx_bytes", 0) for node in sim.nodes.values())
+    wall = time.perf_counter() - wall0
     return {"n": n, "converged_s": round(t, 3) if t is not None else None,
             "bytes_per_node_s": round((after - before) / steady / n, 1),
-            "wall_s": round(time.perf_counter() - wall0, 2), "converge_wall_s": round(converged_wall, 2),
+            "wall_s": round(wall, 2), "converge_wall_s": round(converged_wall, 2),
+            "settle_wall_s": round(settled_wall - converged_wall, 2), "steady_wall_s": round(wall - settled_wall, 2),
             "steady_sim_s": steady}
 
 

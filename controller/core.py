@@ -158,7 +158,7 @@ RTT_PUBLISH_DELAY = 1.0
 #: urgent path recomputations (a link to us changed) come at most this often
 URGENT_PATHS_SPACING = 0.02
 #: how long a new link that only shortens a path waits to be announced with others (see _link_up)
-LINK_BATCH_DELAY = 0.5
+LINK_BATCH_DELAY = 1.0
 
 
 @dataclass
@@ -288,6 +288,7 @@ class Core:
         self._routes: tuple[DesiredRoute, ...] = ()
         self._allowed: dict[bytes, tuple[str, ...]] = {}
         self._route_cache: dict[bytes, tuple[bytes, DesiredRoute]] = {}  # forgotten when addresses change
+        self._dest_order: list[bytes] | None = None  # members sorted by overlay address
         self._no_link: dict[bytes, tuple] = {}  # node -> what we knew when we wanted no link to it
         self.dataplane = DataPlane()
         self.dataplane_version = 0
@@ -306,6 +307,7 @@ class Core:
         self._last_publish = -1e18
         self._last_recompute = -1e18
         self._overlay_cache: dict[str, bool] = {}
+        self._in_subnet_cache: dict[str, bool] = {}
         self._sort_keys: dict[str, int] = {}
         self._lan_nets_for: tuple = ()
         self._lan_nets_cache: list = []
@@ -615,7 +617,7 @@ class Core:
 
     def _on_records(self, body: bytes, now: float, source: bytes | None = None) -> None:
         flood = bool(body and body[0] & wire.RECORDS_FLOOD)
-        for identity, version, _kind, pos in wire.iter_records(body):
+        for identity, version, _kind, pos, total in wire.iter_records(body, True):
             member = self.members.get(identity[:wire.ID8_LEN])
             if member is not None and member.record.version >= version and member.identity == identity:
                 self._count("records_known")
@@ -626,7 +628,7 @@ class Core:
                     self._schedule_publish(now)
                 continue
             try:
-                record = wire.parse_record(body, pos, self.verified)
+                record = wire.parse_record(body, pos, self.verified, total)
             except ProtocolError as e:
                 self._count(f"drop_{e.reason}")
                 continue
@@ -704,6 +706,7 @@ class Core:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
         if old is None or old.info.overlay_ip != info.overlay_ip:
             self._routes_dirty = True
+            self._dest_order = None
             if old is not None:
                 self._route_cache.clear()
         if graph_changed or old is None or old.info.overlay_ip != info.overlay_ip \
@@ -826,13 +829,14 @@ class Core:
     # ========================================================================= send
 
     def _host_in_subnet(self, host: str) -> bool:
-        key = "h" + host
-        ok = self._overlay_cache.get(key)
+        ok = self._in_subnet_cache.get(host)
         if ok is None:
             ip = _ip(host)
             ok = ip.version == self.subnet.version and ip in self.subnet and \
                 ip not in (self.subnet.network_address, self.subnet.broadcast_address)
-            self._overlay_cache[key] = ok
+            if len(self._in_subnet_cache) > 65536:
+                self._in_subnet_cache.clear()
+            self._in_subnet_cache[host] = ok
         return ok
 
     @staticmethod
@@ -1121,6 +1125,7 @@ class Core:
                 del self.members[id8]
                 self._graph_dirty |= self.graph.remove(id8)
                 self._routes_dirty = True
+                self._dest_order = None
                 self._route_cache.pop(id8, None)
                 self.wg_owner.pop(member.info.wg_public_key, None)
                 self.links.pop(id8, None)
@@ -1157,10 +1162,9 @@ class Core:
     def _on_my_lan(self, address: str) -> str | None:
         """Our own address on the LAN that contains ``address``, if any."""
         nets = self._lan_nets()  # (also forgets the answers for the LANs we had before)
-        try:
-            return self._lan_cache[address]
-        except KeyError:
-            pass
+        found = self._lan_cache.get(address, self)
+        if found is not self:
+            return found
         addr = _ip(address)
         value, found = int(addr), None
         for version, network, mask, mine in nets:
@@ -1171,12 +1175,14 @@ class Core:
         return found
 
     def _shares_lan(self, info: NodeInfo) -> bool:
-        return any(ep.kind == EP_LAN and self._on_my_lan(ep.address) for ep in info.endpoints)
+        for address in info.lan_addresses:
+            if self._on_my_lan(address):
+                return True
+        return False
 
     def _behind_same_nat(self, info: NodeInfo) -> bool:
         """Both behind one public address: the same home, maybe on different LANs."""
-        return self.reflexive is not None and any(
-            ep.kind == EP_REFLEXIVE and ep.address == self.reflexive[0] for ep in info.endpoints)
+        return self.reflexive is not None and self.reflexive[0] in info.reflexive_addresses
 
     def _candidates(self, info: NodeInfo) -> list[tuple[tuple[str, int], tuple[str, int] | None, int]]:
         """Ordered (endpoint to reach the peer, endpoint the peer should use for us, kind)."""
@@ -1536,17 +1542,26 @@ class Core:
             allowed: dict[bytes, list[str]] = {}
             routes = []
             cache = self._route_cache  # dest -> (hop, route): most stay put from run to run
-            for dest, hop in self.hops.items():
+            hops = self.hops
+            if self._dest_order is None:  # members by address (rebuilt when members come or go)
+                self._dest_order = sorted(self.members, key=lambda i: self._ip_key(self.members[i].info.overlay_ip))
+            for dest in self._dest_order:
+                hop = hops.get(dest)
+                if hop is None:
+                    continue
                 cached = cache.get(dest)
                 if cached is None or cached[0] != hop:
                     prefix = f"{self.members[dest].info.overlay_ip}/{self.subnet.max_prefixlen}"
                     gateway = None if hop == dest else self.members[hop].info.overlay_ip
                     cached = cache[dest] = (hop, DesiredRoute(prefix, gateway))
-                allowed.setdefault(hop, []).append(cached[1].destination)
-                routes.append(cached[1])
-            routes.sort(key=lambda r: self._ip_key(r.destination))
-            self._routes = tuple(routes)
-            self._allowed = {hop: tuple(sorted(ips)) for hop, ips in allowed.items()}
+                route = cached[1]
+                routes.append(route)
+                if hop in allowed:
+                    allowed[hop].append(route.destination)
+                else:
+                    allowed[hop] = [route.destination]
+            self._routes = tuple(routes)  # (in address order, and so is each peer's allowed list)
+            self._allowed = {hop: tuple(ips) for hop, ips in allowed.items()}
         peers = []
         for id8, link in self.links.items():
             member = self.members.get(id8)

@@ -38,7 +38,8 @@ def tie_break(a: bytes, b: bytes) -> int:
 
 def edge_cost(a: bytes, b: bytes, weight: int) -> int:
     """The comparable cost of one edge: its weight (ms) above its tie-break."""
-    return (weight << _SHIFT) + tie_break(a, b)
+    tie = _tie_cache.get((a, b) if a < b else (b, a))
+    return (weight << _SHIFT) + (tie if tie is not None else tie_break(a, b))
 
 
 def build_graph(claims: Mapping[bytes, Mapping[bytes, int]], hop_cost_ms: int) -> Graph:
@@ -101,14 +102,20 @@ class LinkGraph:
 
     def set_claims(self, node: bytes, links: Mapping[bytes, int]) -> bool:
         """Replace ``node``'s claimed links; True if an edge (a mutually claimed link) changed."""
-        old = self.claims.get(node, {})
+        old = self.claims.get(node)
         if old == links:
             return False
         self.claims[node] = dict(links)
         changed = False
-        # (set operations on the items run in C: a hub claims a link to almost every node)
-        for peer in {peer for peer, _ in old.items() ^ links.items()}:
-            changed |= self._update(node, peer)
+        if not old:
+            peers = links.keys()
+        elif len(old) + len(links) > 32:  # (set operations on the items run in C: hubs claim many)
+            peers = {peer for peer, _ in old.items() ^ links.items()}
+        else:
+            peers = [peer for peer in old.keys() | links.keys() if old.get(peer) != links.get(peer)]
+        for peer in peers:
+            if self._update(node, peer):
+                changed = True
         return changed
 
     def remove(self, node: bytes) -> bool:
@@ -119,21 +126,28 @@ class LinkGraph:
     def _update(self, a: bytes, b: bytes) -> bool:
         if a == b:
             return False
-        ab = self.claims.get(a, {}).get(b)
-        ba = self.claims.get(b, {}).get(a)
-        current = self.edges.get(a, {}).get(b)
+        claims, edges = self.claims, self.edges
+        ca, cb, ea = claims.get(a), claims.get(b), edges.get(a)
+        ab = ca.get(b) if ca else None
+        ba = cb.get(a) if cb else None
+        current = ea.get(b) if ea else None
         if ab is None or ba is None:
             if current is None:
                 return False
-            del self.edges[a][b]
-            del self.edges[b][a]
+            del ea[b]
+            del edges[b][a]
             self.changes.append((a, b, current, None))
             return True
-        cost = edge_cost(a, b, max(ab, ba) + self.hop_cost_ms)
+        cost = edge_cost(a, b, (ab if ab > ba else ba) + self.hop_cost_ms)
         if cost == current:
             return False
-        self.edges.setdefault(a, {})[b] = cost
-        self.edges.setdefault(b, {})[a] = cost
+        if ea is None:
+            ea = edges[a] = {}
+        ea[b] = cost
+        eb = edges.get(b)
+        if eb is None:
+            eb = edges[b] = {}
+        eb[a] = cost
         self.changes.append((a, b, current, cost))
         return True
 

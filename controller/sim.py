@@ -19,6 +19,7 @@ Everything is driven by one event queue and ``random.Random(seed)``: same seed, 
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import ipaddress
 import random
@@ -701,15 +702,25 @@ class Sim:
 
     def converged(self, names: list[str] | None = None, sample: int | None = None) -> bool:
         """Every live node knows every live node, and every sampled pair has a working path both ways."""
-        live = [n for n in (names or self.nodes) if self.nodes[n].alive]
+        live = sorted(n for n in (names or self.nodes) if self.nodes[n].alive)
         ids = {self.nodes[n].core.id8 for n in live}
         for name in live:
             core = self.nodes[name].core
-            if not ids <= set(core.members) or not (ids - {core.id8}) <= core.reachable():
+            if not ids <= core.members.keys() or not (ids - {core.id8}) <= core.hops.keys():
                 return False
-        pairs = [(a, b) for a in live for b in live if a < b]
-        if sample is not None and len(pairs) > sample:
-            pairs = random.Random(len(pairs)).sample(pairs, sample)
+        count = len(live) * (len(live) - 1) // 2
+        if sample is not None and count > sample:
+            starts = []  # pair number where the pairs (i, *) begin
+            total = 0
+            for i in range(len(live)):
+                starts.append(total)
+                total += len(live) - 1 - i
+            pairs = []
+            for k in random.Random(count).sample(range(count), sample):
+                i = bisect.bisect_right(starts, k) - 1
+                pairs.append((live[i], live[i + 1 + k - starts[i]]))
+        else:
+            pairs = [(a, b) for i, a in enumerate(live) for b in live[i + 1:]]
         for a, b in pairs:
             fwd = self.trace(a, self.nodes[b].overlay_ip)
             back = self.trace(b, self.nodes[a].overlay_ip)

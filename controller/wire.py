@@ -163,23 +163,25 @@ class RecordCache:
 
     def __init__(self, size: int = 65536) -> None:
         self.size = size
-        self._seen: OrderedDict[bytes, Record] = OrderedDict()
+        self._seen: dict[bytes, Record] = {}  # (oldest first: evicted first)
 
-    def parse(self, data: bytes, pos: int) -> Record:
-        identity, version, kind, total = read_record_header(data, pos)
+    def parse(self, data: bytes, pos: int, total: int | None = None) -> Record:
+        """The record at ``pos`` (``total`` bytes long, if the caller read its header)."""
+        if total is None:
+            total = read_record_header(data, pos)[3]
         raw = data[pos:pos + total]
         key = hashlib.blake2b(raw, digest_size=20).digest()
         record = self._seen.get(key)
         if record is not None:
-            self._seen.move_to_end(key)
             return record
+        identity, version, kind, length = _RECORD_HEAD.unpack_from(raw, 0)
         body_end = total - SIG_LEN
         if not verify(identity, raw[:body_end], raw[body_end:]):
             raise ProtocolError("bad_record_signature")
         record = Record(identity, version, kind, raw[_RECORD_HEAD.size:body_end], raw[body_end:], raw)
         self._seen[key] = record
         if len(self._seen) > self.size:
-            self._seen.popitem(last=False)
+            del self._seen[next(iter(self._seen))]
         return record
 
     @staticmethod
@@ -285,6 +287,14 @@ class NodeInfo:
         return bool(self.flags & FLAG_STATIC)
 
     @functools.cached_property
+    def lan_addresses(self) -> tuple[str, ...]:
+        return tuple(ep.address for ep in self.endpoints if ep.kind == EP_LAN)
+
+    @functools.cached_property
+    def reflexive_addresses(self) -> tuple[str, ...]:
+        return tuple(ep.address for ep in self.endpoints if ep.kind == EP_REFLEXIVE)
+
+    @functools.cached_property
     def link_map(self) -> dict[bytes, int]:
         """peer -> claimed RTT (ms). Read-only: shared by whoever holds this NodeInfo."""
         return {link.peer: link.rtt_ms for link in self.links}
@@ -368,9 +378,9 @@ def read_record_header(data: bytes, pos: int) -> tuple[bytes, int, int, int]:
     return identity, version, kind, total
 
 
-def parse_record(data: bytes, pos: int, cache: RecordCache) -> Record:
+def parse_record(data: bytes, pos: int, cache: RecordCache, total: int | None = None) -> Record:
     """The record at ``pos``, its signature verified (or remembered as verified)."""
-    return cache.parse(data, pos)
+    return cache.parse(data, pos, total)
 
 
 # ---------------------------------------------------------------- datagrams
@@ -469,15 +479,16 @@ def body_records(raws: list[bytes], flags: int = 0) -> bytes:
     return struct.pack(">BH", flags, len(raws)) + b"".join(raws)
 
 
-def iter_records(body: bytes):
-    """Yield (identity, version, kind, offset) for each record; full parsing is the caller's choice."""
+def iter_records(body: bytes, with_length: bool = False):
+    """Yield (identity, version, kind, offset[, length]) for each record; full parsing is the
+    caller's choice."""
     r = Reader(body)
     r.u8()  # flags
     count = r.u16()
     pos = 3
     for _ in range(count):
         identity, version, kind, total = read_record_header(body, pos)
-        yield identity, version, kind, pos
+        yield (identity, version, kind, pos, total) if with_length else (identity, version, kind, pos)
         pos += total
     if pos != len(body):
         raise ProtocolError("trailing_bytes")
