@@ -639,7 +639,8 @@ class Core:
             self._count("drop_unknown_record_kind")
             return False
         try:
-            info = self.verified.decoded(record, lambda: wire.decode_node_info(record.payload))
+            info = record.memo[0] if record.memo else \
+                self.verified.decoded(record, lambda: wire.decode_node_info(record.payload))
         except ProtocolError as e:
             self._count(f"drop_{e.reason}")
             return False

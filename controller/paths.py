@@ -108,13 +108,15 @@ class LinkGraph:
         self.claims[node] = dict(links)
         changed = False
         if not old:
-            peers = links.keys()
+            peers = links
         elif len(old) + len(links) > 32:  # (set operations on the items run in C: hubs claim many)
             peers = {peer for peer, _ in old.items() ^ links.items()}
         else:
-            peers = [peer for peer in old.keys() | links.keys() if old.get(peer) != links.get(peer)]
+            peers = [peer for peer, rtt in links.items() if old.get(peer) != rtt]
+            peers += [peer for peer in old if peer not in links]
+        update = self._update
         for peer in peers:
-            if self._update(node, peer):
+            if update(node, peer):
                 changed = True
         return changed
 
