@@ -159,6 +159,8 @@ RTT_PUBLISH_DELAY = 1.0
 URGENT_PATHS_SPACING = 0.02
 #: how long a new link that only shortens a path waits to be announced with others (see _link_up)
 LINK_BATCH_DELAY = 1.0
+#: how long a node's first announced links wait for its other link attempts in flight
+FIRST_LINKS_WAIT = 0.3
 
 
 @dataclass
@@ -293,6 +295,8 @@ class Core:
         self.dataplane = DataPlane()
         self.dataplane_version = 0
         self._plane_keys: dict[int, frozenset[bytes]] = {0: frozenset()}
+        self._plane_hops: dict[int, dict[bytes, bytes]] = {0: {}}
+        self._applied_hops: dict[bytes, bytes] = {}  # the paths the applied data plane routes
 
         # timers
         self.t_gossip = now
@@ -314,6 +318,7 @@ class Core:
         self._lan_cache: dict[str, str | None] = {}  # address -> our address on its LAN
         self._bootstrap_turn = -1
         self._hop_list: tuple[dict, list[bytes]] = ({}, [])  # (hops, its keys but ours), for _sync
+        self._by_public_ip: dict[str, set[bytes]] = {}  # underlay source address -> who spoke from it
         self._settled = False
         self._observed_once = False
         self._attempting = False  # any link waiting for a handshake (kept by _manage_links)
@@ -375,6 +380,7 @@ class Core:
         applied = self._plane_keys.get(version)
         if applied is None:
             return
+        self._applied_hops = self._plane_hops.get(version, self._applied_hops)
         for id8, link in self.links.items():
             if link.state == DOWN and not link.removal_applied:
                 member = self.members.get(id8)
@@ -571,6 +577,11 @@ class Core:
         sender8 = inner.sender[:wire.ID8_LEN]
         over = self._is_overlay(src[0])
         if not over:
+            previous = self.underlay_addr.get(sender8)
+            if previous is None or previous[0] != src[0]:
+                if previous is not None:
+                    self._by_public_ip.get(previous[0], set()).discard(sender8)
+                self._by_public_ip.setdefault(src[0], set()).add(sender8)
             self.underlay_addr[sender8] = src
             self.underlay_seen[sender8] = now
         link = self.links.get(sender8)
@@ -705,6 +716,8 @@ class Core:
             self.t_gossip = min(self.t_gossip, now + self._flood_batch())  # soon, not a round later
         if old is None:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
+            if self.is_static and source == id8 and not info.is_static:
+                self._introduce(id8, now)
         if old is None or old.info.overlay_ip != info.overlay_ip:
             self._routes_dirty = True
             self._dest_order = None
@@ -730,6 +743,25 @@ class Core:
                 link.claimed_rtt = theirs
                 self._schedule_publish(now, RTT_PUBLISH_DELAY)
         return True
+
+    def _introduce(self, id8: bytes, now: float) -> None:
+        """A static peer introduces nodes that speak from the same public address (behind one
+        NAT: likely on one LAN) to each other as they arrive: their records reach each other at
+        once, and their LAN links come up with their first links to us rather than after the
+        mesh has routes to them (one record version fewer for each, at every node)."""
+        addr = self.underlay_addr.get(id8)
+        if addr is None:
+            return
+        newcomer = self.members[id8]
+        others = [self.members[i] for i in sorted(self._by_public_ip.get(addr[0], ()))
+                  if i != id8 and i in self.members and not self.members[i].info.is_static]
+        if not others:
+            return
+        self._send_records(addr, [m.record.raw for m in others[:64]], now, "introduce", newcomer.identity)
+        for member in others[:64]:
+            there = self._underlay_of(member.record.id8, now)
+            if there is not None:
+                self._send_records(there, [newcomer.record.raw], now, "introduce", member.identity)
 
     def _report_conflict(self, reason: str, info: NodeInfo, record: Record) -> None:
         key = (reason + info.overlay_ip, record.identity)
@@ -767,6 +799,10 @@ class Core:
         member = self.members.get(sender8)
         if seen_wg is not None and member is not None and member.info.is_static:
             self._learn_reflexive(seen_wg, now)
+        elif self.reflexive is None and link is not None and member is not None and member.info.is_static:
+            # its WireGuard has not reported our endpoint yet (it polls): ask again soon
+            link.next_probe = min(link.next_probe, now + 0.1)
+            self.t_links = min(self.t_links, now + 0.1)
         if user and member is not None:
             self._event("probe_result", node=member.info.name, rtt_ms=round(rtt_ms, 2),
                         via=",".join(self.members[h].info.name for h in self.path(sender8)[1:-1]) or "direct")
@@ -778,8 +814,12 @@ class Core:
             return
         self.reflexive = seen
         self._event("reflexive_endpoint", endpoint=_fmt_ep(seen))
-        # others punch holes to it: an optimisation, like a shortcut link (see _link_up)
-        self._schedule_publish(now, LINK_BATCH_DELAY if self._announces_links() else None)
+        # others punch holes to it: an optimisation, like a shortcut link (see _link_up); before
+        # our first links are announced, it goes with them
+        if self._announces_links():
+            self._schedule_publish(now, LINK_BATCH_DELAY)
+        elif self.t_publish is None:
+            self._schedule_publish(now)
 
     def _on_connect(self, sender8: bytes, attempt: int, you_use, i_use, src, now: float) -> None:
         member = self.members.get(sender8)
@@ -883,10 +923,20 @@ class Core:
         return (static.host, static.admin_port) if static is not None else None
 
     def _addr_of(self, id8: bytes) -> tuple[str, int] | None:
+        """Through the tunnel once the applied data plane routes it (until then the kernel has no
+        route for it), else a static peer's, LAN or last seen underlay address."""
         member = self.members.get(id8)
-        if member is not None and id8 in self.hops:
+        if member is not None and id8 in self.hops and id8 in self._applied_hops:
             return member.info.overlay_ip, member.info.admin_port
-        return self._static_admin_addr(member) or self.underlay_addr.get(id8)
+        return self._static_admin_addr(member) or self._lan_admin_addr(member) or self.underlay_addr.get(id8)
+
+    def _lan_admin_addr(self, member: Member | None) -> tuple[str, int] | None:
+        """A node's admin address on a LAN we share with it."""
+        if member is not None:
+            for address in member.info.lan_addresses:
+                if self._on_my_lan(address):
+                    return address, member.info.admin_port
+        return None
 
     def _underlay_of(self, id8: bytes, now: float) -> tuple[str, int] | None:
         """An address outside the overlay: a static peer's, or where the node recently spoke from."""
@@ -1320,13 +1370,20 @@ class Core:
             link.claimed_rtt = link.rtt_hint or (2 if link.endpoint_kind in (EP_LAN, EP_NEARBY) else 50)
         self._event("link_up", node=member.info.name, endpoint=link.endpoint)
         self._changed_links.add(link.peer)
+        self.t_links = now  # probe it at once (a static peer's answer tells our public endpoint)
         # a link that may be the first way to reach one of its ends is announced at once: we
         # announce no link yet, or the other end has no other (mutual) link (a static peer always
         # has: static peers link to each other, and to everyone). Any other link only
         # shortens paths: it waits for the next batch (a node's links come up one by one, and
         # each version of its record costs every node of the mesh)
-        shortcut = self._announces_links() and (
-            member.info.is_static or bool(self.graph.edges.get(link.peer, {}).keys() - {self.id8}))
+        if not self._announces_links():
+            # our first links: those still being attempted (started with the others), and our
+            # public endpoint (a static peer's probe answer tells it), may make the same version
+            pending = (self.reflexive is None and member.info.is_static) or any(
+                other.state == ATTEMPTING and now - other.attempt_started < 1.0 for other in self.links.values())
+            self._schedule_publish(now, FIRST_LINKS_WAIT if pending else None)
+            return
+        shortcut = member.info.is_static or bool(self.graph.edges.get(link.peer, {}).keys() - {self.id8})
         self._schedule_publish(now, LINK_BATCH_DELAY if shortcut else None)
 
     def _active(self, link: Link, now: float) -> bool:
@@ -1423,7 +1480,7 @@ class Core:
             if link.state == DOWN:
                 if not (link.initiator or link.static):
                     continue  # the other end starts attempts
-                if not link.static and id8 not in self.hops:
+                if not link.static and id8 not in self.hops and self._lan_admin_addr(member) is None:
                     continue  # a CONNECT could not reach it yet; paths will change and wake us
                 if not link.removal_applied:
                     continue  # dataplane_applied wakes us
@@ -1584,3 +1641,5 @@ class Core:
             # applied versions may lag behind: remember what the recent ones contained
             self._plane_keys[self.dataplane_version] = frozenset(p.public_key for p in plane.peers)
             self._plane_keys.pop(self.dataplane_version - 16, None)
+            self._plane_hops[self.dataplane_version] = self.hops
+            self._plane_hops.pop(self.dataplane_version - 16, None)
