@@ -22,6 +22,7 @@ passed in and randomness comes from the injected ``random_bytes(n)``.
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import hashlib
 import ipaddress
@@ -720,7 +721,10 @@ class Core:
                 self._introduce(id8, now)
         if old is None or old.info.overlay_ip != info.overlay_ip:
             self._routes_dirty = True
-            self._dest_order = None
+            if old is None and self._dest_order is not None:
+                bisect.insort(self._dest_order, id8, key=self._dest_key)
+            else:
+                self._dest_order = None
             if old is not None:
                 self._route_cache.clear()
         if graph_changed or old is None or old.info.overlay_ip != info.overlay_ip \
@@ -1588,6 +1592,9 @@ class Core:
                                 via=self.members[hop].info.name if hop != id8 else "direct")
         self._build_dataplane(now)
 
+    def _dest_key(self, id8: bytes) -> int:
+        return self._ip_key(self.members[id8].info.overlay_ip)
+
     def _ip_key(self, prefix: str) -> int:
         key = self._sort_keys.get(prefix)
         if key is None:
@@ -1602,7 +1609,7 @@ class Core:
             cache = self._route_cache  # dest -> (hop, route): most stay put from run to run
             hops = self.hops
             if self._dest_order is None:  # members by address (rebuilt when members come or go)
-                self._dest_order = sorted(self.members, key=lambda i: self._ip_key(self.members[i].info.overlay_ip))
+                self._dest_order = sorted(self.members, key=self._dest_key)
             for dest in self._dest_order:
                 hop = hops.get(dest)
                 if hop is None:
