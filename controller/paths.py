@@ -114,8 +114,12 @@ class LinkGraph:
         else:
             peers = [peer for peer, rtt in links.items() if old.get(peer) != rtt]
             peers += [peer for peer in old if peer not in links]
-        update = self._update
+        claims, update = self.claims, self._update
+        mine = self.edges.get(node)
         for peer in peers:
+            back = claims.get(peer)
+            if (back is None or node not in back) and (mine is None or peer not in mine):
+                continue  # not claimed back, and no edge before: no edge after either
             if update(node, peer):
                 changed = True
         return changed
@@ -172,17 +176,18 @@ class LinkGraph:
             if old is not None and (new is None or new > old) and (pred.get(b) == a or pred.get(a) == b):
                 return (*_dijkstra(self.edges, source), True)
         heap: list[tuple[int, bytes]] = []
+        get, push = cost.get, heap.append
         for a, b, old, new in changes:
             if new is not None and (old is None or new < old):
-                for u, v in ((a, b), (b, a)):
-                    cu = cost.get(u)
-                    if cu is not None and v != source:
-                        nc = cu + new
-                        cv = cost.get(v)
-                        if cv is None or nc < cv:
-                            cost[v] = nc
-                            pred[v] = u
-                            heap.append((nc, v))
+                ca, cb = get(a), get(b)
+                if ca is not None and b != source and (cb is None or ca + new < cb):
+                    cost[b] = cb = ca + new
+                    pred[b] = a
+                    push((cb, b))
+                if cb is not None and a != source and (ca is None or cb + new < ca):
+                    cost[a] = cb + new
+                    pred[a] = b
+                    push((cb + new, a))
         if not heap:
             return cost, pred, False
         heapq.heapify(heap)
