@@ -702,6 +702,7 @@ class Core:
                 link.peer_ready = False
                 self.t_links = now
         self.wg_owner[info.wg_public_key] = id8
+        self._count("records_accepted")
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
         claims_before = self.graph.claims.get(id8, {})
@@ -1053,6 +1054,7 @@ class Core:
         if current is not None and current.info == info:
             return
         self.version = max(self.version + 1, int(now * 1000))
+        self._count("records_published")
         record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
         if current is None or current.info.links != info.links:
             self._graph_dirty |= self.graph.set_claims(self.id8, info.link_map)

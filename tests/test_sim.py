@@ -264,6 +264,30 @@ def test_star_converges_with_symmetric_paths(n):
     assert t is not None and t < 3
 
 
+def test_cold_start_costs_the_mesh_one_record_version_per_node():
+    """Every version of a record costs every node a graph update: a node's cold start should
+    cost one (LAN neighbours introduced by the static peers link at once, the first links wait
+    for the others and for the public endpoint; the link-less first version stays with the hubs)."""
+    n = 40
+    sim = star(n, seed=3, hubs=3, link_policy="static")
+    assert sim.run_until_true(lambda: sim.converged(), 5, step=0.1) is not None
+    sim.run_for(5)
+    # a leaf publishes its link-less first version (seen by the hubs only) and one with all its
+    # links and its public endpoint; a straggler link may take one more
+    published = [node.core.counters.get("records_published", 0) for name, node in sim.nodes.items()
+                 if not name.startswith("hub")]
+    assert max(published) <= 3 and published.count(2) >= 0.9 * len(published), published
+    # the LAN neighbours are direct, and so is every node to every hub
+    sites = (n - 3) // 4
+    for i in (0, 5, 17):
+        core = sim.nodes[f"n{i}"].core
+        direct = {core.members[x].info.name for x, hop in core.hops.items() if hop == x}
+        lan = {f"n{j}" for j in range(n - 3) if j % sites == i % sites and j != i}
+        assert direct == {"hub0", "hub1", "hub2"} | lan, direct
+    # overlay datagrams waited for the applied data plane: none was lost for want of a route
+    assert sum(node.stats.get("drop_no_route", 0) for node in sim.nodes.values()) == 0
+
+
 def test_multi_hop_relay():
     """A chain where the only path from a to d is a-b-c-d."""
     sim = Sim(seed=4, link_policy="static")
