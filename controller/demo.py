@@ -3,7 +3,7 @@
 bob is a public VPS (the static peer); alice and charlie are laptops on one home LAN behind
 a NAT router. Every box is a network namespace with its own wireguard-go, its own system
 bus, the helper as root and the controller as the unprivileged user ``wg-netmanager``.
-Watch the mesh form (first relayed via bob, then alice<->charlie directly on the LAN),
+Watch the mesh form (bob introduces alice and charlie, who link directly on their LAN),
 pings across it, and ``wg_netmanager status`` from alice. Everything is torn down at the
 end, also on Ctrl-C.
 """
