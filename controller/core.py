@@ -156,7 +156,9 @@ EP_NEARBY = 0x80
 #: replaces a placeholder, and its neighbours' often follow; one record version carries them all
 #: (every version costs every node of the mesh a verification and a path computation)
 RTT_PUBLISH_DELAY = 1.0
-#: urgent path recomputations (a link to us changed) come at most this often
+#: urgent path recomputations (a link to us changed) come at most this often, at nodes with
+#: many links (a hub's links change by the hundred; elsewhere the window between the two ends'
+#: switches must stay short)
 URGENT_PATHS_SPACING = 0.02
 #: how long a new link that only shortens a path waits to be announced with others (see _link_up)
 LINK_BATCH_DELAY = 1.0
@@ -1383,10 +1385,12 @@ class Core:
         # shortens paths: it waits for the next batch (a node's links come up one by one, and
         # each version of its record costs every node of the mesh)
         if not self._announces_links():
-            # our first links: those still being attempted (started with the others), and our
-            # public endpoint (a static peer's probe answer tells it), may make the same version
+            # our first links: those to static peers and LAN neighbours still being attempted
+            # (started with the others: they take a round trip or two), and our public endpoint
+            # (a static peer's probe answer tells it), may make the same version
             pending = (self.reflexive is None and member.info.is_static) or any(
-                other.state == ATTEMPTING and now - other.attempt_started < 1.0 for other in self.links.values())
+                other.state == ATTEMPTING and now - other.attempt_started < 1.0
+                and (other.static or other.endpoint_kind == EP_LAN) for other in self.links.values())
             self._schedule_publish(now, FIRST_LINKS_WAIT if pending else None)
             return
         shortcut = member.info.is_static or bool(self.graph.edges.get(link.peer, {}).keys() - {self.id8})
@@ -1561,7 +1565,7 @@ class Core:
     def _schedule_paths(self, now: float, urgent: bool = False) -> None:
         if urgent:
             # at once, but a hub whose links change by the hundred batches them a little
-            due = max(now, self._last_recompute + URGENT_PATHS_SPACING)
+            due = max(now, self._last_recompute + URGENT_PATHS_SPACING) if len(self.links) > 64 else now
             if self.t_paths is None or due < self.t_paths:
                 self.t_paths = due
         elif self.t_paths is None:
