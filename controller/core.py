@@ -297,8 +297,8 @@ class Core:
         self._no_link: dict[bytes, tuple] = {}  # node -> what we knew when we wanted no link to it
         self.dataplane = DataPlane()
         self.dataplane_version = 0
-        self._plane_keys: dict[int, frozenset[bytes]] = {0: frozenset()}
-        self._plane_hops: dict[int, dict[bytes, bytes]] = {0: {}}
+        #: recent data-plane versions -> (their peers' WireGuard keys, the paths they route)
+        self._planes: dict[int, tuple[frozenset[bytes], dict[bytes, bytes]]] = {0: (frozenset(), {})}
         self._applied_hops: dict[bytes, bytes] = {}  # the paths the applied data plane routes
 
         # timers
@@ -320,7 +320,7 @@ class Core:
         self._lan_nets_cache: list = []
         self._lan_cache: dict[str, str | None] = {}  # address -> our address on its LAN
         self._bootstrap_turn = -1
-        self._hop_list: tuple[dict, list[bytes]] = ({}, [])  # (hops, its keys but ours), for _sync
+        self._hop_list: tuple[dict, list[bytes]] = ({}, [])  # (hops, its keys but ours): _hop_targets
         self._by_public_ip: dict[str, set[bytes]] = {}  # underlay source address -> who spoke from it
         self._settled = False
         self._observed_once = False
@@ -380,10 +380,10 @@ class Core:
     def dataplane_applied(self, version: int, now: float) -> None:
         """The runtime applied ``dataplane`` of this version (Helper1.Apply returned).
         Messages that ask the other end to start a handshake wait for this."""
-        applied = self._plane_keys.get(version)
-        if applied is None:
+        plane = self._planes.get(version)
+        if plane is None:
             return
-        self._applied_hops = self._plane_hops.get(version, self._applied_hops)
+        applied, self._applied_hops = plane
         for id8, link in self.links.items():
             if link.state == DOWN and not link.removal_applied:
                 member = self.members.get(id8)
@@ -653,8 +653,7 @@ class Core:
             self._count("drop_unknown_record_kind")
             return False
         try:
-            info = record.memo[0] if record.memo else \
-                self.verified.decoded(record, lambda: wire.decode_node_info(record.payload))
+            info = self.verified.decoded(record, wire.decode_node_info)
         except ProtocolError as e:
             self._count(f"drop_{e.reason}")
             return False
@@ -761,11 +760,11 @@ class Core:
             return
         newcomer = self.members[id8]
         others = [self.members[i] for i in sorted(self._by_public_ip.get(addr[0], ()))
-                  if i != id8 and i in self.members and not self.members[i].info.is_static]
+                  if i != id8 and i in self.members and not self.members[i].info.is_static][:64]
         if not others:
             return
-        self._send_records(addr, [m.record.raw for m in others[:64]], now, "introduce", newcomer.identity)
-        for member in others[:64]:
+        self._send_records(addr, [m.record.raw for m in others], now, "introduce", newcomer.identity)
+        for member in others:
             there = self._underlay_of(member.record.id8, now)
             if there is not None:
                 self._send_records(there, [newcomer.record.raw], now, "introduce", member.identity)
@@ -939,11 +938,8 @@ class Core:
 
     def _lan_admin_addr(self, member: Member | None) -> tuple[str, int] | None:
         """A node's admin address on a LAN we share with it."""
-        if member is not None:
-            for address in member.info.lan_addresses:
-                if self._on_my_lan(address):
-                    return address, member.info.admin_port
-        return None
+        address = self._shared_lan_address(member.info) if member is not None else None
+        return (address, member.info.admin_port) if address is not None else None
 
     def _underlay_of(self, id8: bytes, now: float) -> tuple[str, int] | None:
         """An address outside the overlay: a static peer's, or where the node recently spoke from."""
@@ -1058,8 +1054,7 @@ class Core:
         self.version = max(self.version + 1, int(now * 1000))
         self._count("records_published")
         record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
-        if current is None or current.info.links != info.links:
-            self._graph_dirty |= self.graph.set_claims(self.id8, info.link_map)
+        self._graph_dirty |= self.graph.set_claims(self.id8, info.link_map)
         self.members[self.id8] = Member(self.identity.public, record, info, self.started, now)
         self.wg_owner[info.wg_public_key] = self.id8
         self._digest_cache = None
@@ -1150,7 +1145,7 @@ class Core:
                     self._send_records(addr, batch, now, "flood", self._identity_of(id8))
         if not self.hot:
             return
-        targets = [i for i in self.hops if i != self.id8]
+        targets = self._hop_targets()
         if not targets:
             targets = [m.record.id8 for ip in self.static_by_ip if (m := self.find(ip)) is not None]
         chosen = self._rand_choice(targets, self.config.gossip_fanout)
@@ -1164,10 +1159,14 @@ class Core:
             if self.hot[id8] <= 0:
                 del self.hot[id8]
 
-    def _sync(self, now: float) -> None:
+    def _hop_targets(self) -> list[bytes]:
+        """The nodes we have a path to (read-only; rebuilt when the paths change)."""
         if self._hop_list[0] is not self.hops:
             self._hop_list = (self.hops, [i for i in self.hops if i != self.id8])
-        targets = self._hop_list[1]
+        return self._hop_list[1]
+
+    def _sync(self, now: float) -> None:
+        targets = self._hop_targets()
         if not targets:
             return
         target = targets[int(self._rand_unit() * len(targets))]
@@ -1233,11 +1232,15 @@ class Core:
         self._lan_cache[address] = found
         return found
 
-    def _shares_lan(self, info: NodeInfo) -> bool:
+    def _shared_lan_address(self, info: NodeInfo) -> str | None:
+        """The node's first address on a LAN of ours."""
         for address in info.lan_addresses:
             if self._on_my_lan(address):
-                return True
-        return False
+                return address
+        return None
+
+    def _shares_lan(self, info: NodeInfo) -> bool:
+        return self._shared_lan_address(info) is not None
 
     def _behind_same_nat(self, info: NodeInfo) -> bool:
         """Both behind one public address: the same home, maybe on different LANs."""
@@ -1652,7 +1655,5 @@ class Core:
             self.dataplane = plane
             self.dataplane_version += 1
             # applied versions may lag behind: remember what the recent ones contained
-            self._plane_keys[self.dataplane_version] = frozenset(p.public_key for p in plane.peers)
-            self._plane_keys.pop(self.dataplane_version - 16, None)
-            self._plane_hops[self.dataplane_version] = self.hops
-            self._plane_hops.pop(self.dataplane_version - 16, None)
+            self._planes[self.dataplane_version] = (frozenset(p.public_key for p in plane.peers), self.hops)
+            self._planes.pop(self.dataplane_version - 16, None)

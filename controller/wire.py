@@ -186,10 +186,11 @@ class RecordCache:
 
     @staticmethod
     def decoded(record: Record, decode):
-        """``decode()`` of a record this cache returned, computed once."""
-        if not record.memo:
-            record.memo.append(decode())
-        return record.memo[0]
+        """``decode(record.payload)`` of a record this cache returned, computed once."""
+        memo = record.memo
+        if not memo:
+            memo.append(decode(record.payload))
+        return memo[0]
 
 
 # ---------------------------------------------------------------- small codecs
