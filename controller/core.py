@@ -28,6 +28,7 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import paths, wire
 from .wire import (
@@ -100,7 +101,7 @@ class CoreConfig:
 # ----------------------------------------------------------------------------- outputs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredPeer:
     public_key: bytes
     endpoint: str  # "" = leave WireGuard's (roaming) endpoint alone
@@ -108,7 +109,7 @@ class DesiredPeer:
     keepalive: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredRoute:
     destination: str
     gateway: str | None
@@ -127,10 +128,12 @@ class DataPlane:
         return peers, routes
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """Something that happened, for logs, the CLI and tests (a tuple: a mesh of N nodes makes
+    O(N) of them at every node when it starts)."""
+
     kind: str
-    data: dict = field(default_factory=dict)
+    data: dict
 
     def __str__(self) -> str:
         return f"{self.kind} " + " ".join(f"{k}={v}" for k, v in self.data.items())
@@ -166,7 +169,7 @@ LINK_BATCH_DELAY = 1.0
 FIRST_LINKS_WAIT = 0.3
 
 
-@dataclass
+@dataclass(slots=True)
 class Link:
     peer: bytes  # id8
     static: bool  # one end is a static peer: kept forever, re-established by WireGuard itself
@@ -206,7 +209,7 @@ class Link:
     removal_applied: bool = True  # after a failure: the data plane no longer has the peer
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     identity: bytes
     record: Record
@@ -216,9 +219,17 @@ class Member:
 
 
 @functools.lru_cache(maxsize=65536)
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """ipaddress.ip_address, memoised: every node parses every other node's addresses."""
-    return ipaddress.ip_address(text)
+def _ip_int(text: str) -> tuple[int, int]:
+    """(IP version, address as an integer) of an address in text; ValueError if it is none.
+    Memoised (every node parses every other node's addresses); subnet and LAN tests on these
+    are plain integer operations."""
+    ip = ipaddress.ip_address(text)
+    return ip.version, int(ip)
+
+
+def _net_ints(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int, int, int]:
+    """(version, network address, netmask, broadcast address) as integers."""
+    return net.version, int(net.network_address), int(net.netmask), int(net.broadcast_address)
 
 
 def _ip_net(ip: str, prefixlen: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -244,6 +255,7 @@ class Core:
                  pair_memo: dict | None = None) -> None:
         self.config = config
         self.subnet = ipaddress.ip_network(config.subnet, strict=False)
+        self._subnet_ints = _net_ints(self.subnet)
         own_ip = ipaddress.ip_address(config.overlay_ip)
         if own_ip not in self.subnet:
             raise ValueError(f"{own_ip} is not inside {self.subnet}")
@@ -294,6 +306,7 @@ class Core:
         self._allowed: dict[bytes, tuple[str, ...]] = {}
         self._route_cache: dict[bytes, tuple[bytes, DesiredRoute]] = {}  # forgotten when addresses change
         self._dest_order: list[bytes] | None = None  # members sorted by overlay address
+        self._dest_keys: list[int] = []  # their addresses as integers, in that order
         self._no_link: dict[bytes, tuple] = {}  # node -> what we knew when we wanted no link to it
         self.dataplane = DataPlane()
         self.dataplane_version = 0
@@ -313,9 +326,6 @@ class Core:
         self._changed_links: set[bytes] = set()
         self._last_publish = -1e18
         self._last_recompute = -1e18
-        self._overlay_cache: dict[str, bool] = {}
-        self._in_subnet_cache: dict[str, bool] = {}
-        self._sort_keys: dict[str, int] = {}
         self._lan_nets_for: tuple = ()
         self._lan_nets_cache: list = []
         self._lan_cache: dict[str, str | None] = {}  # address -> our address on its LAN
@@ -724,7 +734,10 @@ class Core:
         if old is None or old.info.overlay_ip != info.overlay_ip:
             self._routes_dirty = True
             if old is None and self._dest_order is not None:
-                bisect.insort(self._dest_order, id8, key=self._dest_key)
+                key = _ip_int(info.overlay_ip)[1]
+                at = bisect.bisect(self._dest_keys, key)
+                self._dest_keys.insert(at, key)
+                self._dest_order.insert(at, id8)
             else:
                 self._dest_order = None
             if old is not None:
@@ -876,15 +889,10 @@ class Core:
     # ========================================================================= send
 
     def _host_in_subnet(self, host: str) -> bool:
-        ok = self._in_subnet_cache.get(host)
-        if ok is None:
-            ip = _ip(host)
-            ok = ip.version == self.subnet.version and ip in self.subnet and \
-                ip not in (self.subnet.network_address, self.subnet.broadcast_address)
-            if len(self._in_subnet_cache) > 65536:
-                self._in_subnet_cache.clear()
-            self._in_subnet_cache[host] = ok
-        return ok
+        """A host address inside the subnet (not its network or broadcast address)."""
+        version, value = _ip_int(host)
+        sub_version, network, mask, broadcast = self._subnet_ints
+        return version == sub_version and value & mask == network and value != network and value != broadcast
 
     @staticmethod
     def _is_hostname(host: str) -> bool:
@@ -895,17 +903,12 @@ class Core:
             return True
 
     def _is_overlay(self, host: str) -> bool:
-        cached = self._overlay_cache.get(host)
-        if cached is None:
-            try:
-                ip = _ip(host)
-            except ValueError:
-                raise ProtocolError("bad_source") from None
-            cached = ip.version == self.subnet.version and ip in self.subnet
-            if len(self._overlay_cache) > 65536:
-                self._overlay_cache.clear()
-            self._overlay_cache[host] = cached
-        return cached
+        try:
+            version, value = _ip_int(host)
+        except ValueError:
+            raise ProtocolError("bad_source") from None
+        sub_version, network, mask, _ = self._subnet_ints
+        return version == sub_version and value & mask == network
 
     def _send_to_addr(self, addr: tuple[str, int], mtype: int, body: bytes, now: float,
                       to: bytes | None = None) -> None:
@@ -1211,8 +1214,7 @@ class Core:
 
     def _lan_nets(self):
         if self._lan_nets_for != self.lan:
-            self._lan_nets_cache = [(net.version, int(net.network_address), int(net.netmask), ip)
-                                    for ip, plen in self.lan for net in (_ip_net(ip, plen),)]
+            self._lan_nets_cache = [(*_net_ints(_ip_net(ip, plen))[:3], ip) for ip, plen in self.lan]
             self._lan_nets_for = self.lan
             self._lan_cache.clear()
         return self._lan_nets_cache
@@ -1223,10 +1225,10 @@ class Core:
         found = self._lan_cache.get(address, self)
         if found is not self:
             return found
-        addr = _ip(address)
-        value, found = int(addr), None
+        addr_version, value = _ip_int(address)
+        found = None
         for version, network, mask, mine in nets:
-            if version == addr.version and value & mask == network:
+            if version == addr_version and value & mask == network:
                 found = mine
                 break
         self._lan_cache[address] = found
@@ -1602,13 +1604,7 @@ class Core:
         self._build_dataplane(now)
 
     def _dest_key(self, id8: bytes) -> int:
-        return self._ip_key(self.members[id8].info.overlay_ip)
-
-    def _ip_key(self, prefix: str) -> int:
-        key = self._sort_keys.get(prefix)
-        if key is None:
-            key = self._sort_keys[prefix] = int(_ip(prefix.partition("/")[0]))
-        return key
+        return _ip_int(self.members[id8].info.overlay_ip)[1]  # (all of one IP version: the subnet's)
 
     def _build_dataplane(self, now: float) -> None:
         if self._routes_dirty:  # O(N): only when paths or addresses changed
@@ -1618,7 +1614,9 @@ class Core:
             cache = self._route_cache  # dest -> (hop, route): most stay put from run to run
             hops = self.hops
             if self._dest_order is None:  # members by address (rebuilt when members come or go)
-                self._dest_order = sorted(self.members, key=self._dest_key)
+                order = sorted((self._dest_key(id8), id8) for id8 in self.members)
+                self._dest_keys = [key for key, _ in order]
+                self._dest_order = [id8 for _, id8 in order]
             for dest in self._dest_order:
                 hop = hops.get(dest)
                 if hop is None:

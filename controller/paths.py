@@ -101,12 +101,16 @@ class LinkGraph:
         self.changes: list[tuple[bytes, bytes, int | None, int | None]] = []
 
     def set_claims(self, node: bytes, links: Mapping[bytes, int]) -> bool:
-        """Replace ``node``'s claimed links; True if an edge (a mutually claimed link) changed."""
+        """Replace ``node``'s claimed links; True if an edge (a mutually claimed link) changed.
+        ``links`` is kept, not copied (the core passes NodeInfo.link_map, read-only): do not
+        change it afterwards."""
         old = self.claims.get(node)
         if old == links:
             return False
-        self.claims[node] = dict(links)
-        changed = False
+        claims = self.claims
+        claims[node] = links
+        if not old and node not in self.edges:
+            return self._add_node(node, links)
         if not old:
             peers = links
         elif len(old) + len(links) > 32:  # (set operations on the items run in C: hubs claim many)
@@ -114,7 +118,8 @@ class LinkGraph:
         else:
             peers = [peer for peer, rtt in links.items() if old.get(peer) != rtt]
             peers += [peer for peer in old if peer not in links]
-        claims, update = self.claims, self._update
+        changed = False
+        update = self._update
         mine = self.edges.get(node)
         for peer in peers:
             back = claims.get(peer)
@@ -123,6 +128,29 @@ class LinkGraph:
             if update(node, peer):
                 changed = True
         return changed
+
+    def _add_node(self, node: bytes, links: Mapping[bytes, int]) -> bool:
+        """:meth:`set_claims` for a node with no claims and no edges before (every node learns
+        every other one this way once: the common case, kept short)."""
+        claims, edges, hop, changes = self.claims, self.edges, self.hop_cost_ms, self.changes
+        mine = None
+        for peer, rtt in links.items():
+            back = claims.get(peer)
+            if back is None or peer == node:
+                continue
+            rtt_back = back.get(node)
+            if rtt_back is None:
+                continue
+            cost = edge_cost(node, peer, (rtt if rtt > rtt_back else rtt_back) + hop)
+            if mine is None:
+                mine = edges[node] = {}
+            mine[peer] = cost
+            theirs = edges.get(peer)
+            if theirs is None:
+                theirs = edges[peer] = {}
+            theirs[node] = cost
+            changes.append((node, peer, None, cost))
+        return mine is not None
 
     def remove(self, node: bytes) -> bool:
         changed = self.set_claims(node, {})
