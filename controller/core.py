@@ -167,6 +167,12 @@ URGENT_PATHS_SPACING = 0.02
 LINK_BATCH_DELAY = 1.0
 #: how long a node's first announced links wait for its other link attempts in flight
 FIRST_LINKS_WAIT = 0.3
+#: a link's probe due within this share of the probe interval goes with the one due now: a
+#: node's probes fall into step, one wakeup a second rather than one per link
+PROBE_ALIGN = 0.25
+INFINITY = float("inf")
+RX_COUNTERS = {t: f"rx_{name}" for t, name in wire.TYPE_NAMES.items()}
+TX_COUNTERS = {t: f"tx_{name}" for t, name in wire.TYPE_NAMES.items()}
 
 
 @dataclass(slots=True)
@@ -302,6 +308,10 @@ class Core:
         self.graph = paths.LinkGraph(config.hop_cost_ms)
         self._graph_dirty = True  # the mutually claimed links changed: Dijkstra again
         self._routes_dirty = True  # hops or addresses changed: routes and allowed IPs again
+        self._route_dests: set[bytes] | None = None  # the destinations whose paths changed; None = all
+        self._route_slots: list[DesiredRoute | None] = []  # route per destination (in _dest_order), or None
+        self._route_via: dict[bytes, bytes] = {}  # destination -> the first hop its route is via
+        self._allowed_lists: dict[bytes, tuple[list[int], list[str]]] = {}  # hop -> its allowed IPs, by address
         self._routes: tuple[DesiredRoute, ...] = ()
         self._allowed: dict[bytes, tuple[str, ...]] = {}
         self._route_cache: dict[bytes, tuple[bytes, DesiredRoute]] = {}  # forgotten when addresses change
@@ -357,13 +367,14 @@ class Core:
         if self.t_paths is not None and now >= self.t_paths:
             self._recompute(now)
         if now >= self.t_bootstrap:
-            self._bootstrap(now)
-            self.t_bootstrap = now + cfg.bootstrap_interval
+            # (once every static peer is known, only a forgotten one would need it again)
+            self.t_bootstrap = now + cfg.bootstrap_interval * (1 if self._bootstrap(now) else 10)
         if now >= self.t_links:
             self._manage_links(now)
         if now >= self.t_gossip:
             self._gossip(now)
-            self.t_gossip = now + cfg.gossip_interval
+            # rounds while records are hot (_publish and _accept_record wake it up again)
+            self.t_gossip = now + cfg.gossip_interval if self.hot else INFINITY
         if now >= self.t_sync:
             self._sync(now)
             self.t_sync = now + cfg.sync_interval * (0.75 + 0.5 * self._rand_unit())
@@ -477,6 +488,7 @@ class Core:
         if new == self.static_by_ip:
             return
         self.static_by_ip = new
+        self.t_bootstrap = now
         for id8, link in self.links.items():
             member = self.members.get(id8)
             static = new.get(member.info.overlay_ip) if member else None
@@ -500,12 +512,12 @@ class Core:
         return out
 
     def next_deadline(self) -> float:
-        times = [self.t_gossip, self.t_sync, self.t_bootstrap, self.t_links, self.t_gc]
-        if self.t_publish is not None:
-            times.append(self.t_publish)
-        if self.t_paths is not None:
-            times.append(self.t_paths)
-        return min(times)
+        t = min(self.t_gossip, self.t_sync, self.t_bootstrap, self.t_links, self.t_gc)
+        if self.t_publish is not None and self.t_publish < t:
+            t = self.t_publish
+        if self.t_paths is not None and self.t_paths < t:
+            t = self.t_paths
+        return t
 
     def settled(self, now: float) -> bool:
         """Whether the desired data plane is worth applying. After a (re)start, not before every
@@ -603,7 +615,7 @@ class Core:
             if over and inner.type == wire.PROBE:
                 link.last_probe_rx = now
         t = inner.type
-        self._count(f"rx_{wire.TYPE_NAMES[t]}")
+        self._count(RX_COUNTERS[t])
         if t == wire.RECORDS:
             self._on_records(inner.body, now, sender8)
         elif t == wire.PROBE:
@@ -731,17 +743,18 @@ class Core:
             self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
             if self.is_static and source == id8 and not info.is_static:
                 self._introduce(id8, now)
-        if old is None or old.info.overlay_ip != info.overlay_ip:
+        if old is None and self._dest_order is not None:
+            # (no path to it yet: its route comes with the path, see _recompute)
+            key = _ip_int(info.overlay_ip)[1]
+            at = bisect.bisect(self._dest_keys, key)
+            self._dest_keys.insert(at, key)
+            self._dest_order.insert(at, id8)
+            self._route_slots.insert(at, None)
+        elif old is None or old.info.overlay_ip != info.overlay_ip:
             self._routes_dirty = True
-            if old is None and self._dest_order is not None:
-                key = _ip_int(info.overlay_ip)[1]
-                at = bisect.bisect(self._dest_keys, key)
-                self._dest_keys.insert(at, key)
-                self._dest_order.insert(at, id8)
-            else:
-                self._dest_order = None
-            if old is not None:
-                self._route_cache.clear()
+            self._route_dests = None
+            self._dest_order = None
+            self._route_cache.clear()
         if graph_changed or old is None or old.info.overlay_ip != info.overlay_ip \
                 or old.info.wg_public_key != info.wg_public_key:
             # a change of a link to us completes or breaks an edge the other end already
@@ -919,7 +932,7 @@ class Core:
         data = wire.seal(self.key, self.random_bytes(wire.NONCE_LEN), self.identity, mtype, int(now * 1000),
                          self.seq, body, pair)
         self._out.append((data, addr))
-        self._count(f"tx_{wire.TYPE_NAMES[mtype]}")
+        self._count(TX_COUNTERS[mtype])
         self._count("tx_bytes", len(data))
 
     def _identity_of(self, id8: bytes) -> bytes | None:
@@ -1063,6 +1076,7 @@ class Core:
         self._digest_cache = None
         if info.links or self.is_static:  # (nobody can reach a node without links yet)
             self.hot[self.id8] = self.config.gossip_rounds
+            self.t_gossip = min(self.t_gossip, now + self.config.gossip_interval)
         self.bindings_dirty = True
         self._schedule_paths(now, urgent=bool(self._changed_links))
         # a link change matters most to the link's other end: tell it at once; and hand the
@@ -1105,17 +1119,19 @@ class Core:
             self._digest_cache = h.digest()
         return self._digest_cache
 
-    def _bootstrap(self, now: float) -> None:
+    def _bootstrap(self, now: float) -> bool:
         """While a static peer's record is unknown: send our digest to one such static peer
-        (a different one each time); its answer is the whole mesh, in one exchange."""
+        (a different one each time); its answer is the whole mesh, in one exchange. False if
+        every static peer is known."""
         unknown = [ip for ip in sorted(self.static_by_ip)
                    if (bound := self.bindings.get(ip)) is None or bound[:wire.ID8_LEN] not in self.members]
         if not unknown:
-            return
+            return False
         self._bootstrap_turn = (self._bootstrap_turn + 1) % len(unknown)
         static = self.static_by_ip[unknown[self._bootstrap_turn]]
         self._send_to_addr((static.host, static.admin_port), wire.DIGEST,
                            wire.body_digest([(self.id8, self.version)]), now)
+        return True
 
     def _gossip(self, now: float) -> None:
         """Dissemination. Every node links to every static node, so static nodes are hubs: a
@@ -1169,7 +1185,12 @@ class Core:
         return self._hop_list[1]
 
     def _sync(self, now: float) -> None:
-        targets = self._hop_targets()
+        """Anti-entropy with a random direct neighbour (like OSPF's database exchange: what one
+        node knows reaches every node, neighbour by neighbour): one tunnel hop, no relay, and
+        the pair's MAC rather than a signature. A node with no direct neighbour yet picks any
+        node it has a path to."""
+        targets = [i for i, link in self.links.items() if link.state == UP and self.hops.get(i) == i] \
+            or self._hop_targets()
         if not targets:
             return
         target = targets[int(self._rand_unit() * len(targets))]
@@ -1186,6 +1207,7 @@ class Core:
                 del self.members[id8]
                 self._graph_dirty |= self.graph.remove(id8)
                 self._routes_dirty = True
+                self._route_dests = None
                 self._dest_order = None
                 self._route_cache.pop(id8, None)
                 self.wg_owner.pop(member.info.wg_public_key, None)
@@ -1509,7 +1531,7 @@ class Core:
             elif link.state == ATTEMPTING:
                 timeout = cfg.attempt_timeout * (1 if link.initiator else 2)
                 if link.static:
-                    timeout = float("inf")  # WireGuard retries the handshake every 5 s by itself
+                    timeout = INFINITY  # WireGuard retries the handshake every 5 s by itself
                 if now - link.attempt_started > timeout:
                     if link.initiator and link.candidate_index + 1 < len(link.candidates):
                         link.candidate_index += 1
@@ -1556,7 +1578,7 @@ class Core:
                 # one end probes (the initiator); the other answers, and probes itself only
                 # when the other end's probes stop coming (it may have died, or gone idle)
                 if link.initiator or now - link.last_probe_rx > 2.5 * cfg.probe_interval:
-                    if now >= link.next_probe:
+                    if now >= link.next_probe - PROBE_ALIGN * cfg.probe_interval:
                         link.next_probe = now + cfg.probe_interval
                         self._send_probe(member.info, id8, now)
                     next_t = min(next_t, link.next_probe)
@@ -1586,10 +1608,24 @@ class Core:
             self._graph_dirty = False
             old_hops = self.hops
             self.cost, self.pred, changed = self.graph.update_tree(self.id8, self.cost, self.pred)
-            if changed:
+            touched = self.graph.touched if changed else []
+            if touched is None or len(touched) * 4 > len(self.pred):
+                touched = None
                 self.hops = paths.first_hops(self.pred, self.id8)
+            elif touched:
+                # only paths got shorter: the touched nodes' first hops, cheapest first (a
+                # node's predecessor was touched before it, or kept its first hop)
+                hops, pred, me = dict(old_hops), self.pred, self.id8
+                for node in touched:
+                    parent = pred[node]
+                    hops[node] = node if parent == me else hops[parent]
+                self.hops = hops
             if self.hops != old_hops:
                 self._routes_dirty = True
+                if touched is None:
+                    self._route_dests = None
+                elif self._route_dests is not None:
+                    self._route_dests.update(touched)
             if self.hops.keys() != old_hops.keys():
                 self.t_links = min(self.t_links, now)
             for id8 in old_hops.keys() ^ self.hops.keys():
@@ -1597,7 +1633,8 @@ class Core:
                 if member is not None:
                     self._event("node_reachable" if id8 in self.hops else "node_unreachable",
                                 node=member.info.name)
-            for id8, hop in self.hops.items():
+            for id8 in self.hops if touched is None else touched:
+                hop = self.hops[id8]
                 if old_hops.get(id8) not in (None, hop):
                     self._event("path_changed", node=self.members[id8].info.name,
                                 via=self.members[hop].info.name if hop != id8 else "direct")
@@ -1606,34 +1643,96 @@ class Core:
     def _dest_key(self, id8: bytes) -> int:
         return _ip_int(self.members[id8].info.overlay_ip)[1]  # (all of one IP version: the subnet's)
 
-    def _build_dataplane(self, now: float) -> None:
-        if self._routes_dirty:  # O(N): only when paths or addresses changed
-            self._routes_dirty = False
-            allowed: dict[bytes, list[str]] = {}
-            routes = []
-            cache = self._route_cache  # dest -> (hop, route): most stay put from run to run
-            hops = self.hops
-            if self._dest_order is None:  # members by address (rebuilt when members come or go)
-                order = sorted((self._dest_key(id8), id8) for id8 in self.members)
-                self._dest_keys = [key for key, _ in order]
-                self._dest_order = [id8 for _, id8 in order]
-            for dest in self._dest_order:
-                hop = hops.get(dest)
-                if hop is None:
-                    continue
-                cached = cache.get(dest)
-                if cached is None or cached[0] != hop:
-                    prefix = f"{self.members[dest].info.overlay_ip}/{self.subnet.max_prefixlen}"
-                    gateway = None if hop == dest else self.members[hop].info.overlay_ip
-                    cached = cache[dest] = (hop, DesiredRoute(prefix, gateway))
-                route = cached[1]
-                routes.append(route)
-                if hop in allowed:
-                    allowed[hop].append(route.destination)
+    def _route_for(self, dest: bytes, hop: bytes) -> DesiredRoute:
+        cached = self._route_cache.get(dest)  # dest -> (hop, route): most stay put
+        if cached is None or cached[0] != hop:
+            prefix = f"{self.members[dest].info.overlay_ip}/{self.subnet.max_prefixlen}"
+            gateway = None if hop == dest else self.members[hop].info.overlay_ip
+            cached = self._route_cache[dest] = (hop, DesiredRoute(prefix, gateway))
+        return cached[1]
+
+    def _rebuild_routes(self) -> None:
+        """Routes and allowed IPs from all paths: O(N)."""
+        if self._dest_order is None:  # members by address (rebuilt when members go or move)
+            order = sorted((self._dest_key(id8), id8) for id8 in self.members)
+            self._dest_keys = [key for key, _ in order]
+            self._dest_order = [id8 for _, id8 in order]
+        hops = self.hops
+        slots: list[DesiredRoute | None] = []
+        via: dict[bytes, bytes] = {}
+        lists: dict[bytes, tuple[list[int], list[str]]] = {}
+        for dest, key in zip(self._dest_order, self._dest_keys, strict=True):
+            hop = hops.get(dest)
+            if hop is None:
+                slots.append(None)
+                continue
+            route = self._route_for(dest, hop)
+            slots.append(route)
+            via[dest] = hop
+            if hop not in lists:
+                lists[hop] = ([], [])
+            keys, prefixes = lists[hop]
+            keys.append(key)
+            prefixes.append(route.destination)
+        self._route_slots, self._route_via, self._allowed_lists = slots, via, lists
+        self._routes = tuple(filter(None, slots))  # (in address order, and so is each peer's allowed list)
+        self._allowed = {hop: tuple(prefixes) for hop, (_, prefixes) in lists.items()}
+
+    def _update_routes(self, dests: Iterable[bytes]) -> bool:
+        """Routes and allowed IPs after the paths to ``dests`` changed (and no others): what
+        :meth:`_rebuild_routes` gives, in O(changes log N). False if it cannot tell."""
+        hops, via, lists, slots = self.hops, self._route_via, self._allowed_lists, self._route_slots
+        order, order_keys = self._dest_order, self._dest_keys
+        if len(slots) != len(order):
+            return False
+        dirty = set()
+        for dest in dests:
+            hop, old = hops.get(dest), via.get(dest)
+            if hop == old:
+                continue
+            member = self.members.get(dest)
+            if member is None:
+                return False
+            key = _ip_int(member.info.overlay_ip)[1]
+            at = bisect.bisect_left(order_keys, key)
+            if at == len(order) or order[at] != dest:
+                return False
+            if old is not None:
+                keys, prefixes = lists[old]
+                i = bisect.bisect_left(keys, key)
+                del keys[i], prefixes[i]
+                dirty.add(old)
+                del via[dest]
+            if hop is None:
+                slots[at] = None
+                continue
+            route = slots[at] = self._route_for(dest, hop)
+            via[dest] = hop
+            if hop not in lists:
+                lists[hop] = ([], [])
+            keys, prefixes = lists[hop]
+            i = bisect.bisect_left(keys, key)
+            keys.insert(i, key)
+            prefixes.insert(i, route.destination)
+            dirty.add(hop)
+        if dirty:
+            allowed = dict(self._allowed)
+            for hop in dirty:
+                if lists[hop][1]:
+                    allowed[hop] = tuple(lists[hop][1])
                 else:
-                    allowed[hop] = [route.destination]
-            self._routes = tuple(routes)  # (in address order, and so is each peer's allowed list)
-            self._allowed = {hop: tuple(ips) for hop, ips in allowed.items()}
+                    del lists[hop]
+                    allowed.pop(hop, None)
+            self._allowed = allowed
+            self._routes = tuple(filter(None, slots))
+        return True
+
+    def _build_dataplane(self, now: float) -> None:
+        if self._routes_dirty:  # only when paths or addresses changed
+            self._routes_dirty = False
+            dests, self._route_dests = self._route_dests, set()
+            if dests is None or self._dest_order is None or not self._update_routes(dests):
+                self._rebuild_routes()
         peers = []
         for id8, link in self.links.items():
             member = self.members.get(id8)

@@ -71,14 +71,17 @@ def _dijkstra(edges: Mapping[bytes, Mapping[bytes, int]], source: bytes) -> tupl
 
 
 def _relax(edges: Mapping[bytes, Mapping[bytes, int]], cost: dict[bytes, int], pred: dict[bytes, bytes],
-           heap: list[tuple[int, bytes]]) -> None:
+           heap: list[tuple[int, bytes]], settled: list[bytes] | None = None) -> None:
     """Dijkstra's main loop from the (cost, node) entries in ``heap`` (a heap), in place. An
-    entry whose node got cheaper since it was pushed is skipped."""
+    entry whose node got cheaper since it was pushed is skipped. ``settled`` gets every node
+    whose cost was final when it left the heap, cheapest first."""
     pop, push, empty = heapq.heappop, heapq.heappush, {}
     while heap:
         c, node = pop(heap)
         if c != cost[node]:
             continue
+        if settled is not None:
+            settled.append(node)
         for nbr, ec in edges.get(node, empty).items():
             nc = c + ec
             old = cost.get(nbr)
@@ -99,6 +102,9 @@ class LinkGraph:
         self.edges: dict[bytes, dict[bytes, int]] = {}
         #: edges changed since the last :meth:`update_tree`: (a, b, old cost, new cost), None = absent
         self.changes: list[tuple[bytes, bytes, int | None, int | None]] = []
+        #: the nodes whose cost and predecessor the last :meth:`update_tree` changed, cheapest
+        #: first (so a node's predecessor comes before it, or did not change); None = maybe all
+        self.touched: list[bytes] | None = None
 
     def set_claims(self, node: bytes, links: Mapping[bytes, int]) -> bool:
         """Replace ``node``'s claimed links; True if an edge (a mutually claimed link) changed.
@@ -132,7 +138,7 @@ class LinkGraph:
     def _add_node(self, node: bytes, links: Mapping[bytes, int]) -> bool:
         """:meth:`set_claims` for a node with no claims and no edges before (every node learns
         every other one this way once: the common case, kept short)."""
-        claims, edges, hop, changes = self.claims, self.edges, self.hop_cost_ms, self.changes
+        claims, edges, hop, changes, ties = self.claims, self.edges, self.hop_cost_ms, self.changes, _tie_cache
         mine = None
         for peer, rtt in links.items():
             back = claims.get(peer)
@@ -141,7 +147,10 @@ class LinkGraph:
             rtt_back = back.get(node)
             if rtt_back is None:
                 continue
-            cost = edge_cost(node, peer, (rtt if rtt > rtt_back else rtt_back) + hop)
+            tie = ties.get((node, peer) if node < peer else (peer, node))  # (edge_cost, inline)
+            if tie is None:
+                tie = tie_break(node, peer)
+            cost = (((rtt if rtt > rtt_back else rtt_back) + hop) << _SHIFT) + tie
             if mine is None:
                 mine = edges[node] = {}
             mine[peer] = cost
@@ -187,6 +196,7 @@ class LinkGraph:
 
     def shortest_tree(self, source: bytes) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
         self.changes.clear()
+        self.touched = None
         return _dijkstra(self.edges, source)
 
     def update_tree(self, source: bytes, cost: dict[bytes, int], pred: dict[bytes, bytes]
@@ -198,11 +208,13 @@ class LinkGraph:
         are unique, so the result equals a full run (property-tested). The flag: whether the
         tree may have changed."""
         changes, self.changes = self.changes, []
+        self.touched = None
         if source not in cost:
             return (*_dijkstra(self.edges, source), True)
         for a, b, old, new in changes:
             if old is not None and (new is None or new > old) and (pred.get(b) == a or pred.get(a) == b):
                 return (*_dijkstra(self.edges, source), True)
+        self.touched = []
         heap: list[tuple[int, bytes]] = []
         get, push = cost.get, heap.append
         for a, b, old, new in changes:
@@ -219,7 +231,7 @@ class LinkGraph:
         if not heap:
             return cost, pred, False
         heapq.heapify(heap)
-        _relax(self.edges, cost, pred, heap)
+        _relax(self.edges, cost, pred, heap, self.touched)
         return cost, pred, True
 
 

@@ -128,7 +128,7 @@ class Underlay:
         site = self.host_site.get(src[0])
         if site is None:
             return None
-        if frozenset((src[0], dst[0])) in self.blocked:
+        if self.blocked and frozenset((src[0], dst[0])) in self.blocked:
             return None
         for rule in self.drop_rules:
             if rule("out", src, dst):
@@ -226,6 +226,7 @@ class WgPeer:
     key: bytes
     endpoint: Addr | None = None
     allowed: set = field(default_factory=set)
+    allowed_from: tuple | None = None  # the desired allowed IPs ``allowed`` was made from
     keepalive: int = 0
     last_handshake: float = 0.0  # sim seconds, 0 = never
     pending_since: float | None = None
@@ -264,6 +265,7 @@ class SimNode:
         self.peers: dict[bytes, WgPeer] = {}
         self.routes: dict[str, str | None] = {}
         self.owners: dict[str, bytes] = {}  # allowed IP -> peer (cryptokey routing)
+        self.routes_from: tuple = ()  # the desired routes self.routes was made from
         self.applied_version = -1
         self.timer_at: float | None = None
         self.alive = True
@@ -281,10 +283,12 @@ class SimNode:
         self.applied_version = self.core.dataplane_version
         self.apply_count += 1
         wanted = {p.public_key: p for p in plane.peers}
+        owners = self.owners  # (invariant: ip in peers[key].allowed <=> owners[ip] == key)
         for key in list(self.peers):
             if key not in wanted:
-                del self.peers[key]
-        owners = {}
+                for ip in self.peers.pop(key).allowed:
+                    if owners.get(ip) == key:
+                        del owners[ip]
         for p in plane.peers:
             peer = self.peers.get(p.public_key)
             if peer is None:
@@ -296,14 +300,21 @@ class SimNode:
                 peer.keepalive = p.keepalive
                 self.sim.schedule(0, self._keepalive_now, peer.key)  # like WireGuard: send one at once
             peer.keepalive = p.keepalive
-            peer.allowed = {ip.split("/")[0] for ip in p.allowed_ips}
-            for ip in peer.allowed:
+            if p.allowed_ips is peer.allowed_from:
+                continue  # (the core hands on the same tuple while a peer's allowed IPs stay)
+            allowed = {ip.split("/")[0] for ip in p.allowed_ips}
+            for ip in peer.allowed - allowed:
+                if owners.get(ip) == p.public_key:
+                    del owners[ip]
+            for ip in allowed - peer.allowed:
                 previous = owners.get(ip)
-                if previous is not None:  # like WireGuard: an allowed IP moves to the last peer given it
-                    self.peers[previous].allowed.discard(ip)
+                if previous is not None and previous != p.public_key:
+                    self.peers[previous].allowed.discard(ip)  # like WireGuard: an allowed IP moves
                 owners[ip] = p.public_key
-        self.owners = owners
-        self.routes = {r.destination.split("/")[0]: r.gateway for r in plane.routes}
+            peer.allowed, peer.allowed_from = allowed, p.allowed_ips
+        if plane.routes is not self.routes_from:
+            self.routes = {r.destination.split("/")[0]: r.gateway for r in plane.routes}
+            self.routes_from = plane.routes
 
     def _keepalive_now(self, key: bytes) -> None:
         peer = self.peers.get(key)

@@ -28,6 +28,7 @@ import ipaddress
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
@@ -387,8 +388,9 @@ def parse_record(data: bytes, pos: int, cache: RecordCache, total: int | None = 
 # ---------------------------------------------------------------- datagrams
 
 
-@dataclass(frozen=True)
-class Inner:
+class Inner(NamedTuple):
+    """An opened datagram (a tuple: one per datagram received)."""
+
     type: int
     sender: bytes
     timestamp_ms: int

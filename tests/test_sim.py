@@ -358,3 +358,39 @@ def test_roaming_laptop_reconnects_and_goes_direct_again():
     assert sim.run_until_true(lambda: all(v == [] for v in all_pairs(sim, names).values()), 30) is not None
     charlie = sim.nodes["charlie"]
     assert charlie.peers[sim.nodes["erin"].wg_key].endpoint[0] == "203.0.113.70"  # through the café's NAT
+
+
+def test_incremental_paths_and_routes_equal_a_rebuild(monkeypatch):
+    """Shorter paths update only the first hops, routes and allowed IPs they touch: after every
+    recomputation these must be exactly what a rebuild from the whole tree gives (through a
+    cold start, deaths, returns and a failover)."""
+    from wg_netmanager.controller import paths
+    from wg_netmanager.controller.core import Core
+    checked = {"incremental": 0}
+    recompute, update = Core._recompute, Core._update_routes
+
+    def counting_update(self, dests):
+        ok = update(self, dests)
+        checked["incremental"] += ok
+        return ok
+
+    def checked_recompute(self, now):
+        recompute(self, now)
+        assert self.hops == paths.first_hops(self.pred, self.id8)
+        routes, allowed = self._routes, self._allowed
+        self._rebuild_routes()
+        assert (self._routes, self._allowed) == (routes, allowed)
+    monkeypatch.setattr(Core, "_recompute", checked_recompute)
+    monkeypatch.setattr(Core, "_update_routes", counting_update)
+    sim = star(24, seed=5, hubs=3, link_policy="static")
+    assert sim.run_until_true(lambda: sim.converged(), 5, step=0.1) is not None
+    for name in ("n3", "hub1"):
+        sim.stop(name)
+        sim.run_for(8)
+        sim.restart(name)
+        assert sim.run_until_true(lambda: sim.converged(), 15) is not None
+    sim = original_example()
+    sim.run_for(5)
+    sim.underlay.drop_rules.append(lambda direction, src, dst: {src[0], dst[0]} == {"198.51.100.10", "203.0.113.20"})
+    sim.run_for(10)
+    assert checked["incremental"] > 100
