@@ -338,7 +338,7 @@ class Core:
         self._last_recompute = -1e18
         self._lan_nets_for: tuple = ()
         self._lan_nets_cache: list = []
-        self._lan_cache: dict[str, str | None] = {}  # address -> our address on its LAN
+        self._lan_cache: dict[str, str] = {}  # address -> our address on its LAN (found ones only)
         self._bootstrap_turn = -1
         self._hop_list: tuple[dict, list[bytes]] = ({}, [])  # (hops, its keys but ours): _hop_targets
         self._by_public_ip: dict[str, set[bytes]] = {}  # underlay source address -> who spoke from it
@@ -615,7 +615,8 @@ class Core:
             if over and inner.type == wire.PROBE:
                 link.last_probe_rx = now
         t = inner.type
-        self._count(RX_COUNTERS[t])
+        name = RX_COUNTERS[t]
+        self.counters[name] = self.counters.get(name, 0) + 1
         if t == wire.RECORDS:
             self._on_records(inner.body, now, sender8)
         elif t == wire.PROBE:
@@ -725,7 +726,7 @@ class Core:
                 link.peer_ready = False
                 self.t_links = now
         self.wg_owner[info.wg_public_key] = id8
-        self._count("records_accepted")
+        self.counters["records_accepted"] = self.counters.get("records_accepted", 0) + 1
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
         claims_before = self.graph.claims.get(id8, {})
@@ -932,8 +933,10 @@ class Core:
         data = wire.seal(self.key, self.random_bytes(wire.NONCE_LEN), self.identity, mtype, int(now * 1000),
                          self.seq, body, pair)
         self._out.append((data, addr))
-        self._count(TX_COUNTERS[mtype])
-        self._count("tx_bytes", len(data))
+        counters = self.counters  # (_count, inline: once per datagram)
+        name = TX_COUNTERS[mtype]
+        counters[name] = counters.get(name, 0) + 1
+        counters["tx_bytes"] = counters.get("tx_bytes", 0) + len(data)
 
     def _identity_of(self, id8: bytes) -> bytes | None:
         member = self.members.get(id8)
@@ -1244,17 +1247,15 @@ class Core:
     def _on_my_lan(self, address: str) -> str | None:
         """Our own address on the LAN that contains ``address``, if any."""
         nets = self._lan_nets()  # (also forgets the answers for the LANs we had before)
-        found = self._lan_cache.get(address, self)
-        if found is not self:
+        found = self._lan_cache.get(address)
+        if found is not None:
             return found
         addr_version, value = _ip_int(address)
-        found = None
         for version, network, mask, mine in nets:
             if version == addr_version and value & mask == network:
-                found = mine
-                break
-        self._lan_cache[address] = found
-        return found
+                self._lan_cache[address] = mine  # (only hits: every node asks once about every other)
+                return mine
+        return None
 
     def _shared_lan_address(self, info: NodeInfo) -> str | None:
         """The node's first address on a LAN of ours."""
