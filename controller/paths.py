@@ -36,10 +36,22 @@ def tie_break(a: bytes, b: bytes) -> int:
     return value
 
 
+#: (a, b) -> (weight, edge_cost) of the weight last asked for: a pure-function memo (every node
+#: of a mesh computes the same cost for the same link; the simulator's cores share one int)
+_cost_cache: dict[tuple[bytes, bytes], tuple[int, int]] = {}
+
+
 def edge_cost(a: bytes, b: bytes, weight: int) -> int:
     """The comparable cost of one edge: its weight (ms) above its tie-break."""
-    tie = _tie_cache.get((a, b) if a < b else (b, a))
-    return (weight << _SHIFT) + (tie if tie is not None else tie_break(a, b))
+    key = (a, b) if a < b else (b, a)
+    entry = _cost_cache.get(key)
+    if entry is not None and entry[0] == weight:
+        return entry[1]
+    cost = (weight << _SHIFT) + tie_break(a, b)
+    if len(_cost_cache) > 1_000_000:
+        _cost_cache.clear()
+    _cost_cache[key] = (weight, cost)
+    return cost
 
 
 def build_graph(claims: Mapping[bytes, Mapping[bytes, int]], hop_cost_ms: int) -> Graph:
@@ -138,7 +150,7 @@ class LinkGraph:
     def _add_node(self, node: bytes, links: Mapping[bytes, int]) -> bool:
         """:meth:`set_claims` for a node with no claims and no edges before (every node learns
         every other one this way once: the common case, kept short)."""
-        claims, edges, hop, changes, ties = self.claims, self.edges, self.hop_cost_ms, self.changes, _tie_cache
+        claims, edges, hop, changes, costs = self.claims, self.edges, self.hop_cost_ms, self.changes, _cost_cache
         mine = None
         for peer, rtt in links.items():
             back = claims.get(peer)
@@ -147,10 +159,9 @@ class LinkGraph:
             rtt_back = back.get(node)
             if rtt_back is None:
                 continue
-            tie = ties.get((node, peer) if node < peer else (peer, node))  # (edge_cost, inline)
-            if tie is None:
-                tie = tie_break(node, peer)
-            cost = (((rtt if rtt > rtt_back else rtt_back) + hop) << _SHIFT) + tie
+            weight = (rtt if rtt > rtt_back else rtt_back) + hop
+            entry = costs.get((node, peer) if node < peer else (peer, node))  # (edge_cost, inline)
+            cost = entry[1] if entry is not None and entry[0] == weight else edge_cost(node, peer, weight)
             if mine is None:
                 mine = edges[node] = {}
             mine[peer] = cost
