@@ -233,6 +233,14 @@ def _ip_int(text: str) -> tuple[int, int]:
     return ip.version, int(ip)
 
 
+@functools.lru_cache(maxsize=65536)
+def _desired_route(ip: str, prefixlen: int, gateway: str | None) -> DesiredRoute:
+    """One (immutable) route object per destination and gateway: most routes stay put from one
+    recomputation to the next, and many nodes route the same way (the simulator's cores share
+    them)."""
+    return DesiredRoute(f"{ip}/{prefixlen}", gateway)
+
+
 def _net_ints(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int, int, int]:
     """(version, network address, netmask, broadcast address) as integers."""
     return net.version, int(net.network_address), int(net.netmask), int(net.broadcast_address)
@@ -314,7 +322,6 @@ class Core:
         self._allowed_lists: dict[bytes, tuple[list[int], list[str]]] = {}  # hop -> its allowed IPs, by address
         self._routes: tuple[DesiredRoute, ...] = ()
         self._allowed: dict[bytes, tuple[str, ...]] = {}
-        self._route_cache: dict[bytes, tuple[bytes, DesiredRoute]] = {}  # forgotten when addresses change
         self._dest_order: list[bytes] | None = None  # members sorted by overlay address
         self._dest_keys: list[int] = []  # their addresses as integers, in that order
         #: node -> its info when we wanted no link to it (forgotten when our addresses change)
@@ -757,7 +764,6 @@ class Core:
             self._routes_dirty = True
             self._route_dests = None
             self._dest_order = None
-            self._route_cache.clear()
         if graph_changed or old is None or old.info.overlay_ip != info.overlay_ip \
                 or old.info.wg_public_key != info.wg_public_key:
             # a change of a link to us completes or breaks an edge the other end already
@@ -1215,7 +1221,6 @@ class Core:
                 self._routes_dirty = True
                 self._route_dests = None
                 self._dest_order = None
-                self._route_cache.pop(id8, None)
                 self.wg_owner.pop(member.info.wg_public_key, None)
                 self.links.pop(id8, None)
                 self._digest_cache = None
@@ -1648,12 +1653,8 @@ class Core:
         return _ip_int(self.members[id8].info.overlay_ip)[1]  # (all of one IP version: the subnet's)
 
     def _route_for(self, dest: bytes, hop: bytes) -> DesiredRoute:
-        cached = self._route_cache.get(dest)  # dest -> (hop, route): most stay put
-        if cached is None or cached[0] != hop:
-            prefix = f"{self.members[dest].info.overlay_ip}/{self.subnet.max_prefixlen}"
-            gateway = None if hop == dest else self.members[hop].info.overlay_ip
-            cached = self._route_cache[dest] = (hop, DesiredRoute(prefix, gateway))
-        return cached[1]
+        gateway = None if hop == dest else self.members[hop].info.overlay_ip
+        return _desired_route(self.members[dest].info.overlay_ip, self.subnet.max_prefixlen, gateway)
 
     def _rebuild_routes(self) -> None:
         """Routes and allowed IPs from all paths: O(N)."""

@@ -156,23 +156,22 @@ def verify(public: bytes, message: bytes, signature: bytes) -> bool:
 
 
 class RecordCache:
-    """Records whose signature was already checked, by a hash of the whole record (identity,
+    """Records whose signature was already checked, by the whole record's bytes (identity,
     version, payload AND signature: a known signature attached to a changed message is a miss,
-    and is verified - and refused). A node receives the same record version from many relays:
-    it is verified and decoded once. (The simulator shares one cache between all its cores: a
-    pure-function memo, it changes no behaviour.)"""
+    and is verified - and refused; the Record keeps the raw bytes anyway). A node receives the
+    same record version from many relays: it is verified and decoded once. (The simulator
+    shares one cache between all its cores: a pure-function memo, it changes no behaviour.)"""
 
     def __init__(self, size: int = 65536) -> None:
         self.size = size
-        self._seen: dict[bytes, Record] = {}  # (oldest first: evicted first)
+        self._seen: dict[bytes, Record] = {}  # raw record -> Record (oldest first: evicted first)
 
     def parse(self, data: bytes, pos: int, total: int | None = None) -> Record:
         """The record at ``pos`` (``total`` bytes long, if the caller read its header)."""
         if total is None:
             total = read_record_header(data, pos)[3]
         raw = data[pos:pos + total]
-        key = hashlib.blake2b(raw, digest_size=20).digest()
-        record = self._seen.get(key)
+        record = self._seen.get(raw)
         if record is not None:
             return record
         identity, version, kind, length = _RECORD_HEAD.unpack_from(raw, 0)
@@ -180,7 +179,7 @@ class RecordCache:
         if not verify(identity, raw[:body_end], raw[body_end:]):
             raise ProtocolError("bad_record_signature")
         record = Record(identity, version, kind, raw[_RECORD_HEAD.size:body_end], raw[body_end:], raw)
-        self._seen[key] = record
+        self._seen[raw] = record
         if len(self._seen) > self.size:
             del self._seen[next(iter(self._seen))]
         return record
