@@ -20,6 +20,7 @@ Everything is driven by one event queue and ``random.Random(seed)``: same seed, 
 from __future__ import annotations
 
 import bisect
+import functools
 import gc
 import heapq
 import ipaddress
@@ -221,6 +222,12 @@ class Underlay:
 # ============================================================================ WireGuard model
 
 
+@functools.lru_cache(maxsize=65536)
+def _host(prefix: str) -> str:
+    """"10.1.0.5/32" -> "10.1.0.5" (one string for all nodes)."""
+    return prefix.split("/")[0]
+
+
 @dataclass
 class WgPeer:
     key: bytes
@@ -302,7 +309,7 @@ class SimNode:
             peer.keepalive = p.keepalive
             if p.allowed_ips is peer.allowed_from:
                 continue  # (the core hands on the same tuple while a peer's allowed IPs stay)
-            allowed = {ip.split("/")[0] for ip in p.allowed_ips}
+            allowed = {_host(ip) for ip in p.allowed_ips}
             for ip in peer.allowed - allowed:
                 if owners.get(ip) == p.public_key:
                     del owners[ip]
@@ -313,7 +320,7 @@ class SimNode:
                 owners[ip] = p.public_key
             peer.allowed, peer.allowed_from = allowed, p.allowed_ips
         if plane.routes is not self.routes_from:
-            self.routes = {r.destination.split("/")[0]: r.gateway for r in plane.routes}
+            self.routes = {_host(r.destination): r.gateway for r in plane.routes}
             self.routes_from = plane.routes
 
     def _keepalive_now(self, key: bytes) -> None:

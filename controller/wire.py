@@ -312,8 +312,9 @@ class Record:
     #: the decoded payload, once (see RecordCache.decoded)
     memo: list = field(repr=False, compare=False, default_factory=list)
 
-    @property
+    @functools.cached_property
     def id8(self) -> bytes:
+        """(One bytes object per record: every node keys its tables on it.)"""
         return self.identity[:ID8_LEN]
 
 
