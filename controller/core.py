@@ -318,7 +318,8 @@ class Core:
         self._routes_dirty = True  # hops or addresses changed: routes and allowed IPs again
         self._route_dests: set[bytes] | None = None  # the destinations whose paths changed; None = all
         self._route_slots: list[DesiredRoute | None] = []  # route per destination (in _dest_order), or None
-        self._route_via: dict[bytes, bytes] = {}  # destination -> the first hop its route is via
+        #: the paths the routes were made from (hops dicts are replaced, never changed in place)
+        self._routed_hops: dict[bytes, bytes] = {}
         self._allowed_lists: dict[bytes, tuple[list[int], list[str]]] = {}  # hop -> its allowed IPs, by address
         self._routes: tuple[DesiredRoute, ...] = ()
         self._allowed: dict[bytes, tuple[str, ...]] = {}
@@ -1664,7 +1665,6 @@ class Core:
             self._dest_order = [id8 for _, id8 in order]
         hops = self.hops
         slots: list[DesiredRoute | None] = []
-        via: dict[bytes, bytes] = {}
         lists: dict[bytes, tuple[list[int], list[str]]] = {}
         for dest, key in zip(self._dest_order, self._dest_keys, strict=True):
             hop = hops.get(dest)
@@ -1673,20 +1673,19 @@ class Core:
                 continue
             route = self._route_for(dest, hop)
             slots.append(route)
-            via[dest] = hop
             if hop not in lists:
                 lists[hop] = ([], [])
             keys, prefixes = lists[hop]
             keys.append(key)
             prefixes.append(route.destination)
-        self._route_slots, self._route_via, self._allowed_lists = slots, via, lists
+        self._route_slots, self._routed_hops, self._allowed_lists = slots, hops, lists
         self._routes = tuple(filter(None, slots))  # (in address order, and so is each peer's allowed list)
         self._allowed = {hop: tuple(prefixes) for hop, (_, prefixes) in lists.items()}
 
     def _update_routes(self, dests: Iterable[bytes]) -> bool:
         """Routes and allowed IPs after the paths to ``dests`` changed (and no others): what
         :meth:`_rebuild_routes` gives, in O(changes log N). False if it cannot tell."""
-        hops, via, lists, slots = self.hops, self._route_via, self._allowed_lists, self._route_slots
+        hops, via, lists, slots = self.hops, self._routed_hops, self._allowed_lists, self._route_slots
         order, order_keys = self._dest_order, self._dest_keys
         if len(slots) != len(order):
             return False
@@ -1707,12 +1706,10 @@ class Core:
                 i = bisect.bisect_left(keys, key)
                 del keys[i], prefixes[i]
                 dirty.add(old)
-                del via[dest]
             if hop is None:
                 slots[at] = None
                 continue
             route = slots[at] = self._route_for(dest, hop)
-            via[dest] = hop
             if hop not in lists:
                 lists[hop] = ([], [])
             keys, prefixes = lists[hop]
@@ -1730,6 +1727,7 @@ class Core:
                     allowed.pop(hop, None)
             self._allowed = allowed
             self._routes = tuple(filter(None, slots))
+        self._routed_hops = hops
         return True
 
     def _build_dataplane(self, now: float) -> None:

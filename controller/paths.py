@@ -222,13 +222,25 @@ class LinkGraph:
         self.touched = None
         if source not in cost:
             return (*_dijkstra(self.edges, source), True)
-        for a, b, old, new in changes:
+        # an edge may have changed more than once since: compare its cost before the first
+        # change with its cost now (a cost seen in between is no longer true)
+        before: dict[tuple[bytes, bytes], int | None] = {}
+        for a, b, old, _ in changes:
+            before.setdefault((a, b) if a < b else (b, a), old)
+        edges = self.edges
+        now_costs = []
+        for (a, b), old in before.items():
+            ea = edges.get(a)
+            new = ea.get(b) if ea else None
+            if new == old:
+                continue
             if old is not None and (new is None or new > old) and (pred.get(b) == a or pred.get(a) == b):
-                return (*_dijkstra(self.edges, source), True)
+                return (*_dijkstra(edges, source), True)
+            now_costs.append((a, b, old, new))
         self.touched = []
         heap: list[tuple[int, bytes]] = []
         get, push = cost.get, heap.append
-        for a, b, old, new in changes:
+        for a, b, old, new in now_costs:
             if new is not None and (old is None or new < old):
                 ca, cb = get(a), get(b)
                 if ca is not None and b != source and (cb is None or ca + new < cb):

@@ -129,3 +129,39 @@ def test_tree_kept_incrementally_equals_a_full_dijkstra(case, updates, source_in
         full_cost, full_pred = paths._dijkstra(graph.edges, source)
         assert (cost, pred) == (full_cost, full_pred)
         assert changed or (cost, pred) == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(graphs(), st.lists(st.lists(st.tuples(st.integers(0, 13), st.dictionaries(
+    st.integers(0, 13), st.integers(1, 40), max_size=5)), min_size=1, max_size=4), max_size=8),
+    st.integers(0, 13))
+def test_tree_after_several_changes_equals_a_full_dijkstra(case, batches, source_index):
+    """Records arrive in bursts: an edge may appear, get cheaper or dearer, and change again
+    before the tree is updated. The tree must follow the edges as they are then, not a cost
+    they had in between (an edge that appeared cheap and then got dear must not seed a path)."""
+    claims, hop_cost = case
+    source = node(source_index)
+    graph = paths.LinkGraph(hop_cost)
+    for a, links in claims.items():
+        graph.set_claims(a, links)
+    cost, pred, _ = graph.update_tree(source, {}, {})
+    for batch in batches:
+        for i, links in batch:
+            graph.set_claims(node(i), {node(j): rtt for j, rtt in links.items()})
+        cost, pred, _ = graph.update_tree(source, cost, pred)
+        assert (cost, pred) == paths._dijkstra(graph.edges, source)
+
+
+def test_an_edge_that_appeared_cheap_then_got_dear_does_not_seed_the_tree():
+    a, b, c = node(1), node(2), node(3)
+    graph = paths.LinkGraph(100)
+    graph.set_claims(a, {c: 10})
+    graph.set_claims(c, {a: 10})
+    cost, pred, _ = graph.update_tree(a, {}, {})
+    graph.set_claims(b, {c: 1})
+    graph.set_claims(c, {a: 10, b: 1})
+    graph.set_claims(b, {c: 500})
+    graph.set_claims(c, {a: 10, b: 500})
+    cost, pred, _ = graph.update_tree(a, cost, pred)
+    assert (cost, pred) == paths._dijkstra(graph.edges, a)
+    assert paths.latency_ms(cost[b], 2, 100) == 510
