@@ -325,8 +325,6 @@ class Core:
         self._allowed: dict[bytes, tuple[str, ...]] = {}
         self._dest_order: list[bytes] | None = None  # members sorted by overlay address
         self._dest_keys: list[int] = []  # their addresses as integers, in that order
-        #: node -> its info when we wanted no link to it (forgotten when our addresses change)
-        self._no_link: dict[bytes, NodeInfo] = {}
         self.dataplane = DataPlane()
         self.dataplane_version = 0
         #: recent data-plane versions -> (their peers' WireGuard keys, the paths they route)
@@ -469,7 +467,6 @@ class Core:
             return
         gone = {ip for ip, _ in self.lan} - {ip for ip, _ in lan}
         self.lan = lan
-        self._no_link.clear()
         self._schedule_publish(now)
         if not gone:
             return
@@ -771,13 +768,8 @@ class Core:
             # switched: follow at once (the window between the two switches loses packets)
             self._schedule_paths(now, urgent=(self.id8 in claims_before) != (self.id8 in claims))
         link = self.links.get(id8)
-        if link is None:  # (links no longer wanted go in _manage_links)
-            before = self._no_link.get(id8)
-            if before is None or before.endpoints != info.endpoints or before.flags != info.flags:
-                if self._wants_link(info, id8):
-                    link = self._ensure_link(self.members[id8], now)
-                else:
-                    self._no_link[id8] = info  # asked again when these or our addresses change
+        if link is None and self._wants_link(info, id8):  # (links no longer wanted go in _manage_links)
+            link = self._ensure_link(self.members[id8], now)
         if link is not None and link.state == UP and now - link.last_probe_rx < 3 * self.config.probe_interval:
             # the other end measures this link; claim what it measured (edges use the max of both)
             theirs = claims.get(self.id8, 0)
@@ -855,7 +847,6 @@ class Core:
         if seen == self.reflexive:
             return
         self.reflexive = seen
-        self._no_link.clear()
         self._event("reflexive_endpoint", endpoint=_fmt_ep(seen))
         # others punch holes to it: an optimisation, like a shortcut link (see _link_up); before
         # our first links are announced, it goes with them
