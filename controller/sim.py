@@ -243,7 +243,7 @@ class WgPeer:
     staged: list = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class Packet:
     """An overlay IP packet."""
 
@@ -274,6 +274,8 @@ class SimNode:
         self.owners: dict[str, bytes] = {}  # allowed IP -> peer (cryptokey routing)
         self.routes_from: tuple = ()  # the desired routes self.routes was made from
         self.applied_version = -1
+        self.apply_due = -1  # the data-plane version an apply event is scheduled for, of apply_due_core
+        self.apply_due_core: Core | None = None
         self.timer_at: float | None = None
         self.alive = True
         self.stats: dict[str, int] = {}
@@ -603,8 +605,10 @@ class Sim:
         if soon < node.poll_at - 1e-9:
             node.poll_at = soon
             self.schedule(soon - self.now, self._poll, node.name)
-        if core.dataplane_version != node.applied_version:
-            self.schedule(self.apply_delay, self._apply, node.name, core.dataplane_version)
+        version = core.dataplane_version
+        if version != node.applied_version and (version != node.apply_due or core is not node.apply_due_core):
+            node.apply_due, node.apply_due_core = version, core  # (one apply event per version)
+            self.schedule(self.apply_delay, self._apply, node.name, version)
         deadline = core.next_deadline() - EPOCH
         if node.timer_at is None or deadline < node.timer_at - 1e-9 or node.timer_at <= self.now:
             node.timer_at = max(deadline, self.now)
@@ -644,8 +648,9 @@ class Sim:
         self.schedule(1.0, self._wg_tick, name)
 
     def _send_admin(self, node: SimNode, data: bytes, addr: Addr) -> None:
-        node.count("admin_tx")
-        node.count("admin_tx_bytes", len(data))
+        stats = node.stats
+        stats["admin_tx"] = stats.get("admin_tx", 0) + 1
+        stats["admin_tx_bytes"] = stats.get("admin_tx_bytes", 0) + len(data)
         over = self._overlay.get(addr[0])
         if over is None:
             over = self._overlay[addr[0]] = ipaddress.ip_address(addr[0]) in self.subnet
