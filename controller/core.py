@@ -1634,8 +1634,9 @@ class Core:
                 if member is not None:
                     self._event("node_reachable" if id8 in self.hops else "node_unreachable",
                                 node=member.info.name)
-            for id8, hop in self.hops.items() - old_hops.items():  # (new and changed paths, in C)
-                if id8 in old_hops:
+            for id8 in self.hops if touched is None else touched:
+                hop = self.hops[id8]
+                if old_hops.get(id8) not in (None, hop):
                     self._event("path_changed", node=self.members[id8].info.name,
                                 via=self.members[hop].info.name if hop != id8 else "direct")
         self._build_dataplane(now)
