@@ -149,7 +149,8 @@ class LinkGraph:
 
     def _add_node(self, node: bytes, links: Mapping[bytes, int]) -> bool:
         """:meth:`set_claims` for a node with no claims and no edges before (every node learns
-        every other one this way once: the common case, kept short)."""
+        every other one this way once: the common case, kept short): :meth:`_update` for
+        edges that did not exist, inlined."""
         claims, edges, hop, changes, costs = self.claims, self.edges, self.hop_cost_ms, self.changes, _cost_cache
         mine = None
         for peer, rtt in links.items():
