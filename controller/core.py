@@ -315,8 +315,9 @@ class Core:
         self.hops: dict[bytes, bytes] = {}
         self.graph = paths.LinkGraph(config.hop_cost_ms)
         self._graph_dirty = True  # the mutually claimed links changed: Dijkstra again
-        self._routes_dirty = True  # hops or addresses changed: routes and allowed IPs again
-        self._route_dests: set[bytes] | None = None  # the destinations whose paths changed; None = all
+        #: destinations whose paths changed since routes and allowed IPs were made (None: all,
+        #: or addresses changed; empty: nothing to do)
+        self._route_dests: set[bytes] | None = None
         self._route_slots: list[DesiredRoute | None] = []  # route per destination (in _dest_order), or None
         #: the paths the routes were made from (hops dicts are replaced, never changed in place)
         self._routed_hops: dict[bytes, bytes] = {}
@@ -622,8 +623,7 @@ class Core:
             if over and inner.type == wire.PROBE:
                 link.last_probe_rx = now
         t = inner.type
-        name = RX_COUNTERS[t]
-        self.counters[name] = self.counters.get(name, 0) + 1
+        self._count(RX_COUNTERS[t])
         if t == wire.RECORDS:
             self._on_records(inner.body, now, sender8)
         elif t == wire.PROBE:
@@ -733,7 +733,7 @@ class Core:
                 link.peer_ready = False
                 self.t_links = now
         self.wg_owner[info.wg_public_key] = id8
-        self.counters["records_accepted"] = self.counters.get("records_accepted", 0) + 1
+        self._count("records_accepted")
         self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                    old.last_reachable if old else now)
         claims_before = self.graph.claims.get(id8, {})
@@ -753,13 +753,12 @@ class Core:
                 self._introduce(id8, now)
         if old is None and self._dest_order is not None:
             # (no path to it yet: its route comes with the path, see _recompute)
-            key = _ip_int(info.overlay_ip)[1]
+            key = self._dest_key(id8)
             at = bisect.bisect(self._dest_keys, key)
             self._dest_keys.insert(at, key)
             self._dest_order.insert(at, id8)
             self._route_slots.insert(at, None)
         elif old is None or old.info.overlay_ip != info.overlay_ip:
-            self._routes_dirty = True
             self._route_dests = None
             self._dest_order = None
         if graph_changed or old is None or old.info.overlay_ip != info.overlay_ip \
@@ -903,11 +902,17 @@ class Core:
 
     # ========================================================================= send
 
+    def _subnet_value(self, host: str) -> int | None:
+        """The address as an integer if it lies inside the subnet, else None (ValueError if
+        ``host`` is no address)."""
+        version, value = _ip_int(host)
+        sub_version, network, mask, _ = self._subnet_ints
+        return value if version == sub_version and value & mask == network else None
+
     def _host_in_subnet(self, host: str) -> bool:
         """A host address inside the subnet (not its network or broadcast address)."""
-        version, value = _ip_int(host)
-        sub_version, network, mask, broadcast = self._subnet_ints
-        return version == sub_version and value & mask == network and value != network and value != broadcast
+        value = self._subnet_value(host)
+        return value is not None and value != self._subnet_ints[1] and value != self._subnet_ints[3]
 
     @staticmethod
     def _is_hostname(host: str) -> bool:
@@ -919,11 +924,9 @@ class Core:
 
     def _is_overlay(self, host: str) -> bool:
         try:
-            version, value = _ip_int(host)
+            return self._subnet_value(host) is not None
         except ValueError:
             raise ProtocolError("bad_source") from None
-        sub_version, network, mask, _ = self._subnet_ints
-        return version == sub_version and value & mask == network
 
     def _send_to_addr(self, addr: tuple[str, int], mtype: int, body: bytes, now: float,
                       to: bytes | None = None) -> None:
@@ -934,10 +937,8 @@ class Core:
         data = wire.seal(self.key, self.random_bytes(wire.NONCE_LEN), self.identity, mtype, int(now * 1000),
                          self.seq, body, pair)
         self._out.append((data, addr))
-        counters = self.counters  # (_count, inline: once per datagram)
-        name = TX_COUNTERS[mtype]
-        counters[name] = counters.get(name, 0) + 1
-        counters["tx_bytes"] = counters.get("tx_bytes", 0) + len(data)
+        self._count(TX_COUNTERS[mtype])
+        self._count("tx_bytes", len(data))
 
     def _identity_of(self, id8: bytes) -> bytes | None:
         member = self.members.get(id8)
@@ -1210,7 +1211,6 @@ class Core:
                 # forget the record (the address binding stays)
                 del self.members[id8]
                 self._graph_dirty |= self.graph.remove(id8)
-                self._routes_dirty = True
                 self._route_dests = None
                 self._dest_order = None
                 self.wg_owner.pop(member.info.wg_public_key, None)
@@ -1622,11 +1622,10 @@ class Core:
                     hops[node] = node if parent == me else hops[parent]
                 self.hops = hops
             if self.hops != old_hops:
-                self._routes_dirty = True
                 if touched is None:
                     self._route_dests = None
                 elif self._route_dests is not None:
-                    self._route_dests.update(touched)
+                    self._route_dests.update(touched)  # (not empty: a touched node's hop changed)
             if self.hops.keys() != old_hops.keys():
                 self.t_links = min(self.t_links, now)
             for id8 in old_hops.keys() ^ self.hops.keys():
@@ -1685,10 +1684,9 @@ class Core:
             hop, old = hops.get(dest), via.get(dest)
             if hop == old:
                 continue
-            member = self.members.get(dest)
-            if member is None:
+            if dest not in self.members:
                 return False
-            key = _ip_int(member.info.overlay_ip)[1]
+            key = self._dest_key(dest)
             at = bisect.bisect_left(order_keys, key)
             if at == len(order) or order[at] != dest:
                 return False
@@ -1722,9 +1720,9 @@ class Core:
         return True
 
     def _build_dataplane(self, now: float) -> None:
-        if self._routes_dirty:  # only when paths or addresses changed
-            self._routes_dirty = False
-            dests, self._route_dests = self._route_dests, set()
+        dests = self._route_dests
+        if dests is None or dests:  # only when paths or addresses changed
+            self._route_dests = set()
             if dests is None or self._dest_order is None or not self._update_routes(dests):
                 self._rebuild_routes()
         peers = []

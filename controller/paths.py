@@ -112,8 +112,8 @@ class LinkGraph:
         self.hop_cost_ms = hop_cost_ms
         self.claims: dict[bytes, dict[bytes, int]] = {}
         self.edges: dict[bytes, dict[bytes, int]] = {}
-        #: edges changed since the last :meth:`update_tree`: (a, b, old cost, new cost), None = absent
-        self.changes: list[tuple[bytes, bytes, int | None, int | None]] = []
+        #: edges changed since the last :meth:`update_tree`: (a, b, cost before; None = absent)
+        self.changes: list[tuple[bytes, bytes, int | None]] = []
         #: the nodes whose cost and predecessor the last :meth:`update_tree` changed, cheapest
         #: first (so a node's predecessor comes before it, or did not change); None = maybe all
         self.touched: list[bytes] | None = None
@@ -170,7 +170,7 @@ class LinkGraph:
             if theirs is None:
                 theirs = edges[peer] = {}
             theirs[node] = cost
-            changes.append((node, peer, None, cost))
+            changes.append((node, peer, None))
         return mine is not None
 
     def remove(self, node: bytes) -> bool:
@@ -191,7 +191,7 @@ class LinkGraph:
                 return False
             del ea[b]
             del edges[b][a]
-            self.changes.append((a, b, current, None))
+            self.changes.append((a, b, current))
             return True
         cost = edge_cost(a, b, (ab if ab > ba else ba) + self.hop_cost_ms)
         if cost == current:
@@ -203,7 +203,7 @@ class LinkGraph:
         if eb is None:
             eb = edges[b] = {}
         eb[a] = cost
-        self.changes.append((a, b, current, cost))
+        self.changes.append((a, b, current))
         return True
 
     def shortest_tree(self, source: bytes) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
@@ -226,7 +226,7 @@ class LinkGraph:
         # an edge may have changed more than once since: compare its cost before the first
         # change with its cost now (a cost seen in between is no longer true)
         before: dict[tuple[bytes, bytes], int | None] = {}
-        for a, b, old, _ in changes:
+        for a, b, old in changes:
             before.setdefault((a, b) if a < b else (b, a), old)
         edges = self.edges
         now_costs = []

@@ -648,9 +648,8 @@ class Sim:
         self.schedule(1.0, self._wg_tick, name)
 
     def _send_admin(self, node: SimNode, data: bytes, addr: Addr) -> None:
-        stats = node.stats
-        stats["admin_tx"] = stats.get("admin_tx", 0) + 1
-        stats["admin_tx_bytes"] = stats.get("admin_tx_bytes", 0) + len(data)
+        node.count("admin_tx")
+        node.count("admin_tx_bytes", len(data))
         over = self._overlay.get(addr[0])
         if over is None:
             over = self._overlay[addr[0]] = ipaddress.ip_address(addr[0]) in self.subnet
