@@ -114,6 +114,9 @@ class LinkGraph:
         self.edges: dict[bytes, dict[bytes, int]] = {}
         #: edges changed since the last :meth:`update_tree`: (a, b, cost before; None = absent)
         self.changes: list[tuple[bytes, bytes, int | None]] = []
+        #: edges :meth:`_add_node` made since then: (a, b, cost). Absent before (their node had
+        #: no edge), so each comes before any entry of :attr:`changes` for the same edge.
+        self.added: list[tuple[bytes, bytes, int]] = []
         #: the nodes whose cost and predecessor the last :meth:`update_tree` changed, cheapest
         #: first (so a node's predecessor comes before it, or did not change); None = maybe all
         self.touched: list[bytes] | None = None
@@ -151,7 +154,7 @@ class LinkGraph:
         """:meth:`set_claims` for a node with no claims and no edges before (every node learns
         every other one this way once: the common case, kept short): :meth:`_update` for
         edges that did not exist, inlined."""
-        claims, edges, hop, changes, costs = self.claims, self.edges, self.hop_cost_ms, self.changes, _cost_cache
+        claims, edges, hop, added, costs = self.claims, self.edges, self.hop_cost_ms, self.added, _cost_cache
         mine = None
         for peer, rtt in links.items():
             back = claims.get(peer)
@@ -170,7 +173,7 @@ class LinkGraph:
             if theirs is None:
                 theirs = edges[peer] = {}
             theirs[node] = cost
-            changes.append((node, peer, None))
+            added.append((node, peer, cost))
         return mine is not None
 
     def remove(self, node: bytes) -> bool:
@@ -208,6 +211,7 @@ class LinkGraph:
 
     def shortest_tree(self, source: bytes) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
         self.changes.clear()
+        self.added.clear()
         self.touched = None
         return _dijkstra(self.edges, source)
 
@@ -220,38 +224,43 @@ class LinkGraph:
         are unique, so the result equals a full run (property-tested). The flag: whether the
         tree may have changed."""
         changes, self.changes = self.changes, []
+        added, self.added = self.added, []
         self.touched = None
         if source not in cost:
             return (*_dijkstra(self.edges, source), True)
-        # an edge may have changed more than once since: compare its cost before the first
-        # change with its cost now (a cost seen in between is no longer true)
-        before: dict[tuple[bytes, bytes], int | None] = {}
-        for a, b, old in changes:
-            before.setdefault((a, b) if a < b else (b, a), old)
         edges = self.edges
-        now_costs = []
-        for (a, b), old in before.items():
-            ea = edges.get(a)
-            new = ea.get(b) if ea else None
-            if new == old:
-                continue
-            if old is not None and (new is None or new > old) and (pred.get(b) == a or pred.get(a) == b):
-                return (*_dijkstra(edges, source), True)
-            now_costs.append((a, b, old, new))
+        if not changes:
+            better = added  # only new edges, each once, as they are now (the common case: nodes joining)
+        else:
+            # an edge may have changed more than once since: compare its cost before the first
+            # change with its cost now (a cost seen in between is no longer true)
+            before: dict[tuple[bytes, bytes], int | None] = {(a, b) if a < b else (b, a): None for a, b, _ in added}
+            for a, b, old in changes:
+                before.setdefault((a, b) if a < b else (b, a), old)
+            better = []  # edges that appeared or got cheaper: (a, b, cost now)
+            for (a, b), old in before.items():
+                ea = edges.get(a)
+                new = ea.get(b) if ea else None
+                if new == old:
+                    continue
+                if old is not None and (new is None or new > old):
+                    if pred.get(b) == a or pred.get(a) == b:
+                        return (*_dijkstra(edges, source), True)
+                    continue  # worse, and not in the tree: changes nothing
+                better.append((a, b, new))
         self.touched = []
         heap: list[tuple[int, bytes]] = []
         get, push = cost.get, heap.append
-        for a, b, old, new in now_costs:
-            if new is not None and (old is None or new < old):
-                ca, cb = get(a), get(b)
-                if ca is not None and b != source and (cb is None or ca + new < cb):
-                    cost[b] = cb = ca + new
-                    pred[b] = a
-                    push((cb, b))
-                if cb is not None and a != source and (ca is None or cb + new < ca):
-                    cost[a] = cb + new
-                    pred[a] = b
-                    push((cb + new, a))
+        for a, b, new in better:
+            ca, cb = get(a), get(b)
+            if ca is not None and b != source and (cb is None or ca + new < cb):
+                cost[b] = cb = ca + new
+                pred[b] = a
+                push((cb, b))
+            if cb is not None and a != source and (ca is None or cb + new < ca):
+                cost[a] = cb + new
+                pred[a] = b
+                push((cb + new, a))
         if not heap:
             return cost, pred, False
         heapq.heapify(heap)

@@ -140,3 +140,25 @@ def test_mutated_datagrams_raise_only_protocol_error(pos, value):
         wire.decode(KEY, bytes(data))
     except ProtocolError:
         pass
+
+
+def test_lean_crypto_calls_equal_pynacl_wrappers():
+    """wire calls libsodium's AEAD without pynacl's per-call wrappers: the same bytes out, the
+    same refusals (tampered, short, wrong key), checked lengths."""
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt as encrypt
+
+    assert wire._LEAN
+    key, nonce = os.urandom(32), os.urandom(24)
+    for message in (b"", b"x", os.urandom(1500)):
+        sealed_bytes = wire._aead_seal(message, wire.HEADER, nonce, key)
+        assert sealed_bytes == encrypt(message, wire.HEADER, nonce, key)
+        assert wire._aead_open(sealed_bytes, wire.HEADER, nonce, key) == message
+        for bad in (sealed_bytes[:-1] + bytes([sealed_bytes[-1] ^ 1]), sealed_bytes[:15]):
+            with pytest.raises(wire.CryptoError):
+                wire._aead_open(bad, wire.HEADER, nonce, key)
+        with pytest.raises(wire.CryptoError):
+            wire._aead_open(sealed_bytes, wire.HEADER, nonce, os.urandom(32))
+    with pytest.raises(ValueError):
+        wire._aead_seal(b"m", wire.HEADER, nonce[:23], key)
+    with pytest.raises(ValueError):
+        wire._aead_open(bytes(40), wire.HEADER, nonce, key[:31])
