@@ -255,7 +255,10 @@ def _fmt_ep(addr: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_ep(text: str) -> tuple[str, int] | None:
+    """(host, port) of "host:port" / "[v6]:port" (memoised: every probe answer tells the
+    prober where its WireGuard endpoint is seen)."""
     if not text:
         return None
     host, _, port = text.rpartition(":")
@@ -748,7 +751,7 @@ class Core:
             self._flood[id8] = source  # a hub hands new records on (see _gossip)
             self.t_gossip = min(self.t_gossip, now + self._flood_batch())  # soon, not a round later
         if old is None:
-            self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity.hex()[:16])
+            self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity[:8].hex())
             if self.is_static and source == id8 and not info.is_static:
                 self._introduce(id8, now)
         if old is None and self._dest_order is not None:
@@ -1232,10 +1235,12 @@ class Core:
         link = self.links.get(id8)
         if link is not None and link.pinned:
             return True
+        if self._shared_lan_address(info) is not None:
+            return True
         if self.config.link_policy == "static":
-            return self._shares_lan(info) or self._behind_same_nat(info)
+            return self._behind_same_nat(info)
         # a node with a LAN or public endpoint of its own could be reached directly
-        return self._shares_lan(info) or any(ep.kind in (EP_REFLEXIVE, EP_STATIC) for ep in info.endpoints)
+        return any(ep.kind in (EP_REFLEXIVE, EP_STATIC) for ep in info.endpoints)
 
     def _lan_nets(self):
         if self._lan_nets_for != self.lan:
@@ -1259,8 +1264,9 @@ class Core:
 
     def _shared_lan_address(self, info: NodeInfo) -> str | None:
         """The node's first address on a LAN of ours."""
+        on_my_lan = self._on_my_lan
         for address in info.lan_addresses:
-            if self._on_my_lan(address):
+            if on_my_lan(address):
                 return address
         return None
 
@@ -1503,13 +1509,15 @@ class Core:
         self._attempt_budget = min(float(cfg.max_attempts_per_second),
                                    self._attempt_budget + (now - self._attempt_refill) * cfg.max_attempts_per_second)
         self._attempt_refill = now
-        next_t = now + cfg.probe_interval
+        interval = cfg.probe_interval
+        next_t = now + interval
+        members, hops, wants_link = self.members, self.hops, self._wants_link
         for id8, link in list(self.links.items()):
-            member = self.members.get(id8)
+            member = members.get(id8)
             if member is None:
                 del self.links[id8]
                 continue
-            if not self._wants_link(member.info, id8):
+            if not wants_link(member.info, id8):
                 if link.state == UP:
                     self._schedule_publish(now)
                 del self.links[id8]
@@ -1564,7 +1572,7 @@ class Core:
                     elif link.static and link.initiator and not link.peer_ready:
                         next_t = min(next_t, link.attempt_started + 2.001)
             elif link.state == UP:
-                direct = self.hops.get(id8) == id8
+                direct = hops.get(id8) == id8
                 if direct and link.used_since == 0:
                     link.used_since = now
                 if not self._active(link, now):
@@ -1578,13 +1586,14 @@ class Core:
                     continue
                 # one end probes (the initiator); the other answers, and probes itself only
                 # when the other end's probes stop coming (it may have died, or gone idle)
-                if link.initiator or now - link.last_probe_rx > 2.5 * cfg.probe_interval:
-                    if now >= link.next_probe - PROBE_ALIGN * cfg.probe_interval:
-                        link.next_probe = now + cfg.probe_interval
+                if link.initiator or now - link.last_probe_rx > 2.5 * interval:
+                    if now >= link.next_probe - PROBE_ALIGN * interval:
+                        link.next_probe = now + interval
                         self._send_probe(member.info, id8, now)
-                    next_t = min(next_t, link.next_probe)
-                else:
-                    next_t = min(next_t, link.last_probe_rx + 2.5 * cfg.probe_interval + 0.001)
+                    if link.next_probe < next_t:
+                        next_t = link.next_probe
+                elif link.last_probe_rx + 2.5 * interval + 0.001 < next_t:
+                    next_t = link.last_probe_rx + 2.5 * interval + 0.001
         self.t_links = next_t
         self._attempting = any(link.state == ATTEMPTING for link in self.links.values())
 

@@ -36,21 +36,31 @@ def tie_break(a: bytes, b: bytes) -> int:
     return value
 
 
-#: (a, b) -> (weight, edge_cost) of the weight last asked for: a pure-function memo (every node
-#: of a mesh computes the same cost for the same link; the simulator's cores share one int)
-_cost_cache: dict[tuple[bytes, bytes], tuple[int, int]] = {}
+#: a -> b -> (weight, edge_cost) of the weight last asked for, both ways round: a pure-function
+#: memo (every node of a mesh computes the same cost for the same link; the simulator's cores
+#: share one int). Per node, so that a node's links look up one small dict (see _add_node).
+_cost_cache: dict[bytes, dict[bytes, tuple[int, int]]] = {}
+_cost_entries = [0]
 
 
 def edge_cost(a: bytes, b: bytes, weight: int) -> int:
     """The comparable cost of one edge: its weight (ms) above its tie-break."""
-    key = (a, b) if a < b else (b, a)
-    entry = _cost_cache.get(key)
+    of_a = _cost_cache.get(a)
+    entry = of_a.get(b) if of_a is not None else None
     if entry is not None and entry[0] == weight:
         return entry[1]
     cost = (weight << _SHIFT) + tie_break(a, b)
-    if len(_cost_cache) > 1_000_000:
+    if _cost_entries[0] > 2_000_000:
         _cost_cache.clear()
-    _cost_cache[key] = (weight, cost)
+        _cost_entries[0] = 0
+    entry = (weight, cost)
+    for x, y in ((a, b), (b, a)):
+        of_x = _cost_cache.get(x)
+        if of_x is None:
+            of_x = _cost_cache[x] = {}
+        if y not in of_x:
+            _cost_entries[0] += 1
+        of_x[y] = entry
     return cost
 
 
@@ -154,7 +164,8 @@ class LinkGraph:
         """:meth:`set_claims` for a node with no claims and no edges before (every node learns
         every other one this way once: the common case, kept short): :meth:`_update` for
         edges that did not exist, inlined."""
-        claims, edges, hop, added, costs = self.claims, self.edges, self.hop_cost_ms, self.added, _cost_cache
+        claims, edges, hop, added = self.claims, self.edges, self.hop_cost_ms, self.added
+        costs = _cost_cache.get(node, {})  # (edge_cost's memo, inline)
         mine = None
         for peer, rtt in links.items():
             back = claims.get(peer)
@@ -164,7 +175,7 @@ class LinkGraph:
             if rtt_back is None:
                 continue
             weight = (rtt if rtt > rtt_back else rtt_back) + hop
-            entry = costs.get((node, peer) if node < peer else (peer, node))  # (edge_cost, inline)
+            entry = costs.get(peer)
             cost = entry[1] if entry is not None and entry[0] == weight else edge_cost(node, peer, weight)
             if mine is None:
                 mine = edges[node] = {}

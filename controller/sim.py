@@ -228,6 +228,12 @@ def _host(prefix: str) -> str:
     return prefix.split("/")[0]
 
 
+@functools.lru_cache(maxsize=65536)
+def _fmt_addr(addr: Addr) -> str:
+    """("10.0.0.1", 51820) -> "10.0.0.1:51820" as wg shows an endpoint (every poll, every peer)."""
+    return f"{addr[0]}:{addr[1]}"
+
+
 @dataclass
 class WgPeer:
     key: bytes
@@ -443,11 +449,9 @@ class SimNode:
             self._send_data(peer, pkt)
 
     def observation(self) -> dict[bytes, PeerObservation]:
-        out = {}
-        for key, p in self.peers.items():
-            ep = f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else ""
-            out[key] = PeerObservation(ep, EPOCH + p.last_handshake if p.last_handshake else 0.0, p.rx, p.tx)
-        return out
+        return {key: PeerObservation(_fmt_addr(p.endpoint) if p.endpoint else "",
+                                     EPOCH + p.last_handshake if p.last_handshake else 0.0, p.rx, p.tx)
+                for key, p in self.peers.items()}
 
 
 # ============================================================================ the simulation

@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import ipaddress
 import struct
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -118,20 +117,20 @@ class PairKeys:
     """The MAC keys between one identity and the others it talks to (see the module doc):
     ``BLAKE2b(X25519(a, B), key=admin key, salt-free, person="wgnm.pair.v1")`` over both public
     keys in order, so A and B derive the same key and nobody else can. Derived once per pair (a
-    DH costs ~100 us), kept for ``size`` pairs. ``memo`` may be shared by cores that trust each
+    DH costs ~100 us), kept for ``size`` pairs (the oldest derived goes first: a mesh of
+    more than ``size`` nodes derives some again). ``memo`` may be shared by cores that trust each
     other (the simulator): the key is a pure function of the two identities and the mesh."""
 
     def __init__(self, identity: Identity, admin_key: bytes, size: int = 4096, memo: dict | None = None) -> None:
         self.identity = identity
         self.admin_key = admin_key
         self.size = size
-        self._keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._keys: dict[bytes, bytes] = {}  # (in the order derived)
         self._memo = memo
 
     def key(self, peer_public: bytes) -> bytes:
         key = self._keys.get(peer_public)
         if key is not None:
-            self._keys.move_to_end(peer_public)
             return key
         mine = self.identity.public
         pair = mine + peer_public if mine < peer_public else peer_public + mine
@@ -147,7 +146,7 @@ class PairKeys:
                 self._memo[pair] = key
         self._keys[peer_public] = key
         if len(self._keys) > self.size:
-            self._keys.popitem(last=False)
+            del self._keys[next(iter(self._keys))]
         return key
 
 
