@@ -751,7 +751,8 @@ class Core:
             self._flood[id8] = source  # a hub hands new records on (see _gossip)
             self.t_gossip = min(self.t_gossip, now + self._flood_batch())  # soon, not a round later
         if old is None:
-            self._event("node_discovered", node=info.name, ip=info.overlay_ip, identity=record.identity[:8].hex())
+            self._events.append(Event("node_discovered", {"node": info.name, "ip": info.overlay_ip,
+                                                          "identity": record.identity[:8].hex()}))
             if self.is_static and source == id8 and not info.is_static:
                 self._introduce(id8, now)
         if old is None and self._dest_order is not None:
@@ -1637,11 +1638,12 @@ class Core:
                     self._route_dests.update(touched)  # (not empty: a touched node's hop changed)
             if self.hops.keys() != old_hops.keys():
                 self.t_links = min(self.t_links, now)
-            for id8 in old_hops.keys() ^ self.hops.keys():
-                member = self.members.get(id8)
+            events, members, hops = self._events, self.members, self.hops
+            for id8 in old_hops.keys() ^ hops.keys():  # (O(N) of them at start: _event inlined)
+                member = members.get(id8)
                 if member is not None:
-                    self._event("node_reachable" if id8 in self.hops else "node_unreachable",
-                                node=member.info.name)
+                    events.append(Event("node_reachable" if id8 in hops else "node_unreachable",
+                                        {"node": member.info.name}))
             for id8 in self.hops if touched is None else touched:
                 hop = self.hops[id8]
                 if old_hops.get(id8) not in (None, hop):
