@@ -63,6 +63,7 @@ ID8_LEN = 8
 MAX_DATAGRAM = 60000
 _INNER_HEAD = struct.Struct(">B32sQI")  # type, sender, timestamp ms, seq
 _RECORD_HEAD = struct.Struct(">32sQBH")  # identity, version, kind, payload length
+_U32 = struct.Struct(">I")
 
 # message types
 PROBE, PROBE_ACK, RECORDS, SYNC, DIGEST, REQUEST, CONNECT, CONNECT_ACK = range(1, 9)
@@ -496,23 +497,34 @@ def body_probe(probe_id: int) -> bytes:
 
 
 def parse_probe(body: bytes) -> int:
-    r = Reader(body)
-    pid = r.u32()
-    r.done()
-    return pid
+    if len(body) != 4:
+        raise ProtocolError("truncated" if len(body) < 4 else "trailing_bytes")
+    return _U32.unpack(body)[0]
 
 
 def body_probe_ack(probe_id: int, seen_admin: tuple[str, int] | None, seen_wg: tuple[str, int] | None) -> bytes:
-    return struct.pack(">I", probe_id) + pack_addr(seen_admin) + pack_addr(seen_wg)
+    return struct.pack(">I", probe_id) + _pack_addr_pair(seen_admin, seen_wg)
+
+
+# (probe answers carry the same two addresses second after second: packed and parsed once)
+@functools.lru_cache(maxsize=4096)
+def _pack_addr_pair(first: tuple[str, int] | None, second: tuple[str, int] | None) -> bytes:
+    return pack_addr(first) + pack_addr(second)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_addr_pair(data: bytes) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    r = Reader(data)
+    first = read_addr(r)
+    second = read_addr(r)
+    r.done()
+    return first, second
 
 
 def parse_probe_ack(body: bytes) -> tuple[int, tuple[str, int] | None, tuple[str, int] | None]:
-    r = Reader(body)
-    pid = r.u32()
-    admin = read_addr(r)
-    wg = read_addr(r)
-    r.done()
-    return pid, admin, wg
+    if len(body) < 4:
+        raise ProtocolError("truncated")
+    return (_U32.unpack_from(body)[0], *_parse_addr_pair(body[4:]))
 
 
 RECORDS_FLOOD = 1  # "you are my static neighbour: hand this on" (see Core._gossip)
