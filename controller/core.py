@@ -690,7 +690,8 @@ class Core:
         except ProtocolError as e:
             self._count(f"drop_{e.reason}")
             return False
-        if not self._host_in_subnet(info.overlay_ip):
+        address = self._subnet_host(info.overlay_ip)
+        if address is None:
             self._count("refused_outside_subnet")
             self._report_conflict("outside_subnet", info, record)
             return False
@@ -757,9 +758,8 @@ class Core:
                 self._introduce(id8, now)
         if old is None and self._dest_order is not None:
             # (no path to it yet: its route comes with the path, see _recompute)
-            key = self._dest_key(id8)
-            at = bisect.bisect(self._dest_keys, key)
-            self._dest_keys.insert(at, key)
+            at = bisect.bisect(self._dest_keys, address)  # (the _dest_key)
+            self._dest_keys.insert(at, address)
             self._dest_order.insert(at, id8)
             self._route_slots.insert(at, None)
         elif old is None or old.info.overlay_ip != info.overlay_ip:
@@ -913,10 +913,12 @@ class Core:
         sub_version, network, mask, _ = self._subnet_ints
         return value if version == sub_version and value & mask == network else None
 
-    def _host_in_subnet(self, host: str) -> bool:
-        """A host address inside the subnet (not its network or broadcast address)."""
+    def _subnet_host(self, host: str) -> int | None:
+        """The address as an integer if it is a host address inside the subnet (not its network
+        or broadcast address), else None."""
         value = self._subnet_value(host)
-        return value is not None and value != self._subnet_ints[1] and value != self._subnet_ints[3]
+        return value if value is not None and value != self._subnet_ints[1] and value != self._subnet_ints[3] \
+            else None
 
     @staticmethod
     def _is_hostname(host: str) -> bool:

@@ -45,6 +45,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 try:  # libsodium's C functions, called without pynacl's per-call checks (see _aead_seal)
     from nacl._sodium import ffi as _ffi
     from nacl._sodium import lib as _lib
+    _alloc = _ffi.new_allocator(should_clear_after_alloc=False)  # (C writes every byte we read back)
     _LEAN = all(hasattr(_lib, f) for f in ("crypto_aead_xchacha20poly1305_ietf_encrypt",
                                            "crypto_aead_xchacha20poly1305_ietf_decrypt"))
 except ImportError:  # pragma: no cover - a pynacl without its private module: the public wrappers
@@ -158,7 +159,7 @@ def _aead_seal_lean(message: bytes, aad: bytes, nonce: bytes, key: bytes) -> byt
     if len(key) != 32 or len(nonce) != NONCE_LEN:
         raise ValueError("bad key or nonce length")
     size = len(message) + TAG_LEN
-    out = _ffi.new("unsigned char[]", size)
+    out = _alloc("unsigned char[]", size)
     _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(out, _ffi.NULL, message, len(message), aad, len(aad),
                                                    _ffi.NULL, nonce, key)
     return _ffi.buffer(out, size)[:]
@@ -170,7 +171,7 @@ def _aead_open_lean(ciphertext: bytes, aad: bytes, nonce: bytes, key: bytes) -> 
         raise ValueError("bad key or nonce length")
     if size < 0:
         raise CryptoError("short ciphertext")
-    out = _ffi.new("unsigned char[]", size or 1)
+    out = _alloc("unsigned char[]", size or 1)
     if _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(out, _ffi.NULL, _ffi.NULL, ciphertext, len(ciphertext),
                                                        aad, len(aad), nonce, key) != 0:
         raise CryptoError("decryption failed")
