@@ -139,6 +139,11 @@ class Event(NamedTuple):
         return f"{self.kind} " + " ".join(f"{k}={v}" for k, v in self.data.items())
 
 
+#: ``_event_of((kind, data))`` == ``Event(kind, data)``, without the NamedTuple's Python-level
+#: ``__new__`` (a mesh of N nodes makes O(N) events at every node when it starts)
+_event_of = functools.partial(tuple.__new__, Event)
+
+
 @dataclass(frozen=True)
 class PeerObservation:
     """One WireGuard peer as the data plane reports it."""
@@ -593,7 +598,7 @@ class Core:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def _event(self, kind: str, **data) -> None:
-        self._events.append(Event(kind, data))
+        self._events.append(_event_of((kind, data)))
 
     def _check_replay(self, inner: wire.Inner, now: float) -> None:
         if abs(inner.timestamp_ms - now * 1000) > self.config.replay_window * 1000:
@@ -752,8 +757,8 @@ class Core:
             self._flood[id8] = source  # a hub hands new records on (see _gossip)
             self.t_gossip = min(self.t_gossip, now + self._flood_batch())  # soon, not a round later
         if old is None:
-            self._events.append(Event("node_discovered", {"node": info.name, "ip": info.overlay_ip,
-                                                          "identity": record.identity[:8].hex()}))
+            self._events.append(_event_of(("node_discovered", {"node": info.name, "ip": info.overlay_ip,
+                                                               "identity": record.identity[:8].hex()})))
             if self.is_static and source == id8 and not info.is_static:
                 self._introduce(id8, now)
         if old is None and self._dest_order is not None:
@@ -1644,8 +1649,8 @@ class Core:
             for id8 in old_hops.keys() ^ hops.keys():  # (O(N) of them at start: _event inlined)
                 member = members.get(id8)
                 if member is not None:
-                    events.append(Event("node_reachable" if id8 in hops else "node_unreachable",
-                                        {"node": member.info.name}))
+                    events.append(_event_of(("node_reachable" if id8 in hops else "node_unreachable",
+                                             {"node": member.info.name})))
             for id8 in self.hops if touched is None else touched:
                 hop = self.hops[id8]
                 if old_hops.get(id8) not in (None, hop):

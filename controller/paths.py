@@ -175,15 +175,18 @@ class LinkGraph:
             if rtt_back is None:
                 continue
             weight = (rtt if rtt > rtt_back else rtt_back) + hop
-            entry = costs.get(peer)
-            cost = entry[1] if entry is not None and entry[0] == weight else edge_cost(node, peer, weight)
+            try:  # (subscripts, not .get: both are there but the first time)
+                entry = costs[peer]
+                cost = entry[1] if entry[0] == weight else edge_cost(node, peer, weight)
+            except KeyError:
+                cost = edge_cost(node, peer, weight)
             if mine is None:
                 mine = edges[node] = {}
             mine[peer] = cost
-            theirs = edges.get(peer)
-            if theirs is None:
-                theirs = edges[peer] = {}
-            theirs[node] = cost
+            try:
+                edges[peer][node] = cost
+            except KeyError:
+                edges[peer] = {node: cost}
             added.append((node, peer, cost))
         return mine is not None
 
