@@ -1278,9 +1278,6 @@ class Core:
                 return address
         return None
 
-    def _shares_lan(self, info: NodeInfo) -> bool:
-        return self._shared_lan_address(info) is not None
-
     def _behind_same_nat(self, info: NodeInfo) -> bool:
         """Both behind one public address: the same home, maybe on different LANs."""
         return self.reflexive is not None and self.reflexive[0] in info.reflexive_addresses

@@ -42,7 +42,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import BadSignatureError, CryptoError
 
-try:  # libsodium's C functions, called without pynacl's per-call checks (see _aead_seal)
+try:  # libsodium's C functions, called without pynacl's per-call checks (see _aead_seal_lean)
     from nacl._sodium import ffi as _ffi
     from nacl._sodium import lib as _lib
     _alloc = _ffi.new_allocator(should_clear_after_alloc=False)  # (C writes every byte we read back)
