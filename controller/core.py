@@ -1106,7 +1106,7 @@ class Core:
             statics = sorted(i for i, link in self.links.items() if link.static and link.state == UP)
             primary = statics[0] if statics else None
         flagged = wire.body_records([record.raw], wire.RECORDS_FLOOD)
-        for id8 in changed:  # the other end of a changed link needs our claim to use the link
+        for id8 in sorted(changed):  # the other end of a changed link needs our claim to use the link
             self._send_both(id8, wire.RECORDS, flagged if id8 == primary else wire.body_records([record.raw]), now)
         if primary is not None and primary not in changed:
             addr = self._addr_of(primary)
@@ -1643,7 +1643,7 @@ class Core:
             if self.hops.keys() != old_hops.keys():
                 self.t_links = min(self.t_links, now)
             events, members, hops = self._events, self.members, self.hops
-            for id8 in old_hops.keys() ^ hops.keys():  # (O(N) of them at start: _event inlined)
+            for id8 in sorted(old_hops.keys() ^ hops.keys()):  # (O(N) of them at start: _event inlined)
                 member = members.get(id8)
                 if member is not None:
                     events.append(_event_of(("node_reachable" if id8 in hops else "node_unreachable",

@@ -145,7 +145,7 @@ class LinkGraph:
         if not old:
             peers = links
         elif len(old) + len(links) > 32:  # (set operations on the items run in C: hubs claim many)
-            peers = {peer for peer, _ in old.items() ^ links.items()}
+            peers = sorted({peer for peer, _ in old.items() ^ links.items()})
         else:
             peers = [peer for peer, rtt in links.items() if old.get(peer) != rtt]
             peers += [peer for peer in old if peer not in links]
