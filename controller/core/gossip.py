@@ -1,0 +1,184 @@
+"""Dissemination of records: bootstrap, hubs flooding, gossip of hot records, anti-entropy
+with a direct neighbour, and introductions of nodes behind one public address.
+
+Every node links to every static node, so static nodes are hubs: a hub hands each new record
+to those of its neighbours that whoever sent it to the hub does not reach directly (it knows
+everyone's links from their signed records). Every node pushes its own new versions to one
+static neighbour and gossips them to a few random nodes; anti-entropy repairs what was lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from .. import wire
+from .link import UP
+from .local import LocalNode
+from .membership import Membership
+from .routes import Routing
+from .transport import Transport
+
+#: a hub collects new records this long before handing them on, longer with many neighbours
+FLOOD_BATCH = 0.02
+FLOOD_BATCH_MAX = 0.1
+FLOOD_BATCH_NEIGHBOURS = 200
+#: how many nodes behind one public address a static peer introduces to a newcomer
+MAX_INTRODUCTIONS = 64
+#: ids per REQUEST datagram
+REQUEST_CHUNK = 1000
+#: once every static peer is known, the bootstrap check runs this many times less often
+BOOTSTRAP_IDLE_FACTOR = 10
+
+
+class Gossip:
+    def __init__(self, local: LocalNode, members: Membership, routing: Routing, links: Mapping,
+                 transport: Transport, rand_unit: Callable[[], float], wake: Callable[[float], None],
+                 fanout: int, rounds: int) -> None:
+        self.local = local
+        self.members = members
+        self.routing = routing
+        self.links = links  # id8 -> Link (read-only here)
+        self.transport = transport
+        self.rand_unit = rand_unit
+        self.wake = wake  # run tick() no later than the given time
+        self.fanout = fanout
+        self.rounds = rounds
+        self.hot: dict[bytes, int] = {}  # records still gossiped -> rounds left
+        self._flood: dict[bytes, bytes | None] = {}  # hubs: new records -> who sent them (None: ours)
+        self._bootstrap_turn = -1
+
+    # ------------------------------------------------------------------ what to spread
+
+    def flood_batch(self) -> float:
+        """How long a hub collects new records before handing them on (each batch is a datagram
+        to every neighbour)."""
+        return min(FLOOD_BATCH_MAX, FLOOD_BATCH * max(1.0, len(self.links) / FLOOD_BATCH_NEIGHBOURS))
+
+    def flood(self, origin: bytes, source: bytes | None, now: float) -> None:
+        """A hub hands ``origin``'s new record on (``source`` sent it; None: our own)."""
+        self._flood[origin] = source
+        self.wake(now + self.flood_batch())
+
+    def make_hot(self, id8: bytes, now: float, interval: float) -> None:
+        """Gossip this record for the next rounds."""
+        self.hot[id8] = self.rounds
+        self.wake(now + interval)
+
+    def tick(self, now: float) -> None:
+        """Hand flooded records on; one gossip round of the hot ones."""
+        if self._flood:
+            self._hand_on(now)
+        if not self.hot:
+            return
+        targets = self.routing.targets
+        if not targets:
+            targets = [m.record.id8 for ip in self.local.static_by_ip if (m := self.members.find(ip)) is not None]
+        chosen = self._rand_choice(targets, self.fanout)
+        raws = [self.members.members[i].record.raw for i in self.hot if i in self.members.members]
+        for id8 in chosen:
+            addr = self.transport.addr_of(id8)
+            if addr is not None:
+                self.transport.send_records(addr, raws, now, "gossip", self.members.identity_of(id8))
+        for id8 in list(self.hot):
+            self.hot[id8] -= 1
+            if self.hot[id8] <= 0:
+                del self.hot[id8]
+
+    def _hand_on(self, now: float) -> None:
+        flood, self._flood = self._flood, {}
+        mine = [i for i, link in self.links.items() if link.state == UP]
+        batches: dict[bytes, list[bytes]] = {}
+        reached: dict[bytes | None, set[bytes]] = {}  # source -> the neighbours it floods to
+        for origin, source in flood.items():
+            member = self.members.get(origin)
+            if member is None:
+                continue
+            covered = reached.get(source)
+            if covered is None:
+                covered = reached[source] = {source}
+                sender = self.members.get(source) if source is not None else None
+                if sender is not None and sender.info.is_static:  # it floods to its own
+                    covered.update(self.routing.graph.claims.get(source, ()))
+            raw = member.record.raw
+            for id8 in mine:
+                if id8 not in covered and id8 != origin:
+                    batches.setdefault(id8, []).append(raw)
+        for id8, batch in batches.items():
+            addr = self.transport.addr_of(id8)
+            if addr is not None:
+                self.transport.send_records(addr, batch, now, "flood", self.members.identity_of(id8))
+
+    def _rand_choice(self, items: list, k: int) -> list:
+        items = list(items)
+        out = []
+        while items and len(out) < k:
+            out.append(items.pop(int(self.rand_unit() * len(items))))
+        return out
+
+    # ------------------------------------------------------------------ anti-entropy
+
+    def bootstrap(self, now: float, version: int) -> bool:
+        """While a static peer's record is unknown: send our digest to one such static peer
+        (a different one each time); its answer is the whole mesh, in one exchange. False if
+        every static peer is known."""
+        unknown = [ip for ip in sorted(self.local.static_by_ip) if not self.members.static_known(ip)]
+        if not unknown:
+            return False
+        self._bootstrap_turn = (self._bootstrap_turn + 1) % len(unknown)
+        static = self.local.static_by_ip[unknown[self._bootstrap_turn]]
+        self.transport.send_to_addr((static.host, static.admin_port), wire.DIGEST,
+                                    wire.body_digest([(self.local.id8, version)]), now)
+        return True
+
+    def sync(self, now: float) -> None:
+        """Anti-entropy with a random direct neighbour (like OSPF's database exchange: what one
+        node knows reaches every node, neighbour by neighbour): one tunnel hop, no relay, and
+        the pair's MAC rather than a signature. A node with no direct neighbour yet picks any
+        node it has a path to."""
+        targets = [i for i, link in self.links.items() if link.state == UP and self.routing.direct(i)] \
+            or self.routing.targets
+        if not targets:
+            return
+        target = targets[int(self.rand_unit() * len(targets))]
+        self.transport.send(target, wire.SYNC, wire.body_sync(len(self.members.members), self.members.digest_hash()),
+                            now)
+
+    def on_sync(self, body: bytes, src: tuple[str, int], now: float, sender: bytes) -> None:
+        _count, digest_hash = wire.parse_sync(body)
+        if digest_hash != self.members.digest_hash():
+            self.transport.send_to_addr(src, wire.DIGEST, wire.body_digest(self.members.digest_entries()), now,
+                                        sender)
+
+    def on_digest(self, body: bytes, src: tuple[str, int], now: float, sender: bytes) -> None:
+        theirs = dict(wire.parse_digest(body))
+        send = self.members.newer_than(theirs)
+        want = self.members.wanted(theirs)
+        self.transport.send_records(src, send, now, to=sender)
+        for i in range(0, len(want), REQUEST_CHUNK):
+            self.transport.send_to_addr(src, wire.REQUEST, wire.body_request(want[i:i + REQUEST_CHUNK]), now, sender)
+
+    def on_request(self, body: bytes, src: tuple[str, int], now: float, sender: bytes) -> None:
+        members = self.members.members
+        wanted = wire.parse_request(body)
+        self.transport.send_records(src, [members[i].record.raw for i in wanted if i in members], now, to=sender)
+
+    # ------------------------------------------------------------------ introductions
+
+    def introduce(self, id8: bytes, now: float) -> None:
+        """A static peer introduces nodes that speak from the same public address (behind one
+        NAT: likely on one LAN) to each other as they arrive: their records reach each other at
+        once, and their LAN links come up with their first links to us rather than after the
+        mesh has routes to them."""
+        addr = self.members.underlay_addr.get(id8)
+        if addr is None:
+            return
+        newcomer = self.members.get(id8)
+        others = [m for i in self.members.behind(addr[0])
+                  if i != id8 and (m := self.members.get(i)) is not None and not m.info.is_static][:MAX_INTRODUCTIONS]
+        if not others:
+            return
+        self.transport.send_records(addr, [m.record.raw for m in others], now, "introduce", newcomer.identity)
+        for member in others:
+            there = self.transport.underlay_of(member.record.id8, now)
+            if there is not None:
+                self.transport.send_records(there, [newcomer.record.raw], now, "introduce", member.identity)

@@ -1,0 +1,155 @@
+"""A link's state and its transitions (see :mod:`.links` for the machine that drives them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..wire import EP_LAN
+
+ATTEMPTING, UP, DOWN = "attempting", "up", "down"
+#: a candidate kind of our own (never on the wire): a LAN address of a node behind the same
+#: public address as ours that is not on any of our LANs - NAT behind NAT, routed subnets
+EP_NEARBY = 0x80
+#: an RTT claim that moved waits this long before it is published: a link's first measurement
+#: replaces a placeholder, and its neighbours' often follow; one record version carries them all
+RTT_PUBLISH_DELAY = 1.0
+#: how long a new link that only shortens a path waits to be announced with others (see up)
+LINK_BATCH_DELAY = 1.0
+#: how long a node's first announced links wait for its other link attempts in flight
+FIRST_LINKS_WAIT = 0.3
+#: a link's probe due within this share of the probe interval goes with the one due now: a
+#: node's probes fall into step, one wakeup a second rather than one per link
+PROBE_ALIGN = 0.25
+#: the answering end probes itself once the other end's probes stopped this many intervals
+PROBE_TAKEOVER = 2.5
+#: an untranslated end waits this long before it sends towards a NATed one (see holds_back)
+HOLD_BACK = 1.0
+#: a CONNECT not acknowledged is sent again after this long; a static end's "ready" each second
+CONNECT_RETRY = 0.25
+READY_REPEAT = 1.0
+#: a static peer that never says "ready" (an old version): go anyway after this long
+READY_WAIT = 2.0
+#: failed attempts back off from this, doubling up to CoreConfig.retry_max
+RETRY_BASE = 5.0
+#: a WireGuard session is usable this long after its handshake; a live one (a restart kept
+#: the data plane) proves the path for the first attempt
+SESSION_LIFETIME = 180.0
+LIVE_SESSION = 120.0
+#: first RTT claims (ms) until probes measure the link: on a LAN, elsewhere
+RTT_HINT_LAN = 2
+RTT_HINT_DEFAULT = 50
+#: WireGuard traffic beyond twice our admin bytes plus this much counts as use of the link
+TRAFFIC_SLACK = 600
+MAX_PENDING_PROBES = 4096
+INFINITY = float("inf")
+
+
+@dataclass(slots=True)
+class Link:
+    peer: bytes  # id8
+    static: bool  # one end is a static peer: kept forever, re-established by WireGuard itself
+    initiator: bool  # this side starts attempts (and sets keepalive first)
+    state: str = DOWN
+    endpoint: str = ""  # the WireGuard endpoint we configured for the peer
+    endpoint_kind: int = 0
+    attempt: int = 0
+    attempt_started: float = 0.0
+    candidates: list = field(default_factory=list)
+    candidate_index: int = 0
+    up_since: float = 0.0
+    used_since: float = 0.0  # when our path to the peer became this link
+    last_ack: float = 0.0  # last probe answered over this link
+    rtt: float = 0.0  # EWMA, ms
+    rtt_hint: int = 0  # ms, before probes measured the link (see Links.up)
+    claimed_rtt: int = 0
+    fails: int = 0
+    retry_at: float = 0.0
+    pinned: bool = False
+    last_traffic: float = 0.0
+    admin_bytes: int = 0  # our admin traffic over this link since the last observation
+    last_rx: int = -1
+    last_tx: int = -1
+    tx_stalled_since: float = 0.0
+    down_since: float = 0.0
+    ever_up: bool = False
+    next_probe: float = 0.0
+    last_probe_rx: float = 0.0  # last probe the other end sent over this link
+    last_rx_progress: float = 0.0  # WireGuard received bytes from the peer (observed)
+    connect_sent: float = 0.0
+    connect_acked: bool = False
+    connect_body: bytes = b""
+    connect_due: bool = False  # send CONNECT once our data plane has the peer
+    held_back_done: bool = False
+    peer_ready: bool = False  # the other end has us configured (static links)
+    removal_applied: bool = True  # after a failure: the data plane no longer has the peer
+
+    # ------------------------------------------------------------------ transitions
+
+    def begin_attempt(self, now: float, endpoint: str, kind: int, connect_body: bytes) -> None:
+        """Our side starts a new attempt: the peer goes into the data plane, and CONNECT follows
+        once it is applied (see Links.applied)."""
+        self.state = ATTEMPTING
+        self.attempt = (self.attempt + 1) & 0xFFFFFFFF
+        self.attempt_started = now
+        self.endpoint = endpoint
+        self.endpoint_kind = kind
+        self.connect_body = connect_body
+        self.connect_due = True
+        self.connect_acked = False
+        self.connect_sent = 0.0
+
+    def answer_attempt(self, attempt: int, now: float, endpoint: str, kind: int) -> None:
+        """The other end started attempt ``attempt`` towards us."""
+        self.attempt = attempt
+        self.state = ATTEMPTING
+        self.attempt_started = now
+        self.held_back_done = False
+        self.endpoint = endpoint
+        self.endpoint_kind = kind
+
+    def went_up(self, now: float) -> None:
+        self.state = UP
+        self.ever_up = True
+        self.up_since = now
+        self.last_ack = 0.0
+        self.used_since = 0.0
+        self.fails = 0
+        self.last_traffic = now
+        self.tx_stalled_since = 0.0
+        if self.claimed_rtt == 0:
+            # until probes over the link measure it: what CONNECT took (static peers), a LAN's
+            # few ms, or a pessimistic 50 ms. A good first guess spares the mesh a record version
+            # per link (RTT claims move only by more than max(5 ms, 25 %)).
+            self.claimed_rtt = self.rtt_hint or (RTT_HINT_LAN if self.endpoint_kind in (EP_LAN, EP_NEARBY)
+                                                 else RTT_HINT_DEFAULT)
+
+    def went_down(self, now: float, retry_max: float) -> None:
+        """An attempt failed or the link died: the peer leaves the data plane, and a retry waits
+        until that was applied (a fresh peer forces a fresh handshake)."""
+        self.fails += 1
+        self.state = DOWN
+        self.down_since = now
+        self.removal_applied = False
+        self.peer_ready = False
+        if self.static:
+            self.retry_at = now  # WireGuard itself retries handshakes; the peer just has to come back
+        else:
+            self.retry_at = now + min(retry_max, RETRY_BASE * (2 ** min(self.fails - 1, 10)))
+        self.used_since = 0.0
+
+    def start_over(self, now: float) -> None:
+        """A new WireGuard key is a new peer: the link starts over at once, without backoff."""
+        self.state = DOWN
+        self.removal_applied = True  # the old key's peer leaves the data plane anyway
+        self.retry_at = now
+        self.peer_ready = False
+
+    def measured(self, rtt_ms: float, now: float) -> None:
+        """A probe over the link was answered."""
+        self.last_ack = now
+        self.rtt = rtt_ms if self.rtt == 0 else 0.8 * self.rtt + 0.2 * rtt_ms
+
+    def rtt_claim_moved(self, new: int) -> bool:
+        """Hysteresis: a claim changes only by more than max(5 ms, 25 %)."""
+        old = self.claimed_rtt
+        return old == 0 or abs(new - old) > max(5, old // 4)

@@ -1,0 +1,588 @@
+"""Links: direct WireGuard peerings, their state machine, candidates and liveness.
+
+A link is DOWN, ATTEMPTING (its peer configured, waiting for a handshake newer than the
+attempt) or UP. Static links (one end a static peer) always exist: the non-static end
+initiates and WireGuard retries by itself. Other pairs per the link policy: candidates in
+order (a shared LAN, a nearby LAN behind the same public address, the reflexive endpoint -
+hole punching, both ends sending - then a static endpoint), a few seconds each; failed pairs
+back off. An UP link is probed by one end every second; no answer and no WireGuard rx
+progress for a few seconds takes it DOWN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from .. import wire
+from ..wire import EP_LAN, EP_REFLEXIVE, EP_STATIC, NodeInfo
+from .link import (
+    ATTEMPTING,
+    CONNECT_RETRY,
+    DOWN,
+    EP_NEARBY,
+    FIRST_LINKS_WAIT,
+    HOLD_BACK,
+    INFINITY,
+    LINK_BATCH_DELAY,
+    LIVE_SESSION,
+    MAX_PENDING_PROBES,
+    PROBE_ALIGN,
+    PROBE_TAKEOVER,
+    READY_REPEAT,
+    READY_WAIT,
+    RTT_PUBLISH_DELAY,
+    SESSION_LIFETIME,
+    TRAFFIC_SLACK,
+    UP,
+    Link,
+)
+from .local import LocalNode, fmt_ep, parse_ep
+from .membership import Member, Membership
+from .routes import Routing
+from .transport import ADMIN_OVERHEAD, Transport
+from .types import CoreConfig, Counters, DesiredPeer, EventKind, PeerObservation
+
+
+class Links:
+    def __init__(self, config: CoreConfig, local: LocalNode, members: Membership, routing: Routing,
+                 transport: Transport, counters: Counters, emit: Callable[..., None],
+                 wake: Callable[[float], None], schedule_paths: Callable[..., None],
+                 publish: Callable[..., None], changed: Callable[[bytes], None],
+                 announces_links: Callable[[], bool], now: float) -> None:
+        self.config = config
+        self.local = local
+        self.members = members
+        self.routing = routing
+        self.transport = transport
+        self.counters = counters
+        self.emit = emit
+        self.wake = wake  # run manage() no later than the given time
+        self.schedule_paths = schedule_paths  # (now, urgent=False): the data plane must change
+        self.publish = publish  # (now, delay=None): our record must change
+        self.changed = changed  # a link of ours went up or down: tell its other end at once
+        self.announces_links = announces_links
+        self.links: dict[bytes, Link] = {}
+        self.attempting = False  # any link waiting for a handshake
+        self.pending_probes: dict[int, tuple[bytes, float, bool, bool]] = {}
+        self.probe_seq = 0
+        self._budget = float(config.max_attempts_per_second)
+        self._refill = now
+
+    def get(self, id8: bytes) -> Link | None:
+        return self.links.get(id8)
+
+    # ------------------------------------------------------------------ which links
+
+    def wants_link(self, info: NodeInfo, id8: bytes) -> bool:
+        if id8 == self.local.id8:
+            return False
+        if self.local.is_static or info.is_static:
+            return True
+        link = self.links.get(id8)
+        if link is not None and link.pinned:
+            return True
+        if self.local.lan.shared_address(info) is not None:
+            return True
+        if self.config.link_policy == "static":
+            return self.local.behind_same_nat(info)
+        # a node with a LAN or public endpoint of its own could be reached directly
+        return any(ep.kind in (EP_REFLEXIVE, EP_STATIC) for ep in info.endpoints)
+
+    def ensure(self, member: Member, now: float) -> Link:
+        id8 = member.record.id8
+        link = self.links.get(id8)
+        if link is None:
+            info = member.info
+            me, is_static = self.local.id8, self.local.is_static
+            static = is_static or info.is_static
+            if static:
+                # the non-static end initiates (it may sit behind NAT); between two static peers the smaller id
+                initiator = (not is_static) or (info.is_static and me < id8)
+            else:
+                initiator = me < id8
+            link = self.links[id8] = Link(id8, static, initiator, retry_at=now)
+            self.wake(now)
+        return link
+
+    def candidates(self, info: NodeInfo) -> list[tuple[tuple[str, int], tuple[str, int] | None, int]]:
+        """Ordered (endpoint to reach the peer, endpoint the peer should use for us, kind)."""
+        local, lan = self.local, self.local.lan
+        out = []
+        for ep in info.endpoints:
+            if ep.kind == EP_LAN:
+                mine = lan.on_my_lan(ep.address)
+                if mine is not None:
+                    out.append(((ep.address, ep.port), (mine, local.wg_port), EP_LAN))
+        if lan.addresses and local.behind_same_nat(info):
+            # one of the two LANs may be routed from the other (the original's second example:
+            # a router on the home LAN with a LAN of its own). Hairpinning through the shared
+            # public address mostly fails, so try the other end's LAN addresses, both ends
+            # sending: the end that can reach the other gets through, and WireGuard answers
+            # to wherever the handshake came from.
+            for ep in info.endpoints:
+                if ep.kind == EP_LAN and lan.on_my_lan(ep.address) is None:
+                    out.append(((ep.address, ep.port), (lan.addresses[0][0], local.wg_port), EP_NEARBY))
+        mine_public = local.public_endpoint()
+        # through NAT both ends must send (hole punching): without our own public endpoint
+        # the other end could not, so such candidates wait until a static peer told us ours
+        if mine_public is not None:
+            for ep in info.endpoints:
+                if ep.kind in (EP_REFLEXIVE, EP_STATIC):
+                    out.append(((ep.address, ep.port), mine_public, ep.kind))
+        static = local.static_by_ip.get(info.overlay_ip)
+        if static is not None and (mine_public is not None or not out):
+            out.append(((static.host, static.wg_port), mine_public, EP_STATIC))
+        unique, seen = [], set()
+        for cand in out:  # an un-NATed node's reflexive endpoint is its LAN address: try once
+            if cand[0] not in seen:
+                seen.add(cand[0])
+                unique.append(cand)
+        return unique
+
+    # ------------------------------------------------------------------ attempts
+
+    def start_attempt(self, link: Link, member: Member, now: float) -> None:
+        link.candidates = self.candidates(member.info)
+        if link.static and not link.initiator:
+            # the static side configures the peer, tells the other end it may start the
+            # handshake (once applied), and waits for it
+            cand = link.candidates[0] if link.candidates else None
+            link.begin_attempt(now, fmt_ep(cand[0]) if cand and cand[2] == EP_LAN else "", cand[2] if cand else 0,
+                               wire.body_connect((link.attempt + 1) & 0xFFFFFFFF, None, None))
+            self.attempting = True
+            self.schedule_paths(now)
+            return
+        if not link.candidates:
+            link.retry_at = now + 1.0  # e.g. our public endpoint is not known yet: look again soon
+            return
+        link.candidate_index = 0
+        self.try_candidate(link, member, now)
+
+    def try_candidate(self, link: Link, member: Member, now: float) -> None:
+        link.held_back_done = False
+        fresh = self.candidates(member.info)
+        if len(fresh) == len(link.candidates):
+            link.candidates = fresh
+        reach, mine, kind = link.candidates[link.candidate_index]
+        attempt = (link.attempt + 1) & 0xFFFFFFFF
+        # sent by applied() once WireGuard has the peer. To a static peer it only says
+        # "starting over": one that still has us configured answers "ready" at once
+        body = wire.body_connect(attempt, None, None) if link.static else wire.body_connect(attempt, mine, reach)
+        link.begin_attempt(now, fmt_ep(reach), kind, body)
+        self.attempting = True
+        self.emit(EventKind.LINK_ATTEMPT, node=member.info.name, endpoint=link.endpoint, role="initiator")
+        self.schedule_paths(now)
+
+    def failed(self, link: Link, member: Member, now: float, why: str) -> None:
+        was_up = link.state == UP
+        link.went_down(now, self.config.retry_max)
+        if was_up:
+            self.emit(EventKind.LINK_DOWN, node=member.info.name, reason=why)
+            self.changed(link.peer)
+            self.publish(now)
+        else:
+            self.counters.count("link_attempt_failed")
+        self.schedule_paths(now)
+
+    def up(self, link: Link, member: Member, now: float) -> None:
+        link.went_up(now)
+        self.emit(EventKind.LINK_UP, node=member.info.name, endpoint=link.endpoint)
+        self.changed(link.peer)
+        self.wake(now)  # probe it at once (a static peer's answer tells our public endpoint)
+        # a link that may be the first way to reach one of its ends is announced at once: we
+        # announce no link yet, or the other end has no other (mutual) link (a static peer always
+        # has: static peers link to each other, and to everyone). Any other link only
+        # shortens paths: it waits for the next batch (a node's links come up one by one, and
+        # each version of its record costs every node of the mesh)
+        if not self.announces_links():
+            # our first links: those to static peers and LAN neighbours still being attempted
+            # (started with the others: they take a round trip or two), and our public endpoint
+            # (a static peer's probe answer tells it), may make the same version
+            pending = (self.local.reflexive is None and member.info.is_static) or any(
+                other.state == ATTEMPTING and now - other.attempt_started < 1.0
+                and (other.static or other.endpoint_kind == EP_LAN) for other in self.links.values())
+            self.publish(now, FIRST_LINKS_WAIT if pending else None)
+            return
+        shortcut = member.info.is_static or bool(self.routing.graph.edges.get(link.peer, {}).keys() - {self.local.id8})
+        self.publish(now, LINK_BATCH_DELAY if shortcut else None)
+
+    # ------------------------------------------------------------------ policies
+
+    def active(self, link: Link, now: float) -> bool:
+        """Whether the link is kept alive (keepalive + probes) - the idle policy."""
+        if link.static or link.pinned or self.config.link_policy == "all":
+            return True
+        return now - link.last_traffic < self.config.idle_timeout
+
+    def wants_keepalive(self, link: Link, now: float) -> bool:
+        """Who sends persistent keepalives: exactly one side of a link, so that handshakes
+        never start from both ends at once (they can stall each other until WireGuard's
+        5 s retry)."""
+        if link.static:
+            # the non-static end (it may be behind NAT), once the static end has us configured
+            return link.initiator and (link.peer_ready or link.state == UP)
+        if link.state == ATTEMPTING:
+            if link.endpoint_kind == EP_REFLEXIVE and self.holds_back(link, now):
+                return False
+            if link.endpoint_kind == EP_NEARBY and link.initiator and not link.held_back_done:
+                return False  # a second for the other end to configure us: it cannot send first
+            # the side that configured the peer last (the responder) starts the handshake;
+            # the initiator also sends when punching NAT, to open its own mapping, and to a
+            # nearby LAN that may be reachable only from its side
+            return (not link.initiator) or link.endpoint_kind in (EP_REFLEXIVE, EP_NEARBY)
+        # up: the initiator keeps active links (and NAT mappings) alive
+        return link.initiator and (self.active(link, now) or link.endpoint_kind == EP_REFLEXIVE)
+
+    @staticmethod
+    def _behind_nat(reflexive: tuple[str, int] | None, lan: set[str]) -> bool:
+        return reflexive is not None and reflexive[0] not in lan
+
+    def holds_back(self, link: Link, now: float) -> bool:
+        """Hole punching between an untranslated node (public, maybe firewalled) and a NATed one:
+        the NATed side must send first. A packet from outside that reaches a NAT before the inside
+        sent creates a conntrack entry on the router that then blocks the inside's mapping. So the
+        untranslated side waits a second; the NATed side's first packets only die at a firewall."""
+        if now - link.attempt_started >= HOLD_BACK:
+            return False
+        mine = self._behind_nat(self.local.reflexive, self.local.lan.ips())
+        member = self.members.get(link.peer)
+        if member is None or mine:
+            return False
+        ref = next(((e.address, e.port) for e in member.info.endpoints if e.kind == EP_REFLEXIVE), None)
+        return self._behind_nat(ref, {e.address for e in member.info.endpoints if e.kind == EP_LAN})
+
+    # ------------------------------------------------------------------ the data plane
+
+    def desired_peers(self, now: float, observed: Mapping[bytes, PeerObservation],
+                      allowed: Mapping[bytes, tuple[str, ...]]) -> list[DesiredPeer]:
+        """A WireGuard peer per link that is not DOWN, sorted by key."""
+        peers = []
+        for id8, link in self.links.items():
+            member = self.members.get(id8)
+            if member is None or link.state == DOWN:
+                continue  # (removed; a retry adds it again, which forces a fresh handshake)
+            obs = observed.get(member.info.wg_public_key)
+            endpoint = link.endpoint
+            if obs is not None and obs.endpoint and obs.last_handshake and \
+                    now - obs.last_handshake < SESSION_LIFETIME:
+                endpoint = obs.endpoint  # what WireGuard uses now (it roams); do not fight it
+            keepalive = self.config.keepalive if self.wants_keepalive(link, now) else 0
+            peers.append(DesiredPeer(member.info.wg_public_key, endpoint, allowed.get(id8, ()), keepalive))
+        peers.sort(key=lambda p: p.public_key)
+        return peers
+
+    def applied(self, peer_keys: frozenset[bytes], now: float) -> None:
+        """A data plane with the peers ``peer_keys`` was applied: retries wait for a removal;
+        CONNECT (asking the other end to start the handshake) waits for the peer."""
+        for id8, link in self.links.items():
+            if link.state == DOWN and not link.removal_applied:
+                member = self.members.get(id8)
+                if member is None or member.info.wg_public_key not in peer_keys:
+                    link.removal_applied = True
+                    self.wake(now)
+            if link.connect_due and link.state == ATTEMPTING:
+                member = self.members.get(id8)
+                if member is not None and member.info.wg_public_key in peer_keys:
+                    link.connect_due = False
+                    link.connect_sent = now
+                    if link.static:
+                        me = self.members.get(self.local.id8)
+                        if link.initiator and me is not None:  # the static end may not know us yet
+                            self.transport.send_both(id8, wire.RECORDS, wire.body_records([me.record.raw]), now)
+                        self.transport.send_both(id8, wire.CONNECT, link.connect_body, now)
+                    else:
+                        self.transport.send(id8, wire.CONNECT, link.connect_body, now)
+
+    def observed(self, peers: Mapping[bytes, PeerObservation], now: float) -> None:
+        for link in list(self.links.values()):
+            member = self.members.get(link.peer)
+            if member is None:
+                continue
+            obs = peers.get(member.info.wg_public_key)
+            if obs is not None:
+                self._observe(link, member, obs, now)
+
+    def _observe(self, link: Link, member: Member, obs: PeerObservation, now: float) -> None:
+        if link.last_rx >= 0:
+            drx = obs.rx_bytes - link.last_rx
+            dtx = obs.tx_bytes - link.last_tx
+            if drx > 0:
+                # the tunnel carries packets from the peer: the data plane is alive, even when its
+                # controller is not (our probes then come back as ICMP port unreachable)
+                link.last_rx_progress = now
+            if drx + dtx > link.admin_bytes * 2 + TRAFFIC_SLACK:
+                link.last_traffic = now
+            link.admin_bytes = 0
+            if link.state == UP and dtx > 0 and now - obs.last_handshake > SESSION_LIFETIME:
+                # sending into an expired session: WireGuard cannot get a handshake through
+                if link.tx_stalled_since == 0:
+                    link.tx_stalled_since = now
+                elif now - link.tx_stalled_since > self.config.attempt_timeout:
+                    self.failed(link, member, now, "handshake failed after idle")
+            else:
+                link.tx_stalled_since = 0.0
+        link.last_rx, link.last_tx = obs.rx_bytes, obs.tx_bytes
+        fresh = obs.last_handshake > 0 and now - obs.last_handshake < SESSION_LIFETIME
+        if link.state != ATTEMPTING or not fresh:
+            return
+        # a handshake after the attempt began proves the path; so does, for the first attempt
+        # after our own start (a controller restart), a live session the data plane kept
+        if obs.last_handshake >= link.attempt_started - 0.001 or \
+                (not link.ever_up and link.fails == 0 and now - obs.last_handshake < LIVE_SESSION):
+            if obs.endpoint:
+                link.endpoint = obs.endpoint
+            self.up(link, member, now)
+
+    # ------------------------------------------------------------------ the timer
+
+    def manage(self, now: float) -> float:
+        """Start, time out and probe links; returns when to run again."""
+        cfg = self.config
+        self._budget = min(float(cfg.max_attempts_per_second),
+                           self._budget + (now - self._refill) * cfg.max_attempts_per_second)
+        self._refill = now
+        next_t = now + cfg.probe_interval
+        for id8, link in list(self.links.items()):
+            member = self.members.get(id8)
+            if member is None:
+                del self.links[id8]
+                continue
+            if not self.wants_link(member.info, id8):
+                if link.state == UP:
+                    self.publish(now)
+                del self.links[id8]
+                self.schedule_paths(now)
+                continue
+            if link.state == DOWN:
+                next_t = min(next_t, self._retry(link, member, now))
+            elif link.state == ATTEMPTING:
+                next_t = min(next_t, self._attempting(link, member, now))
+            elif link.state == UP:
+                next_t = min(next_t, self._keep(link, member, now))
+        self.attempting = any(link.state == ATTEMPTING for link in self.links.values())
+        return next_t
+
+    def _retry(self, link: Link, member: Member, now: float) -> float:
+        if not (link.initiator or link.static):
+            return INFINITY  # the other end starts attempts
+        if not link.static and link.peer not in self.routing.hops and self.transport.lan_admin_addr(member) is None:
+            return INFINITY  # a CONNECT could not reach it yet; paths will change and wake us
+        if not link.removal_applied:
+            return INFINITY  # applied() wakes us
+        if now >= link.retry_at and (link.static or self._budget >= 1):
+            if not link.static:
+                self._budget -= 1  # CONNECT + handshakes: rate-limited
+            self.start_attempt(link, member, now)
+            return now + 0.25
+        return max(link.retry_at, now + 0.05)
+
+    def _attempting(self, link: Link, member: Member, now: float) -> float:
+        timeout = self.config.attempt_timeout * (1 if link.initiator else 2)
+        if link.static:
+            timeout = INFINITY  # WireGuard retries the handshake every 5 s by itself
+        if now - link.attempt_started > timeout:
+            if link.initiator and link.candidate_index + 1 < len(link.candidates):
+                link.candidate_index += 1
+                self.try_candidate(link, member, now)
+            else:
+                self.failed(link, member, now, "no handshake")
+            return INFINITY
+        next_t = link.attempt_started + timeout + 0.001
+        if link.endpoint_kind in (EP_REFLEXIVE, EP_NEARBY) and not link.held_back_done:
+            if now - link.attempt_started >= HOLD_BACK:
+                link.held_back_done = True
+                self.schedule_paths(now, urgent=True)  # keepalive on now
+            else:
+                next_t = min(next_t, link.attempt_started + HOLD_BACK + 0.001)
+        if link.static and not link.initiator and link.connect_sent:
+            if now - link.connect_sent >= READY_REPEAT:  # "ready": until the handshake arrives
+                link.connect_sent = now
+                self.transport.send_both(link.peer, wire.CONNECT, link.connect_body, now)
+            next_t = min(next_t, link.connect_sent + READY_REPEAT)
+        elif link.connect_sent and not link.connect_acked:
+            if now - link.connect_sent >= CONNECT_RETRY:  # the CONNECT or its ack was lost
+                link.connect_sent = now
+                self.transport.send(link.peer, wire.CONNECT, link.connect_body, now)
+            next_t = min(next_t, link.connect_sent + CONNECT_RETRY)
+        if link.static and link.initiator and not link.peer_ready and now - link.attempt_started > READY_WAIT:
+            link.peer_ready = True
+            self.schedule_paths(now)
+        elif link.static and link.initiator and not link.peer_ready:
+            next_t = min(next_t, link.attempt_started + READY_WAIT + 0.001)
+        return next_t
+
+    def _keep(self, link: Link, member: Member, now: float) -> float:
+        interval = self.config.probe_interval
+        direct = self.routing.direct(link.peer)
+        if direct and link.used_since == 0:
+            link.used_since = now
+        if not self.active(link, now):
+            link.used_since = 0.0
+            return INFINITY
+        alive_since = max(link.last_ack, link.last_probe_rx, link.used_since, link.last_rx_progress,
+                          link.up_since if not direct else 0)
+        grace = self.config.attempt_timeout * 2 if not direct else self.config.link_down_after
+        if now - alive_since > grace:
+            self.failed(link, member, now, "probes unanswered")
+            return INFINITY
+        # one end probes (the initiator); the other answers, and probes itself only when the
+        # other end's probes stop coming (it may have died, or gone idle)
+        if link.initiator or now - link.last_probe_rx > PROBE_TAKEOVER * interval:
+            if now >= link.next_probe - PROBE_ALIGN * interval:
+                link.next_probe = now + interval
+                self.send_probe(member.info, link.peer, now)
+            return link.next_probe
+        return link.last_probe_rx + PROBE_TAKEOVER * interval + 0.001
+
+    # ------------------------------------------------------------------ CONNECT
+
+    def on_connect(self, sender8: bytes, attempt: int, you_use, i_use, src, now: float) -> None:
+        member = self.members.get(sender8)
+        if member is None or not self.wants_link(member.info, sender8):
+            self.counters.count("drop_connect_unwanted")
+            return
+        link = self.ensure(member, now)
+        send_to_addr = self.transport.send_to_addr
+        if link.static:
+            # the static end has us configured: our handshake will not be dropped now
+            send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
+            if not link.initiator and link.state == UP and attempt:
+                # the other end starts over (it moved, or restarted) while we still have it
+                # configured: say so at once rather than let it wait for a CONNECT of ours
+                send_to_addr(src, wire.CONNECT, wire.body_connect(0, None, None), now, member.identity)
+            if link.initiator and not link.peer_ready:
+                link.peer_ready = True
+                self.schedule_paths(now)
+            return
+        if link.initiator:
+            if attempt == 0:  # a nudge from the other end (its Connect): retry now
+                if link.state == DOWN:
+                    link.retry_at = now
+                    link.fails = 0
+                    self.wake(now)
+                return
+            # both think they initiate (views differ): the smaller id wins
+            if self.local.id8 < sender8:
+                self.counters.count("drop_connect_role")
+                return
+            link.initiator = False
+        if link.state == UP and attempt <= link.attempt:
+            return
+        if link.state == ATTEMPTING and attempt == link.attempt:  # a retransmission
+            send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
+            return
+        kind = EP_REFLEXIVE if you_use and member.info.endpoints and any(
+            e.kind == EP_REFLEXIVE and (e.address, e.port) == you_use for e in member.info.endpoints) else EP_LAN
+        link.answer_attempt(attempt, now, fmt_ep(you_use) if you_use else "", kind)
+        self.attempting = True
+        send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
+        self.emit(EventKind.LINK_ATTEMPT, node=member.info.name, endpoint=link.endpoint, role="responder")
+        self.schedule_paths(now)
+
+    def on_connect_ack(self, sender8: bytes, attempt: int, now: float) -> None:
+        link = self.links.get(sender8)
+        if link is not None and link.attempt == attempt:
+            if link.static and link.connect_sent and not link.connect_acked:
+                # to or from a static peer CONNECT crosses the same hosts and NATs as the
+                # tunnel will: a first RTT for the link's claim (probes refine it)
+                link.rtt_hint = max(1, round((now - link.connect_sent) * 1000))
+            link.connect_acked = True
+
+    # ------------------------------------------------------------------ probes
+
+    def send_probe(self, info: NodeInfo, id8: bytes, now: float, user: bool = False) -> int | None:
+        self.probe_seq = (self.probe_seq + 1) & 0xFFFFFFFF
+        pid = self.probe_seq
+        direct = self.routing.direct(id8)
+        if not self.transport.send(id8, wire.PROBE, wire.body_probe(pid), now):
+            return None
+        self.pending_probes[pid] = (id8, now, direct, user)
+        if len(self.pending_probes) > MAX_PENDING_PROBES:
+            for old in sorted(self.pending_probes)[:MAX_PENDING_PROBES // 4]:
+                del self.pending_probes[old]
+        return pid
+
+    def probe_answered(self, sender8: bytes, probe_id: int, now: float) -> tuple[float, bool] | None:
+        """(RTT in ms, asked by the user) of an answered probe; None if we sent no such probe."""
+        pending = self.pending_probes.pop(probe_id, None)
+        if pending is None or pending[0] != sender8:
+            self.counters.count("drop_unexpected_ack")
+            return None
+        _, sent_at, direct, user = pending
+        rtt_ms = max((now - sent_at) * 1000.0, 0.1)
+        link = self.links.get(sender8)
+        if link is not None and direct and link.state == UP:
+            link.measured(rtt_ms, now)
+            new = max(1, int(round(link.rtt)))
+            if link.rtt_claim_moved(new):
+                link.claimed_rtt = min(new, 65535)
+                self.publish(now, RTT_PUBLISH_DELAY)
+        return rtt_ms, user
+
+    def probe_soon(self, link: Link, now: float, delay: float = 0.1) -> None:
+        link.next_probe = min(link.next_probe, now + delay)
+        self.wake(now + delay)
+
+    def probe_received(self, sender8: bytes, overlay: bool, mtype: int, now: float) -> None:
+        """Any datagram from ``sender8``: admin traffic over its link; a probe over the tunnel
+        shows the other end measures the link."""
+        link = self.links.get(sender8)
+        if link is not None and link.state == UP and self.routing.direct(sender8):
+            link.admin_bytes += ADMIN_OVERHEAD
+            if overlay and mtype == wire.PROBE:
+                link.last_probe_rx = now
+
+    def follow_claim(self, id8: bytes, claims: Mapping[bytes, int], now: float) -> None:
+        """The other end measures our link (its probes arrive): claim what it measured (edges
+        use the max of both ends' claims)."""
+        link = self.links.get(id8)
+        if link is not None and link.state == UP and now - link.last_probe_rx < 3 * self.config.probe_interval:
+            theirs = claims.get(self.local.id8, 0)
+            if theirs and abs(theirs - link.claimed_rtt) > max(5, link.claimed_rtt // 4):
+                link.claimed_rtt = theirs
+                self.publish(now, RTT_PUBLISH_DELAY)
+
+    # ------------------------------------------------------------------ commands
+
+    def pin(self, member: Member, now: float) -> None:
+        """A direct link to ``member``: attempted now, never idled."""
+        link = self.ensure(member, now)
+        link.pinned = True
+        if link.state == DOWN:
+            link.retry_at = now
+            if not link.initiator and not link.static:
+                # the other end starts attempts: nudge it (attempt 0 = "try now")
+                self.transport.send(link.peer, wire.CONNECT, wire.body_connect(0, None, None), now)
+        self.wake(now)
+
+    def addresses_lost(self, now: float) -> None:
+        """Some of our own addresses went away: every link starts over at once (see
+        Core.set_lan_endpoints)."""
+        for id8, link in self.links.items():
+            member = self.members.get(id8)
+            if member is None or link.state == DOWN:
+                continue
+            host = ep[0] if (ep := parse_ep(link.endpoint)) else ""
+            left = link.endpoint_kind == EP_NEARBY or (link.endpoint_kind == EP_LAN and host and
+                                                       self.local.lan.on_my_lan(host) is None)
+            self.failed(link, member, now, "left the LAN" if left else "own address changed")
+            link.fails = 0
+            link.retry_at = now + (1.0 if left else 0.0)  # new candidates once our public endpoint is known
+        self.wake(now)
+
+    def static_peers_changed(self) -> None:
+        """Re-resolved static peers: new endpoints for links still being set up."""
+        for id8, link in self.links.items():
+            member = self.members.get(id8)
+            static = self.local.static_by_ip.get(member.info.overlay_ip) if member else None
+            if static is not None and link.initiator and link.state != UP:
+                link.endpoint = fmt_ep((static.host, static.wg_port))
+
+    def key_rotated(self, id8: bytes, now: float) -> None:
+        link = self.links.get(id8)
+        if link is not None and link.state != DOWN:
+            if link.state == UP:
+                self.changed(id8)
+                self.publish(now)
+            link.start_over(now)
+            self.wake(now)

@@ -1,0 +1,257 @@
+"""Membership: who is in the mesh, on whose word, and where they speak from.
+
+Admission of signed records (new, updated, address changed, WireGuard key rotated, or
+refused with a reason), address bindings (an overlay IP stays with the first identity that
+claimed it), replay protection per sender, the digest of what we hold, forgetting nodes
+unreachable for long, and the underlay addresses nodes were last heard from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .. import wire
+from ..wire import NodeInfo, ProtocolError, Record
+from .local import Subnet
+from .types import CoreConfig, Counters, EventKind
+
+#: how many distinct refusals are remembered (each is reported once)
+MAX_CONFLICTS_REPORTED = 1000
+#: a sender's replay stamp is kept this many replay windows
+REPLAY_KEEP_WINDOWS = 2
+
+
+@dataclass(slots=True)
+class Member:
+    identity: bytes
+    record: Record
+    info: NodeInfo
+    first_seen: float
+    last_reachable: float
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An accepted record: the member now, the member before (None: a new node)."""
+
+    member: Member
+    old: Member | None
+    address: int  # the overlay address as an integer
+
+    @property
+    def address_changed(self) -> bool:
+        return self.old is not None and self.old.info.overlay_ip != self.member.info.overlay_ip
+
+    @property
+    def key_rotated(self) -> bool:
+        """A new WireGuard key under the same identity (a new WireGuard peer)."""
+        return self.old is not None and self.old.info.wg_public_key != self.member.info.wg_public_key
+
+
+class Membership:
+    def __init__(self, config: CoreConfig, identity: bytes, subnet: Subnet, counters: Counters,
+                 emit: Callable[..., None], persisted: Mapping) -> None:
+        self.config = config
+        self.identity = identity
+        self.id8 = identity[:wire.ID8_LEN]
+        self.subnet = subnet
+        self.counters = counters
+        self.emit = emit
+        self.members: dict[bytes, Member] = {}
+        self.wg_owner: dict[bytes, bytes] = {}  # WireGuard key -> id8
+        self.bindings: dict[str, bytes] = {ip: bytes.fromhex(h) for ip, h in persisted.get("bindings", {}).items()}
+        self.bindings_dirty = False
+        self.replay: dict[bytes, tuple[int, int]] = {}
+        self.underlay_addr: dict[bytes, tuple[str, int]] = {}  # last underlay source per id8
+        self.underlay_seen: dict[bytes, float] = {}
+        self.by_public_ip: dict[str, set[bytes]] = {}  # underlay source address -> who spoke from it
+        self._conflicts_reported: set[tuple[str, bytes]] = set()
+        self._digest: bytes | None = None
+
+    # ------------------------------------------------------------------ lookups
+
+    def get(self, id8: bytes) -> Member | None:
+        return self.members.get(id8)
+
+    def find(self, target: str) -> Member | None:
+        """A member by name or overlay IP."""
+        for member in self.members.values():
+            if target in (member.info.name, member.info.overlay_ip):
+                return member
+        return None
+
+    def identity_of(self, id8: bytes) -> bytes | None:
+        member = self.members.get(id8)
+        return member.identity if member is not None else None
+
+    def static_known(self, overlay_ip: str) -> bool:
+        """Whether we hold the record of the identity bound to a static peer's address."""
+        bound = self.bindings.get(overlay_ip)
+        return bound is not None and bound[:wire.ID8_LEN] in self.members
+
+    # ------------------------------------------------------------------ datagrams
+
+    def check_replay(self, inner: wire.Inner, now: float) -> None:
+        """Raises ProtocolError for a datagram outside the time window, not newer than the last
+        of its sender, from ourselves, or (strict mode) from an identity not listed."""
+        if abs(inner.timestamp_ms - now * 1000) > self.config.replay_window * 1000:
+            raise ProtocolError("outside_window")
+        last = self.replay.get(inner.sender)
+        stamp = (inner.timestamp_ms, inner.seq)
+        if last is not None and stamp <= last:
+            raise ProtocolError("replay")
+        if inner.sender == self.identity:
+            raise ProtocolError("own_identity")
+        allowed = self.config.allowed_identities
+        if allowed is not None and not any(inner.sender in ids for ids in allowed.values()):
+            raise ProtocolError("identity_not_allowed")
+        self.replay[inner.sender] = stamp
+
+    def heard_from(self, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        """A datagram from ``sender8`` arrived over the underlay from ``src``."""
+        previous = self.underlay_addr.get(sender8)
+        if previous is None or previous[0] != src[0]:
+            if previous is not None:
+                self.by_public_ip.get(previous[0], set()).discard(sender8)
+            self.by_public_ip.setdefault(src[0], set()).add(sender8)
+        self.underlay_addr[sender8] = src
+        self.underlay_seen[sender8] = now
+
+    def recent_underlay(self, id8: bytes, now: float, within: float = 60.0) -> tuple[str, int] | None:
+        """Where the node spoke from over the underlay, if it did recently."""
+        if now - self.underlay_seen.get(id8, -1e18) < within:
+            return self.underlay_addr.get(id8)
+        return None
+
+    def behind(self, public_ip: str) -> list[bytes]:
+        """The nodes that spoke from one underlay address, in id order."""
+        return sorted(self.by_public_ip.get(public_ip, ()))
+
+    # ------------------------------------------------------------------ records
+
+    def is_known(self, identity: bytes, version: int) -> bool:
+        """Whether we hold this identity's record at this version or newer."""
+        member = self.members.get(identity[:wire.ID8_LEN])
+        return member is not None and member.record.version >= version and member.identity == identity
+
+    def admit(self, record: Record, own_wg_key: bytes, now: float) -> Admission | None:
+        """Check a verified record against the rules and take it; None if refused (counted
+        and reported once as ``claim_refused``)."""
+        if record.kind != wire.RECORD_NODE:
+            self.counters.count("drop_unknown_record_kind")
+            return None
+        try:
+            info = wire.RecordCache.decoded(record, wire.decode_node_info)
+        except ProtocolError as e:
+            self.counters.count(f"drop_{e.reason}")
+            return None
+        address = self.subnet.host_value(info.overlay_ip)
+        refusal = self._refusal(record, info, address, own_wg_key)
+        if refusal is not None:
+            counter, reason = refusal
+            self.counters.count(counter)
+            self._report_conflict(reason, info, record)
+            return None
+        if info.overlay_ip not in self.bindings:
+            self.bindings[info.overlay_ip] = record.identity
+            self.bindings_dirty = True
+        id8 = record.id8
+        old = self.members.get(id8)
+        if old is not None and old.identity != record.identity:  # id8 collision: refuse the newcomer
+            self.counters.count("refused_id_collision")
+            return None
+        if old is not None and old.info.wg_public_key != info.wg_public_key:
+            self.wg_owner.pop(old.info.wg_public_key, None)
+            self.emit(EventKind.WG_KEY_ROTATED, node=info.name)
+        self.wg_owner[info.wg_public_key] = id8
+        self.counters.count("records_accepted")
+        member = self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
+                                            old.last_reachable if old else now)
+        self._digest = None
+        return Admission(member, old, address)
+
+    def _refusal(self, record: Record, info: NodeInfo, address: int | None,
+                 own_wg_key: bytes) -> tuple[str, str] | None:
+        """(counter, reason) if the record's claims break a rule, else None."""
+        if address is None:
+            return "refused_outside_subnet", "outside_subnet"
+        if info.overlay_ip == self.config.overlay_ip:
+            return "refused_claims_our_address", "claims_our_address"
+        allowed = self.config.allowed_identities
+        if allowed is not None and record.identity not in allowed.get(info.overlay_ip, frozenset()):
+            return "refused_not_allowed", "identity_not_allowed"
+        bound = self.bindings.get(info.overlay_ip)
+        if bound is not None and bound != record.identity:
+            return "refused_address_bound", "address_bound"
+        owner = self.wg_owner.get(info.wg_public_key)
+        if (owner is not None and owner != record.id8) or info.wg_public_key == own_wg_key:
+            return "refused_wg_key_taken", "wg_key_taken"
+        return None
+
+    def set_own(self, record: Record, info: NodeInfo, first_seen: float, now: float) -> None:
+        """A new version of our own record."""
+        self.members[self.id8] = Member(self.identity, record, info, first_seen, now)
+        self.wg_owner[info.wg_public_key] = self.id8
+        self._digest = None
+        self.bindings_dirty = True
+
+    def _report_conflict(self, reason: str, info: NodeInfo, record: Record) -> None:
+        key = (reason + info.overlay_ip, record.identity)
+        if key in self._conflicts_reported:
+            return
+        if len(self._conflicts_reported) > MAX_CONFLICTS_REPORTED:
+            self._conflicts_reported.clear()
+        self._conflicts_reported.add(key)
+        self.emit(EventKind.CLAIM_REFUSED, reason=reason, ip=info.overlay_ip, name=info.name,
+                  identity=record.identity.hex()[:16])
+
+    # ------------------------------------------------------------------ digests
+
+    def digest_entries(self) -> list[tuple[bytes, int]]:
+        return [(id8, m.record.version) for id8, m in self.members.items()]
+
+    def digest_hash(self) -> bytes:
+        """A hash of every (id8, version) we hold: equal hashes, nothing to exchange."""
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            for id8, version in sorted(self.digest_entries()):
+                h.update(id8 + version.to_bytes(8, "big"))
+            self._digest = h.digest()
+        return self._digest
+
+    def newer_than(self, theirs: Mapping[bytes, int]) -> list[bytes]:
+        """The records we hold that a digest lacks or has older."""
+        return [m.record.raw for id8, m in self.members.items() if theirs.get(id8, -1) < m.record.version]
+
+    def wanted(self, theirs: Mapping[bytes, int]) -> list[bytes]:
+        """The ids of a digest whose record we lack or have older."""
+        return [id8 for id8, version in theirs.items()
+                if id8 != self.id8 and (id8 not in self.members or self.members[id8].record.version < version)]
+
+    # ------------------------------------------------------------------ forgetting
+
+    def collect(self, now: float, reachable: Mapping[bytes, object]) -> list[Member]:
+        """Forget the records of nodes unreachable for ``forget_after`` (their bindings stay) and
+        old replay stamps; returns the forgotten members."""
+        gone = []
+        for id8, member in list(self.members.items()):
+            if id8 == self.id8:
+                continue
+            if id8 in reachable:
+                member.last_reachable = now
+            elif now - member.last_reachable > self.config.forget_after:
+                del self.members[id8]
+                self.wg_owner.pop(member.info.wg_public_key, None)
+                self._digest = None
+                gone.append(member)
+        cutoff = now * 1000 - self.config.replay_window * 1000 * REPLAY_KEEP_WINDOWS
+        for sender, (ts, _) in list(self.replay.items()):
+            if ts < cutoff:
+                del self.replay[sender]
+        return gone
+
+    def persistent_state(self, version: int) -> dict:
+        self.bindings_dirty = False
+        return {"bindings": {ip: ident.hex() for ip, ident in sorted(self.bindings.items())}, "version": version}

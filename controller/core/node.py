@@ -1,0 +1,559 @@
+"""The core's facade: inputs, outputs, timers and the orchestration of its parts.
+
+Like aioquic's connection, it owns the clock-driven timers and hands each job to a part:
+:class:`Membership` (records, bindings, replay), :class:`Links` (the link state machine and
+probes), :class:`Gossip` (dissemination and anti-entropy), :class:`Routing` (graph, tree,
+first hops, route table) and :class:`Transport` (sealing, addresses). Parts talk through
+callbacks given here (send, publish, paths changed, event); none holds the facade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from .. import paths, wire
+from ..wire import (
+    EP_LAN,
+    EP_REFLEXIVE,
+    EP_STATIC,
+    FLAG_STATIC,
+    Endpoint,
+    Identity,
+    LinkClaim,
+    NodeInfo,
+    ProtocolError,
+    Record,
+)
+from .gossip import BOOTSTRAP_IDLE_FACTOR, Gossip
+from .link import LINK_BATCH_DELAY, UP
+from .links import Links
+from .local import LocalNode, fmt_ep, is_hostname, parse_ep
+from .membership import Member, Membership
+from .routes import Routing
+from .transport import Transport
+from .types import CoreConfig, Counters, DataPlane, Event, EventKind, PeerObservation, StaticPeerConfig
+
+INFINITY = float("inf")  # "no deadline", for every timer
+RX_COUNTERS = {t: f"rx_{name}" for t, name in wire.TYPE_NAMES.items()}
+#: own record versions come at most this often (a hub's links change in bursts), less often
+#: for a node with many links (its record grows with them)
+PUBLISH_SPACING = 0.25
+PUBLISH_SPACING_LINKS = 500
+#: path recomputations come at most this often, less often in big meshes (each costs O(N log N))
+PATHS_SPACING = 0.1
+PATHS_SPACING_MEMBERS = 250
+#: urgent recomputations (a link to us changed) are spaced this much at nodes with more links
+#: than URGENT_SPACING_LINKS (a hub's links change by the hundred; elsewhere the window
+#: between the two ends' switches must stay short)
+URGENT_PATHS_SPACING = 0.02
+URGENT_SPACING_LINKS = 64
+GC_INTERVAL = 60.0
+#: after a (re)start, the data plane is applied only once every live WireGuard peer is
+#: reachable again, or after this long (see settled)
+SETTLE_MAX = 15.0
+#: how many recent data-plane versions are remembered (applied versions may lag behind)
+PLANES_KEPT = 16
+MAX_ENDPOINTS = 16
+
+
+class Core:
+    """The sans-I/O controller core (see the package's docstring)."""
+
+    def __init__(self, config: CoreConfig, identity_seed: bytes, wg_public_key: bytes, now: float,
+                 random_bytes: Callable[[int], bytes], persisted: Mapping | None = None,
+                 lan_endpoints: Iterable[tuple[str, int]] = (), cache: wire.RecordCache | None = None,
+                 pair_memo: dict | None = None) -> None:
+        self.config = config
+        self.identity = Identity(identity_seed)
+        self.id8 = self.identity.id8
+        self.local = LocalNode(config, self.identity, wg_public_key, lan_endpoints)
+        self.random_bytes = random_bytes
+        self.verified = cache or wire.RecordCache()
+        self.started = now
+        persisted = persisted or {}
+        self.version = max(int(persisted.get("version", 0)), 0)
+        self.counters = Counters()
+        self._events: list[Event] = []
+        self.observed: dict[bytes, PeerObservation] = {}  # by WireGuard key
+        self._observed_once = False
+        self._settled = False
+        self._changed_links: set[bytes] = set()  # links up or down since our last record
+
+        self.membership = Membership(config, self.identity.public, self.local.subnet, self.counters, self._emit,
+                                     persisted)
+        self.routing = Routing(self.id8, self.membership.members, config.hop_cost_ms, self.local.subnet.max_prefixlen)
+        links: dict = {}
+        self.transport = Transport(wire.derive_admin_key(config.shared_key), self.local, self.membership,
+                                   self.routing, links, self.counters, random_bytes, pair_memo)
+        self.links = Links(config, self.local, self.membership, self.routing, self.transport, self.counters,
+                           self._emit, self._wake_links, self._schedule_paths, self._schedule_publish,
+                           self._changed_links.add, self._announces_links, now)
+        self.links.links = links
+        self.gossip = Gossip(self.local, self.membership, self.routing, links, self.transport, self._rand_unit,
+                             self._wake_gossip, config.gossip_fanout, config.gossip_rounds)
+        self._handlers: dict[int, Callable[[wire.Inner, bytes, tuple[str, int], float], None]] = {
+            wire.RECORDS: self._on_records, wire.PROBE: self._on_probe, wire.PROBE_ACK: self._on_probe_ack,
+            wire.SYNC: self._on_sync, wire.DIGEST: self._on_digest, wire.REQUEST: self._on_request,
+            wire.CONNECT: self._on_connect, wire.CONNECT_ACK: self._on_connect_ack,
+        }
+
+        self.dataplane = DataPlane()
+        self.dataplane_version = 0
+        #: recent data-plane versions -> (their peers' WireGuard keys, the paths they route)
+        self._planes: dict[int, tuple[frozenset[bytes], dict[bytes, bytes]]] = {0: (frozenset(), {})}
+
+        # timers (INFINITY: not due)
+        self.t_gossip = now
+        self.t_sync = now + config.sync_interval
+        self.t_bootstrap = now
+        self.t_links = now
+        self.t_publish = now
+        self.t_paths = INFINITY
+        self.t_gc = now + GC_INTERVAL
+        self._last_publish = -INFINITY
+        self._last_recompute = -INFINITY
+        self._publish(now)
+
+    # ========================================================================= inputs
+
+    def datagram_received(self, data: bytes, src: tuple[str, int], now: float) -> None:
+        try:
+            inner = self.transport.open(data)
+            self.membership.check_replay(inner, now)
+            self._dispatch(inner, src, now)
+        except ProtocolError as e:
+            self.counters.count(f"drop_{e.reason}")
+
+    def handle_timer(self, now: float) -> None:
+        cfg = self.config
+        if now >= self.t_publish:
+            self._publish(now)
+        if now >= self.t_paths:
+            self._recompute(now)
+        if now >= self.t_bootstrap:
+            # (once every static peer is known, only a forgotten one would need it again)
+            idle = not self.gossip.bootstrap(now, self.version)
+            self.t_bootstrap = now + cfg.bootstrap_interval * (BOOTSTRAP_IDLE_FACTOR if idle else 1)
+        if now >= self.t_links:
+            self.t_links = self.links.manage(now)
+        if now >= self.t_gossip:
+            self.gossip.tick(now)
+            # rounds while records are hot (publishing and flooding wake it up again)
+            self.t_gossip = now + cfg.gossip_interval if self.gossip.hot else INFINITY
+        if now >= self.t_sync:
+            self.gossip.sync(now)
+            self.t_sync = now + cfg.sync_interval * (0.75 + 0.5 * self._rand_unit())
+        if now >= self.t_gc:
+            self._gc(now)
+            self.t_gc = now + GC_INTERVAL
+        # the data plane may have changed because of any of the above
+        if now >= self.t_paths:
+            self._recompute(now)
+
+    def dataplane_observed(self, now: float, peers: Mapping[bytes, PeerObservation]) -> None:
+        """Per WireGuard public key: endpoint, last handshake, rx/tx (Helper1.GetState)."""
+        self.observed = dict(peers)
+        self._observed_once = True
+        self.links.observed(peers, now)
+
+    def dataplane_applied(self, version: int, now: float) -> None:
+        """The runtime applied ``dataplane`` of this version (Helper1.Apply returned).
+        Messages that ask the other end to start a handshake wait for this."""
+        plane = self._planes.get(version)
+        if plane is None:
+            return
+        peer_keys, self.routing.applied_hops = plane
+        self.links.applied(peer_keys, now)
+
+    # ------------------------------------------------------------------------- commands
+
+    def connect(self, target: str, now: float) -> bool:
+        """Pin a direct link to ``target`` (name or overlay IP): attempted now, never idled."""
+        member = self.find(target)
+        if member is None or member.identity == self.identity.public:
+            return False
+        self.links.pin(member, now)
+        return True
+
+    def probe(self, target: str, now: float) -> int | None:
+        """Send one probe through the mesh; a ``probe_result`` event follows."""
+        member = self.find(target)
+        if member is None:
+            return None
+        return self.links.send_probe(member.info, member.record.id8, now, user=True)
+
+    def set_lan_endpoints(self, endpoints: Iterable[tuple[str, int]], now: float) -> None:
+        """Our own underlay addresses. When one goes away we moved (a roaming laptop) or the
+        network changed under us. Every link starts over at once, without waiting for probes
+        to time out: links over a LAN we left try their other candidates, and every WireGuard
+        peer is removed and added again - a fresh peer forgets the source address it used to
+        send from (wireguard-go keeps sending from the old one, and fails, when the interface
+        it used is gone). A static peer's answer then tells our new public endpoint."""
+        lan = tuple(endpoints)
+        if lan == self.local.lan.addresses:
+            return
+        gone = self.local.lan.ips() - {ip for ip, _ in lan}
+        self.local.lan.set(lan)
+        self._schedule_publish(now)
+        if gone:
+            self._emit(EventKind.ADDRESSES_CHANGED, gone=",".join(sorted(gone)), now=",".join(ip for ip, _ in lan))
+            self.links.addresses_lost(now)
+
+    def set_wg_public_key(self, key: bytes, now: float) -> None:
+        """Key rotation: publish the new WireGuard key under the same identity."""
+        if key != self.local.wg_public_key:
+            self.local.wg_public_key = key
+            self._schedule_publish(now)
+
+    def update_static_peers(self, peers: Iterable[StaticPeerConfig], now: float) -> None:
+        """Static peers re-resolved (dynamic DNS): new endpoints for links still being set up."""
+        if not self.local.set_static_peers(peers):
+            return
+        self.t_bootstrap = now
+        self.links.static_peers_changed()
+        self._schedule_paths(now)
+
+    def set_wg_port(self, port: int, now: float) -> None:
+        if port != self.local.wg_port:
+            self.local.wg_port = port
+            self._schedule_publish(now)
+
+    # ========================================================================= outputs
+
+    def take_datagrams(self) -> list[tuple[bytes, tuple[str, int]]]:
+        return self.transport.take()
+
+    def take_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float:
+        return min(self.t_gossip, self.t_sync, self.t_bootstrap, self.t_links, self.t_gc, self.t_publish,
+                   self.t_paths)
+
+    def settled(self, now: float) -> bool:
+        """Whether the desired data plane is worth applying. After a (re)start, not before every
+        WireGuard peer with a live session is known and reachable again (or 15 s passed): a
+        controller restart must not apply a half-learned mesh over a working data plane."""
+        if self._settled:
+            return True
+        if now - self.started > SETTLE_MAX:
+            self._settled = True
+        elif self._observed_once:
+            owner, hops = self.membership.wg_owner, self.routing.hops
+            fresh = [key for key, o in self.observed.items() if o.last_handshake and now - o.last_handshake < 120]
+            self._settled = all(owner.get(key) in hops for key in fresh)
+        return self._settled
+
+    def observation_interval(self) -> float:
+        """How soon the data plane should be observed again: fast while handshakes are awaited."""
+        return 0.1 if self.links.attempting else 1.0
+
+    def persistent_state(self) -> dict:
+        return self.membership.persistent_state(self.version)
+
+    @property
+    def bindings_dirty(self) -> bool:
+        return self.membership.bindings_dirty
+
+    # ------------------------------------------------------------------------- queries
+
+    @property
+    def members(self) -> dict[bytes, Member]:
+        return self.membership.members
+
+    @property
+    def hops(self) -> dict[bytes, bytes]:
+        """destination -> first hop, for every node we have a path to."""
+        return self.routing.hops
+
+    @property
+    def wg_public_key(self) -> bytes:
+        return self.local.wg_public_key
+
+    def find(self, target: str) -> Member | None:
+        return self.membership.find(target)
+
+    def path(self, id8: bytes) -> list[bytes]:
+        return self.routing.path(id8)
+
+    def reachable(self) -> set[bytes]:
+        return set(self.routing.hops)
+
+    def name_of(self, overlay_ip: str) -> str:
+        """The name of the node with this overlay address ("" if none)."""
+        member = self.membership.find(overlay_ip)
+        return member.info.name if member is not None and member.info.overlay_ip == overlay_ip else ""
+
+    def member_status(self) -> list[dict]:
+        """One entry per known node (for status output and Controller1)."""
+        out = []
+        members = self.membership.members
+        for id8, m in sorted(members.items(), key=lambda kv: kv[1].info.overlay_ip):
+            if id8 == self.id8:
+                continue
+            p = self.path(id8)
+            link = self.links.get(id8)
+            obs = self.observed.get(members[p[1]].info.wg_public_key) if len(p) > 1 else None
+            via = [members[h].info.name for h in p[1:-1]]
+            out.append({
+                "name": m.info.name, "overlay_ip": m.info.overlay_ip, "identity": m.identity.hex()[:16],
+                "wg_public_key": m.info.wg_public_key, "reachable": bool(p), "via": via,
+                "rtt_ms": paths.latency_ms(self.routing.cost[id8], len(p) - 1, self.config.hop_cost_ms) if p else None,
+                "link": link.state if link else None, "endpoint": obs.endpoint if obs else "",
+                "last_handshake": obs.last_handshake if obs else 0.0,
+                "rx_bytes": obs.rx_bytes if obs else 0, "tx_bytes": obs.tx_bytes if obs else 0,
+                "static": m.info.is_static,
+            })
+        return out
+
+    # ========================================================================= receive
+
+    def _emit(self, kind: EventKind, **data) -> None:
+        self._events.append(Event(kind, data))
+
+    def _dispatch(self, inner: wire.Inner, src: tuple[str, int], now: float) -> None:
+        sender8 = inner.sender[:wire.ID8_LEN]
+        over = self.local.subnet.is_overlay(src[0])
+        if not over:
+            self.membership.heard_from(sender8, src, now)
+        self.links.probe_received(sender8, over, inner.type, now)
+        self.counters.count(RX_COUNTERS[inner.type])
+        self._handlers[inner.type](inner, sender8, src, now)
+
+    def _on_records(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        self._records_received(inner.body, now, sender8)
+
+    def _records_received(self, body: bytes, now: float, source: bytes | None = None) -> None:
+        flood = bool(body and body[0] & wire.RECORDS_FLOOD)
+        for identity, version, _kind, pos, total in wire.iter_records(body, True):
+            if self.membership.is_known(identity, version):
+                self.counters.count("records_known")
+                continue
+            if identity == self.identity.public:
+                if version >= self.version:  # our own old claims from before a restart: supersede them
+                    self.version = version
+                    self._schedule_publish(now)
+                continue
+            try:
+                record = wire.parse_record(body, pos, self.verified, total)
+            except ProtocolError as e:
+                self.counters.count(f"drop_{e.reason}")
+                continue
+            self._accept_record(record, now, source, flood)
+
+    def _accept_record(self, record: Record, now: float, source: bytes | None = None, flood: bool = False) -> bool:
+        admission = self.membership.admit(record, self.local.wg_public_key, now)
+        if admission is None:
+            return False
+        id8, info, old = record.id8, admission.member.info, admission.old
+        if admission.key_rotated:
+            self.links.key_rotated(id8, now)
+        claims_before = self.routing.graph.claims.get(id8, {})
+        claims = info.link_map
+        graph_changed = self.routing.set_claims(id8, claims)
+        members = self.membership.members
+        if self.local.is_static and source is not None and (info.links or info.is_static) and (
+                (flood and source == id8) or (source in members and members[source].info.is_static)):
+            # (a record without links is of use only to the static peers it connects to: it
+            # sends it to them itself, see Links.applied)
+            self.gossip.flood(id8, source, now)  # a hub hands new records on
+        if old is None:
+            self._emit(EventKind.NODE_DISCOVERED, node=info.name, ip=info.overlay_ip,
+                       identity=record.identity[:8].hex())
+            if self.local.is_static and source == id8 and not info.is_static:
+                self.gossip.introduce(id8, now)
+            self.routing.table.added(id8, admission.address)
+        elif admission.address_changed:
+            self.routing.table.invalidate()
+        if graph_changed or old is None or admission.address_changed or admission.key_rotated:
+            # a change of a link to us completes or breaks an edge the other end already
+            # switched: follow at once (the window between the two switches loses packets)
+            self._schedule_paths(now, urgent=(self.id8 in claims_before) != (self.id8 in claims))
+        if self.links.get(id8) is None and self.links.wants_link(info, id8):
+            self.links.ensure(admission.member, now)  # (links no longer wanted go in Links.manage)
+        self.links.follow_claim(id8, claims, now)
+        return True
+
+    def _on_probe(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        probe_id = wire.parse_probe(inner.body)
+        member = self.membership.get(sender8)
+        seen_wg = None
+        if member is not None:
+            obs = self.observed.get(member.info.wg_public_key)
+            if obs is not None and obs.endpoint:
+                seen_wg = parse_ep(obs.endpoint)
+        self.transport.send_to_addr(src, wire.PROBE_ACK, wire.body_probe_ack(probe_id, src, seen_wg), now,
+                                    inner.sender)
+
+    def _on_probe_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        probe_id, _seen_admin, seen_wg = wire.parse_probe_ack(inner.body)
+        answered = self.links.probe_answered(sender8, probe_id, now)
+        if answered is None:
+            return
+        rtt_ms, user = answered
+        link = self.links.get(sender8)
+        member = self.membership.get(sender8)
+        if seen_wg is not None and member is not None and member.info.is_static:
+            self._learn_reflexive(seen_wg, now)
+        elif self.local.reflexive is None and link is not None and member is not None and member.info.is_static:
+            self.links.probe_soon(link, now)  # its WireGuard has not reported our endpoint yet (it polls)
+        if user and member is not None:
+            via = ",".join(self.membership.members[h].info.name for h in self.path(sender8)[1:-1]) or "direct"
+            self._emit(EventKind.PROBE_RESULT, node=member.info.name, rtt_ms=round(rtt_ms, 2), via=via)
+
+    def _learn_reflexive(self, seen: tuple[str, int], now: float) -> None:
+        """What a static peer's WireGuard sees as our source: translated by NAT or not (a
+        firewalled host is reachable there only by hole punching, like a NATed one)."""
+        if seen == self.local.reflexive:
+            return
+        self.local.reflexive = seen
+        self._emit(EventKind.REFLEXIVE_ENDPOINT, endpoint=fmt_ep(seen))
+        # others punch holes to it: an optimisation, like a shortcut link (see Links.up); before
+        # our first links are announced, it goes with them
+        if self._announces_links():
+            self._schedule_publish(now, LINK_BATCH_DELAY)
+        elif self.t_publish == INFINITY:
+            self._schedule_publish(now)
+
+    def _on_sync(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        self.gossip.on_sync(inner.body, src, now, inner.sender)
+
+    def _on_digest(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        self.gossip.on_digest(inner.body, src, now, inner.sender)
+
+    def _on_request(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        self.gossip.on_request(inner.body, src, now, inner.sender)
+
+    def _on_connect(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        self.links.on_connect(sender8, *wire.parse_connect(inner.body), src, now)
+
+    def _on_connect_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        self.links.on_connect_ack(sender8, wire.parse_connect_ack(inner.body), now)
+
+    # ========================================================================= own record
+
+    def _rand_unit(self) -> float:
+        return int.from_bytes(self.random_bytes(4), "big") / 2**32
+
+    def _wake_links(self, t: float) -> None:
+        self.t_links = min(self.t_links, t)
+
+    def _wake_gossip(self, t: float) -> None:
+        self.t_gossip = min(self.t_gossip, t)
+
+    def _schedule_publish(self, now: float, delay: float | None = None) -> None:
+        """Soon after a change (or ``delay`` later), but not more than 4 times a second."""
+        spacing = PUBLISH_SPACING * max(1.0, len(self.links.links) / PUBLISH_SPACING_LINKS)
+        due = max(now + (self.config.publish_interval if delay is None else delay), self._last_publish + spacing)
+        self.t_publish = min(self.t_publish, due)
+
+    def _announces_links(self) -> bool:
+        me = self.membership.get(self.id8)
+        return me is not None and bool(me.info.links)
+
+    def _own_info(self) -> NodeInfo:
+        local = self.local
+        endpoints = [Endpoint(EP_LAN, ip, local.wg_port, prefixlen) for ip, prefixlen in local.lan.addresses]
+        if local.reflexive is not None:
+            endpoints.append(Endpoint(EP_REFLEXIVE, local.reflexive[0], local.reflexive[1]))
+        me = local.static_self
+        if me is not None and not is_hostname(me.host):
+            endpoints.append(Endpoint(EP_STATIC, me.host, me.wg_port))
+        links = tuple(LinkClaim(link.peer, link.claimed_rtt, 0)
+                      for link in sorted(self.links.links.values(), key=lambda x: x.peer) if link.state == UP)
+        return NodeInfo(local.wg_public_key, self.config.overlay_ip, local.wg_port, self.config.admin_port,
+                        self.config.name, FLAG_STATIC if local.is_static else 0, tuple(endpoints[:MAX_ENDPOINTS]),
+                        links)
+
+    def _publish(self, now: float) -> None:
+        self.t_publish = INFINITY
+        self._last_publish = now
+        info = self._own_info()
+        current = self.membership.get(self.id8)
+        if current is not None and current.info == info:
+            return
+        self.version = max(self.version + 1, int(now * 1000))
+        self.counters.count("records_published")
+        record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
+        self.routing.set_claims(self.id8, info.link_map)
+        self.membership.set_own(record, info, self.started, now)
+        if info.links or self.local.is_static:  # (nobody can reach a node without links yet)
+            self.gossip.make_hot(self.id8, now, self.config.gossip_interval)
+        self._schedule_paths(now, urgent=bool(self._changed_links))
+        # a link change matters most to the link's other end: tell it at once; and hand the
+        # record to one static neighbour, which floods it (a static node floods its own)
+        changed = sorted(self._changed_links)
+        self._changed_links.clear()
+        primary = None
+        if self.local.is_static:
+            self.gossip.flood(self.id8, None, now)
+        else:
+            statics = sorted(i for i, link in self.links.links.items() if link.static and link.state == UP)
+            primary = statics[0] if statics else None
+        flagged = wire.body_records([record.raw], wire.RECORDS_FLOOD)
+        for id8 in changed:  # the other end of a changed link needs our claim to use the link
+            self.transport.send_both(id8, wire.RECORDS, flagged if id8 == primary else wire.body_records([record.raw]),
+                                     now)
+        if primary is not None and primary not in changed:
+            addr = self.transport.addr_of(primary)
+            if addr is not None:
+                self.counters.count("tx_records_publish")
+                self.transport.send_to_addr(addr, wire.RECORDS, flagged, now, self.membership.identity_of(primary))
+
+    # ========================================================================= paths
+
+    def _schedule_paths(self, now: float, urgent: bool = False) -> None:
+        if urgent:
+            # at once, but a hub whose links change by the hundred batches them a little
+            due = max(now, self._last_recompute + URGENT_PATHS_SPACING) \
+                if len(self.links.links) > URGENT_SPACING_LINKS else now
+            self.t_paths = min(self.t_paths, due)
+        elif self.t_paths == INFINITY:
+            spacing = PATHS_SPACING * max(1.0, len(self.membership.members) / PATHS_SPACING_MEMBERS)
+            self.t_paths = max(now + self.config.path_debounce, self._last_recompute + spacing)
+
+    def _recompute(self, now: float) -> None:
+        """Paths (only if the link graph changed), then the data plane."""
+        self.t_paths = INFINITY
+        self._last_recompute = now
+        changes = self.routing.update_paths()
+        if changes is not None:
+            self._paths_changed(*changes, now)
+        self._build_dataplane(now)
+
+    def _paths_changed(self, old_hops: Mapping[bytes, bytes], touched: list[bytes] | None, now: float) -> None:
+        hops, members = self.routing.hops, self.membership.members
+        if hops.keys() != old_hops.keys():
+            self._wake_links(now)
+        for id8 in sorted(old_hops.keys() ^ hops.keys()):
+            member = members.get(id8)
+            if member is not None:
+                kind = EventKind.NODE_REACHABLE if id8 in hops else EventKind.NODE_UNREACHABLE
+                self._emit(kind, node=member.info.name)
+        for id8 in hops if touched is None else touched:
+            hop = hops[id8]
+            if old_hops.get(id8) not in (None, hop):
+                self._emit(EventKind.PATH_CHANGED, node=members[id8].info.name,
+                           via=members[hop].info.name if hop != id8 else "direct")
+
+    def _build_dataplane(self, now: float) -> None:
+        table = self.routing.table
+        table.refresh(self.routing.hops)
+        peers = self.links.desired_peers(now, self.observed, table.allowed)
+        plane = DataPlane(tuple(peers), table.routes)
+        if plane != self.dataplane:
+            self.dataplane = plane
+            self.dataplane_version += 1
+            self._planes[self.dataplane_version] = (frozenset(p.public_key for p in plane.peers), self.routing.hops)
+            self._planes.pop(self.dataplane_version - PLANES_KEPT, None)
+
+    # ========================================================================= housekeeping
+
+    def _gc(self, now: float) -> None:
+        for member in self.membership.collect(now, self.routing.hops):
+            id8 = member.record.id8
+            self.routing.forget(id8)
+            self.links.links.pop(id8, None)
+            self._emit(EventKind.NODE_FORGOTTEN, node=member.info.name)
+
