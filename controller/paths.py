@@ -36,31 +36,46 @@ def tie_break(a: bytes, b: bytes) -> int:
     return value
 
 
-#: a -> b -> (weight, edge_cost) of the weight last asked for, both ways round: a pure-function
-#: memo (every node of a mesh computes the same cost for the same link; the simulator's cores
-#: share one int). Per node, so that a node's links look up one small dict (see _add_node).
-_cost_cache: dict[bytes, dict[bytes, tuple[int, int]]] = {}
-_cost_entries = [0]
+def edge_weight(rtt_ab: int, rtt_ba: int, hop_cost_ms: int) -> int:
+    """An edge's weight (ms): the larger of the two ends' RTT claims, plus the per-hop cost."""
+    return max(rtt_ab, rtt_ba) + hop_cost_ms
+
+
+class _CostMemo:
+    """:func:`edge_cost` remembered per link, both ways round: every node of a mesh computes
+    the same cost for the same link (the simulator's cores share one int). Bounded."""
+
+    MAX_ENTRIES = 2_000_000
+
+    def __init__(self) -> None:
+        self.by_node: dict[bytes, dict[bytes, tuple[int, int]]] = {}  # a -> b -> (weight, cost)
+        self.entries = 0
+
+    def get(self, a: bytes, b: bytes, weight: int) -> int | None:
+        of_a = self.by_node.get(a)
+        entry = of_a.get(b) if of_a is not None else None
+        return entry[1] if entry is not None and entry[0] == weight else None
+
+    def put(self, a: bytes, b: bytes, weight: int, cost: int) -> None:
+        if self.entries > self.MAX_ENTRIES:
+            self.by_node.clear()
+            self.entries = 0
+        for x, y in ((a, b), (b, a)):
+            of_x = self.by_node.setdefault(x, {})
+            if y not in of_x:
+                self.entries += 1
+            of_x[y] = (weight, cost)
+
+
+_costs = _CostMemo()
 
 
 def edge_cost(a: bytes, b: bytes, weight: int) -> int:
     """The comparable cost of one edge: its weight (ms) above its tie-break."""
-    of_a = _cost_cache.get(a)
-    entry = of_a.get(b) if of_a is not None else None
-    if entry is not None and entry[0] == weight:
-        return entry[1]
-    cost = (weight << _SHIFT) + tie_break(a, b)
-    if _cost_entries[0] > 2_000_000:
-        _cost_cache.clear()
-        _cost_entries[0] = 0
-    entry = (weight, cost)
-    for x, y in ((a, b), (b, a)):
-        of_x = _cost_cache.get(x)
-        if of_x is None:
-            of_x = _cost_cache[x] = {}
-        if y not in of_x:
-            _cost_entries[0] += 1
-        of_x[y] = entry
+    cost = _costs.get(a, b, weight)
+    if cost is None:
+        cost = (weight << _SHIFT) + tie_break(a, b)
+        _costs.put(a, b, weight, cost)
     return cost
 
 
@@ -74,7 +89,7 @@ def build_graph(claims: Mapping[bytes, Mapping[bytes, int]], hop_cost_ms: int) -
             back = claims.get(b)
             if back is None or a not in back:
                 continue
-            graph.setdefault(a, {})[b] = max(rtt, back[a]) + hop_cost_ms
+            graph.setdefault(a, {})[b] = edge_weight(rtt, back[a], hop_cost_ms)
     return graph
 
 
@@ -124,9 +139,6 @@ class LinkGraph:
         self.edges: dict[bytes, dict[bytes, int]] = {}
         #: edges changed since the last :meth:`update_tree`: (a, b, cost before; None = absent)
         self.changes: list[tuple[bytes, bytes, int | None]] = []
-        #: edges :meth:`_add_node` made since then: (a, b, cost). Absent before (their node had
-        #: no edge), so each comes before any entry of :attr:`changes` for the same edge.
-        self.added: list[tuple[bytes, bytes, int]] = []
         #: the nodes whose cost and predecessor the last :meth:`update_tree` changed, cheapest
         #: first (so a node's predecessor comes before it, or did not change); None = maybe all
         self.touched: list[bytes] | None = None
@@ -138,57 +150,21 @@ class LinkGraph:
         old = self.claims.get(node)
         if old == links:
             return False
-        claims = self.claims
-        claims[node] = links
-        if not old and node not in self.edges:
-            return self._add_node(node, links)
+        self.claims[node] = links
         if not old:
             peers = links
-        elif len(old) + len(links) > 32:  # (set operations on the items run in C: hubs claim many)
+        else:  # the peers whose claim changed, in id order
             peers = sorted({peer for peer, _ in old.items() ^ links.items()})
-        else:
-            peers = [peer for peer, rtt in links.items() if old.get(peer) != rtt]
-            peers += [peer for peer in old if peer not in links]
         changed = False
         update = self._update
         mine = self.edges.get(node)
         for peer in peers:
-            back = claims.get(peer)
+            back = self.claims.get(peer)
             if (back is None or node not in back) and (mine is None or peer not in mine):
                 continue  # not claimed back, and no edge before: no edge after either
             if update(node, peer):
                 changed = True
         return changed
-
-    def _add_node(self, node: bytes, links: Mapping[bytes, int]) -> bool:
-        """:meth:`set_claims` for a node with no claims and no edges before (every node learns
-        every other one this way once: the common case, kept short): :meth:`_update` for
-        edges that did not exist, inlined."""
-        claims, edges, hop, added = self.claims, self.edges, self.hop_cost_ms, self.added
-        costs = _cost_cache.get(node, {})  # (edge_cost's memo, inline)
-        mine = None
-        for peer, rtt in links.items():
-            back = claims.get(peer)
-            if back is None or peer == node:
-                continue
-            rtt_back = back.get(node)
-            if rtt_back is None:
-                continue
-            weight = (rtt if rtt > rtt_back else rtt_back) + hop
-            try:  # (subscripts, not .get: both are there but the first time)
-                entry = costs[peer]
-                cost = entry[1] if entry[0] == weight else edge_cost(node, peer, weight)
-            except KeyError:
-                cost = edge_cost(node, peer, weight)
-            if mine is None:
-                mine = edges[node] = {}
-            mine[peer] = cost
-            try:
-                edges[peer][node] = cost
-            except KeyError:
-                edges[peer] = {node: cost}
-            added.append((node, peer, cost))
-        return mine is not None
 
     def remove(self, node: bytes) -> bool:
         changed = self.set_claims(node, {})
@@ -210,7 +186,7 @@ class LinkGraph:
             del edges[b][a]
             self.changes.append((a, b, current))
             return True
-        cost = edge_cost(a, b, (ab if ab > ba else ba) + self.hop_cost_ms)
+        cost = edge_cost(a, b, edge_weight(ab, ba, self.hop_cost_ms))
         if cost == current:
             return False
         if ea is None:
@@ -225,7 +201,6 @@ class LinkGraph:
 
     def shortest_tree(self, source: bytes) -> tuple[dict[bytes, int], dict[bytes, bytes]]:
         self.changes.clear()
-        self.added.clear()
         self.touched = None
         return _dijkstra(self.edges, source)
 
@@ -238,30 +213,26 @@ class LinkGraph:
         are unique, so the result equals a full run (property-tested). The flag: whether the
         tree may have changed."""
         changes, self.changes = self.changes, []
-        added, self.added = self.added, []
         self.touched = None
         if source not in cost:
             return (*_dijkstra(self.edges, source), True)
         edges = self.edges
-        if not changes:
-            better = added  # only new edges, each once, as they are now (the common case: nodes joining)
-        else:
-            # an edge may have changed more than once since: compare its cost before the first
-            # change with its cost now (a cost seen in between is no longer true)
-            before: dict[tuple[bytes, bytes], int | None] = {(a, b) if a < b else (b, a): None for a, b, _ in added}
-            for a, b, old in changes:
-                before.setdefault((a, b) if a < b else (b, a), old)
-            better = []  # edges that appeared or got cheaper: (a, b, cost now)
-            for (a, b), old in before.items():
-                ea = edges.get(a)
-                new = ea.get(b) if ea else None
-                if new == old:
-                    continue
-                if old is not None and (new is None or new > old):
-                    if pred.get(b) == a or pred.get(a) == b:
-                        return (*_dijkstra(edges, source), True)
-                    continue  # worse, and not in the tree: changes nothing
-                better.append((a, b, new))
+        # an edge may have changed more than once since: compare its cost before the first
+        # change with its cost now (a cost seen in between is no longer true)
+        before: dict[tuple[bytes, bytes], int | None] = {}
+        for a, b, old in changes:
+            before.setdefault((a, b) if a < b else (b, a), old)
+        better = []  # edges that appeared or got cheaper: (a, b, cost now)
+        for (a, b), old in before.items():
+            ea = edges.get(a)
+            new = ea.get(b) if ea else None
+            if new == old:
+                continue
+            if old is not None and (new is None or new > old):
+                if pred.get(b) == a or pred.get(a) == b:
+                    return (*_dijkstra(edges, source), True)
+                continue  # worse, and not in the tree: changes nothing
+            better.append((a, b, new))
         self.touched = []
         heap: list[tuple[int, bytes]] = []
         get, push = cost.get, heap.append

@@ -150,14 +150,14 @@ def test_an_edge_that_appeared_cheap_then_got_dear_does_not_seed_the_tree():
 
 
 def test_an_edge_a_new_node_brought_cheap_then_dear_does_not_seed_the_tree():
-    """The same with the edge made by a node's first claims (LinkGraph.added), then changed."""
+    """The same with the edge made by a node's first claims, then changed."""
     a, b, c = node(1), node(2), node(3)
     graph = paths.LinkGraph(100)
     graph.set_claims(a, {c: 10})
     graph.set_claims(c, {a: 10, b: 1})
     cost, pred, _ = graph.update_tree(a, {}, {})
     graph.set_claims(b, {c: 1})  # b's first claims: the edge b-c appears, cheap
-    assert graph.added and not graph.changes
+    assert graph.changes == [(b, c, None)]
     graph.set_claims(b, {c: 500})
     graph.set_claims(c, {a: 10, b: 500})
     cost, pred, _ = graph.update_tree(a, cost, pred)
