@@ -9,20 +9,18 @@ Final stdout line: {"boot_s": ..., "enable_to_active_s": ..., "image_build_s": .
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from tests import bootlab  # noqa: E402
-from tests.test_boot_nspawn import NET_YAML  # noqa: E402
-from wg_netmanager.controller.netlab import Lab  # noqa: E402
+from wg_netmanager.lab import bootlab
+from wg_netmanager.lab.bootlab import NET_YAML
+from wg_netmanager.lab.netlab import Lab
 
 
 def main() -> int:
     t0 = time.monotonic()
-    image = bootlab.install_product(bootlab.build_rootfs())
+    image = bootlab.install_product(bootlab.build_rootfs(), Path(__file__).resolve().parent.parent)
     image_s = time.monotonic() - t0
     with Lab("bootbench") as lab:
         box = lab.box("c1")

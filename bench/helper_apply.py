@@ -20,8 +20,8 @@ import sys
 import time
 
 from wg_netmanager.controller.helper_client import HelperClient
-from wg_netmanager.controller.netlab import Lab, net_yaml
 from wg_netmanager.dbus.compat import LIBRARY
+from wg_netmanager.lab.netlab import Lab, net_yaml
 
 NET = net_yaml("198.51.100.1:51820", "10.1.0.1", subnet="10.1.0.0/16")
 

@@ -24,9 +24,9 @@ import subprocess
 import sys
 import time
 
-from wg_netmanager.controller import labnets
-from wg_netmanager.controller.demo import controller_call, paths
-from wg_netmanager.controller.netlab import Lab
+from wg_netmanager.lab import topologies as labnets
+from wg_netmanager.lab.demo import controller_call, paths
+from wg_netmanager.lab.netlab import Lab
 
 NAMES = ["alice", "bob", "charlie", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from tests.simnets import star  # noqa: E402
+from wg_netmanager.lab.simnets import star
 
 
 def run(n: int, seed: int, steady: float) -> dict:

@@ -25,9 +25,9 @@ import subprocess
 import sys
 import time
 
-from wg_netmanager.controller import labnets
-from wg_netmanager.controller.demo import paths
-from wg_netmanager.controller.netlab import Lab
+from wg_netmanager.lab import topologies as labnets
+from wg_netmanager.lab.demo import paths
+from wg_netmanager.lab.netlab import Lab
 
 NAMES10 = ["alice", "bob", "charlie", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, load_network_config, load_peer_config
+from wg_netmanager.common.config import ConfigError, load_network_config, load_peer_config
+
+from .render import path_text
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
@@ -61,7 +63,8 @@ def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_p
     """WireGuard mesh manager. Without a command: run the controller in the foreground."""
     if ctx.invoked_subcommand is not None:
         return
-    from . import logsetup
+    from wg_netmanager.common import logsetup
+
     from .runtime import Controller, settings_from
 
     logsetup.setup(verbose)
@@ -185,7 +188,10 @@ def check(config, peer):
 # ------------------------------------------------------------------------------ talking to Controller1
 
 
-async def _controller_call(member: str, signature: str = "", body: list | None = None, timeout: float = 10):
+async def _controller_call(member: str, signature: str = "", body: list | None = None, timeout: float = 10,
+                           tolerate: tuple[str, ...] = ()):
+    """Call Controller1; any failure is one line and an exit status, except the named errors in
+    ``tolerate`` (then None)."""
     from wg_netmanager.dbus import CONTROLLER_BUS_NAME, CONTROLLER_INTERFACE, CONTROLLER_OBJECT_PATH
     from wg_netmanager.dbus.compat import BusType, Message, MessageBus, MessageType
 
@@ -203,6 +209,8 @@ async def _controller_call(member: str, signature: str = "", body: list | None =
         bus.disconnect()
     if reply.message_type == MessageType.ERROR:
         name = reply.error_name or ""
+        if name in tolerate:
+            return None
         text = reply.body[0] if reply.body else name
         if name.endswith("ServiceUnknown") or name.endswith("NameHasNoOwner"):
             fail("the controller is not running (no org.wgnetmanager.Controller1 on the system bus)",
@@ -215,13 +223,6 @@ async def _controller_call(member: str, signature: str = "", body: list | None =
 
 def _unvariant(d: dict) -> dict:
     return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
-
-
-def path_text(node: dict) -> str:
-    """How a node is reached, for people: direct, via relays, or unreachable."""
-    if not node["reachable"]:
-        return "unreachable"
-    return "direct" if not node["via"] else "via " + ",".join(node["via"])
 
 
 def _nodes() -> list[dict]:
@@ -291,7 +292,10 @@ def ping(node, count):
     """Probe NODE (name or overlay IP) through the mesh: path and round trip."""
     lost = 0
     for i in range(count):
-        rtt, via = asyncio.run(_controller_call("Probe", "s", [node]))
+        from wg_netmanager.dbus import ControllerErrors
+
+        answer = asyncio.run(_controller_call("Probe", "s", [node], tolerate=(ControllerErrors.TIMEOUT,)))
+        rtt, via = answer if answer is not None else (-1.0, "timeout")
         if rtt < 0:
             lost += 1
             click.echo(f"{node}: no answer ({via})")
@@ -324,8 +328,11 @@ def watch(interval):
 @click.option("--keep", is_flag=True, help="leave the mesh running until Ctrl-C")
 def demo(keep):
     """Build alice, bob and charlie in network namespaces and watch the mesh form (root)."""
-    from .demo import run_demo
-
+    try:
+        from wg_netmanager.lab.demo import run_demo
+    except ImportError:
+        fail("the demo is part of the lab, which is not installed: run it from a checkout with "
+             "'sudo bash scripts/dev.sh demo' (or pip install ./lab)", EXIT_CONFIG)
     if os.geteuid() != 0:
         fail("the demo builds network namespaces: run it as root", EXIT_CONFIG)
     sys.exit(run_demo(keep=keep))

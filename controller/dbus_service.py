@@ -4,11 +4,14 @@
 
 import asyncio
 import base64
+import functools
 import grp
+import logging
 import os
 import pwd
 import time
 
+from wg_netmanager.common import VERSION
 from wg_netmanager.dbus import (
     CONTROLLER_BUS_NAME,
     CONTROLLER_INTERFACE,
@@ -27,7 +30,7 @@ from wg_netmanager.dbus.compat import (
     signal,
 )
 
-VERSION = "0.1.0"
+log = logging.getLogger("wg_netmanager.controller")
 
 
 def _member_of_group(uid: int, group: str) -> bool:
@@ -37,6 +40,23 @@ def _member_of_group(uid: int, group: str) -> bool:
     except KeyError:
         return False
     return user.pw_gid == gr.gr_gid or gr.gr_gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def _guarded(fn):
+    """Map every failure to a named error (never a library-generic one, never a traceback)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except DBusError:
+            raise
+        except Exception as e:
+            log.exception("internal error", extra={"method": fn.__name__})
+            raise DBusError(ControllerErrors.INTERNAL, f"internal error ({type(e).__name__}); see the controller's "
+                            "log") from None
+
+    return wrapper
 
 
 class Controller1(ServiceInterface):
@@ -54,6 +74,7 @@ class Controller1(ServiceInterface):
                             f"'{CONTROLLER_USER}' may")
 
     @method()
+    @_guarded
     async def ListNodes(self) -> "aa{sv}":
         await self._readers()
         out = []
@@ -72,26 +93,30 @@ class Controller1(ServiceInterface):
         return out
 
     @method()
+    @_guarded
     async def ListRoutes(self) -> "a(sss)":
         await self._readers()
-        names = {m.info.overlay_ip: m.info.name for m in self.c.core.members.values()}
-        return [[r.destination, r.gateway or "", names.get(r.gateway or "", "")]
-                for r in self.c.core.dataplane.routes]
+        return [list(route) for route in self.c.core.route_status()]
 
     @method()
+    @_guarded
     async def Probe(self, node: "s") -> "ds":
         await self._readers()
         result = await self.c.probe(node)
         if result is None:
             raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {node!r}")
+        if result["via"] == "timeout":
+            raise DBusError(ControllerErrors.TIMEOUT, f"no answer from {node!r} within 3 s")
         return [float(result["rtt_ms"]), result["via"]]
 
     @method()
+    @_guarded
     async def GetCounters(self) -> "a{st}":
         await self._readers()
-        return {k: int(v) for k, v in self.c.core.counters.items()}
+        return self.c.core.counter_values()
 
     @method()
+    @_guarded
     async def Connect(self, node: "s") -> "b":
         await self.auth.require({0}, "pin links (root only)")
         if self.c.core.find(node) is None:
@@ -114,7 +139,7 @@ class Controller1(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Identity(self) -> "s":
-        return self.c.core.identity.public.hex()
+        return self.c.core.identity_hex
 
     @dbus_property(access=PropertyAccess.READ)
     def PublicKey(self) -> "s":

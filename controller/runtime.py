@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from wg_netmanager.common.config import ConfigError, NetworkConfig, PeerConfig
+from wg_netmanager.common.logsetup import fields
 from wg_netmanager.dbus import HELPER_BUS_NAME
 from wg_netmanager.dbus.compat import BusType, DBusError, Message, MessageBus, MessageType
 
-from .config import ConfigError, NetworkConfig, PeerConfig
 from .core import Core, CoreConfig, PeerObservation, StaticPeerConfig
 from .helper_client import HelperClient, HelperError
-from .logsetup import fields
 
 log = logging.getLogger("wg_netmanager.controller")
 

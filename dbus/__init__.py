@@ -6,6 +6,7 @@ names below are the only place the Python code spells them.
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from importlib import resources
 from pathlib import Path
 
@@ -44,8 +45,22 @@ class ControllerErrors:
     NOT_AUTHORIZED = PREFIX + "NotAuthorized"
     UNKNOWN_NODE = PREFIX + "UnknownNode"
     TIMEOUT = PREFIX + "Timeout"
+    INTERNAL = PREFIX + "Internal"
 
 
 HELPER_XML = HELPER_INTERFACE + ".xml"
 CONTROLLER_XML = CONTROLLER_INTERFACE + ".xml"
 BUS_POLICY = "org.wgnetmanager.conf"
+
+
+def contract_structure(xml_text: str, interface: str) -> dict:
+    """What a client relies on in an introspection document: per method its arguments (name,
+    type, direction), per property its type and access, per signal its argument types.
+    Comparing these, not the text, ignores formatting and annotations."""
+    iface = next(i for i in ET.fromstring(xml_text).iter("interface") if i.get("name") == interface)
+    return {
+        "methods": {m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in")) for a in m.iter("arg")]
+                    for m in iface.iter("method")},
+        "properties": {p.get("name"): (p.get("type"), p.get("access")) for p in iface.iter("property")},
+        "signals": {s.get("name"): [a.get("type") for a in s.iter("arg")] for s in iface.iter("signal")},
+    }

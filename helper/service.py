@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from wg_netmanager.controller import logsetup
-from wg_netmanager.controller.config import ConfigError, load_network_config
+from wg_netmanager.common import VERSION, logsetup
+from wg_netmanager.common.config import ConfigError, load_network_config
 from wg_netmanager.dbus import (
     CONTROLLER_USER,
     HELPER_BUS_NAME,
@@ -58,7 +58,6 @@ from .model import (
 from .routes import RouteError, RouteTable
 from .uapi import UapiError
 
-VERSION = "0.1.0"
 log = logging.getLogger("wg_netmanager.helper")
 
 class _Device:

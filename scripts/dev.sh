@@ -42,10 +42,11 @@ setup() {
     "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
     "$VENV_NEXT/bin/pip" install -q --upgrade pip setuptools wheel
     "$VENV/bin/pip" install -q "$ROOT[test]"
-    "$VENV/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT"
+    "$VENV/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT" "$ROOT/lab"
     "$VENV_NEXT/bin/pip" install -q dbus-next pyroute2 pyyaml pynacl click pytest hypothesis
     "$VENV_NEXT/bin/pip" uninstall -q -y dbus-fast 2>/dev/null || true
-    "$VENV_NEXT/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT"
+    "$VENV_NEXT/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT" "$ROOT/lab"
+    rm -rf "$ROOT/build" "$ROOT/lab/build" "$ROOT"/*.egg-info "$ROOT"/lab/*.egg-info
     chmod -R a+rX "$DEV"
 }
 

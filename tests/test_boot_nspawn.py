@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
-from tests import bootlab
-from wg_netmanager.controller.netlab import Lab, net_yaml
-from wg_netmanager.dbus import CONTROLLER_XML, HELPER_XML, contract_file
+from wg_netmanager.dbus import CONTROLLER_XML, HELPER_XML, contract_file, contract_structure
+from wg_netmanager.lab import bootlab
+from wg_netmanager.lab.netlab import Lab
 
 pytestmark = [pytest.mark.boot, pytest.mark.skipif(
     shutil.which("systemd-nspawn") is None or shutil.which("debootstrap") is None,
     reason="needs systemd-nspawn and debootstrap (scripts/dev.sh setup installs them)")]
 
-NET_YAML = net_yaml("198.51.100.11:50000", "10.1.1.1")
+from wg_netmanager.lab.bootlab import NET_YAML  # noqa: E402
+
 NAMES = ("c1", "c2", "c3")
 
 
@@ -28,7 +29,7 @@ def overlay(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def containers():
-    image = bootlab.install_product(bootlab.build_rootfs())
+    image = bootlab.install_product(bootlab.build_rootfs(), Path(__file__).resolve().parent.parent)
     lab = Lab("boot")
     try:
         lan = lab.segment("lan")
@@ -57,20 +58,12 @@ def test_both_units_active_and_both_names_on_the_bus(containers):
         assert c.sh("systemctl show -p User --value wg-netmanager").stdout.strip() == "wg-netmanager"
 
 
-def structure(text: str, iface_name: str):
-    iface = next(i for i in ET.fromstring(text).iter("interface") if i.get("name") == iface_name)
-    return ({m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in")) for a in m.iter("arg")]
-             for m in iface.iter("method")},
-            {p.get("name"): (p.get("type"), p.get("access")) for p in iface.iter("property")},
-            {s.get("name"): [a.get("type") for a in s.iter("arg")] for s in iface.iter("signal")})
-
-
 @pytest.mark.parametrize("name,xml", [("Helper1", HELPER_XML), ("Controller1", CONTROLLER_XML)])
 def test_busctl_introspect_matches_the_shipped_xml(containers, name, xml):
     c = containers["c2"]
     live = c.sh(f"busctl introspect --xml-interface org.wgnetmanager.{name} /org/wgnetmanager/{name}").stdout
     iface = f"org.wgnetmanager.{name}"
-    assert structure(live, iface) == structure(contract_file(xml).read_text(), iface)
+    assert contract_structure(live, iface) == contract_structure(contract_file(xml).read_text(), iface)
 
 
 def test_status_for_group_members_and_the_helper_refuses_others(containers):

@@ -4,8 +4,8 @@ import stat
 
 from click.testing import CliRunner
 
+from wg_netmanager.common.config import load_network_config
 from wg_netmanager.controller.cli import main
-from wg_netmanager.controller.config import load_network_config
 
 
 def test_init_writes_a_private_valid_config_and_never_overwrites(tmp_path):

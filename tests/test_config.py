@@ -1,6 +1,6 @@
 import pytest
 
-from wg_netmanager.controller.config import ConfigError, load_network_config, parse_endpoint
+from wg_netmanager.common.config import ConfigError, load_network_config, parse_endpoint
 
 EXAMPLE = """network:
   sharedKey: YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128=

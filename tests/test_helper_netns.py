@@ -9,13 +9,12 @@ import stat
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.helperlab import NET_YAML, OPEN_POLICY, Helper, call_as, ping_loss, start_ping
-from wg_netmanager.controller.netlab import Lab
-from wg_netmanager.dbus import HELPER_XML, HelperErrors, contract_file
+from wg_netmanager.dbus import HELPER_INTERFACE, HELPER_XML, HelperErrors, contract_file, contract_structure
+from wg_netmanager.lab.helperlab import NET_YAML, OPEN_POLICY, Helper, call_as, ping_loss, start_ping
+from wg_netmanager.lab.netlab import Lab
 
 pytestmark = pytest.mark.netns
 
@@ -75,24 +74,13 @@ def apply_all(helpers, state):
     return {name: helpers[name].apply(*state[name]) for name in state}
 
 
-def contract_structure(xml_text: str) -> dict:
-    root = ET.fromstring(xml_text)
-    iface = next(i for i in root.iter("interface") if i.get("name") == "org.wgnetmanager.Helper1")
-    return {
-        "methods": {m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in"))
-                                    for a in m.iter("arg")] for m in iface.iter("method")},
-        "properties": {p.get("name"): (p.get("type"), p.get("access")) for p in iface.iter("property")},
-        "signals": {s.get("name"): [(a.get("name"), a.get("type")) for a in s.iter("arg")]
-                    for s in iface.iter("signal")},
-    }
-
-
 def test_live_introspection_matches_shipped_contract(mesh):
     _, boxes, _, _ = mesh
     # an unrelated user may introspect (policy), and what it sees is the contract
     r = boxes["a"].run(["busctl", "--system", "introspect", "--xml-interface", "org.wgnetmanager.Helper1",
                         "/org/wgnetmanager/Helper1"], user="wgnm-other")
-    assert contract_structure(r.stdout) == contract_structure(contract_file(HELPER_XML).read_text())
+    assert contract_structure(r.stdout, HELPER_INTERFACE) == \
+        contract_structure(contract_file(HELPER_XML).read_text(), HELPER_INTERFACE)
 
 
 def test_public_key_matches_wg_and_private_key_stays_in_state_dir(mesh):

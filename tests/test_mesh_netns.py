@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.helperlab import ping_loss, start_ping
-from tests.meshlab import (
+from wg_netmanager.dbus import CONTROLLER_INTERFACE, CONTROLLER_XML, contract_file, contract_structure
+from wg_netmanager.lab.helperlab import ping_loss, start_ping
+from wg_netmanager.lab.meshlab import (
     NET_YAML,
     OVERLAY,
     Lab,
@@ -26,7 +26,6 @@ from tests.meshlab import (
     wait_for,
     wg_peers,
 )
-from wg_netmanager.dbus import CONTROLLER_XML, contract_file
 
 pytestmark = pytest.mark.netns
 
@@ -79,14 +78,8 @@ def test_controller1_introspection_matches_contract(mesh):
     r = boxes["bob"].run(["busctl", "--system", "introspect", "--xml-interface", "org.wgnetmanager.Controller1",
                           "/org/wgnetmanager/Controller1"], user="wgnm-other")
 
-    def structure(text):
-        root = ET.fromstring(text)
-        iface = next(i for i in root.iter("interface") if i.get("name") == "org.wgnetmanager.Controller1")
-        return ({m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in")) for a in m.iter("arg")]
-                 for m in iface.iter("method")},
-                {p.get("name"): (p.get("type"), p.get("access")) for p in iface.iter("property")},
-                {s.get("name"): [a.get("type") for a in s.iter("arg")] for s in iface.iter("signal")})
-    assert structure(r.stdout) == structure(contract_file(CONTROLLER_XML).read_text())
+    assert contract_structure(r.stdout, CONTROLLER_INTERFACE) == \
+        contract_structure(contract_file(CONTROLLER_XML).read_text(), CONTROLLER_INTERFACE)
 
 
 def test_kill_9_controller_keeps_forwarding_and_restart_reconverges(mesh):

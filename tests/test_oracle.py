@@ -7,8 +7,8 @@ changes behaviour on purpose updates ``EXPECTED`` and says why in its message.
 
 import hashlib
 
-from tests.simnets import original_example, star
-from wg_netmanager.controller.sim import EPOCH, Sim
+from wg_netmanager.lab.sim import EPOCH, Sim
+from wg_netmanager.lab.simnets import original_example, star
 
 #: update only in a commit that changes behaviour on purpose (and says why)
 EXPECTED = "c0198a3acac71070d042baceed866c513334e2335dae4eaf482b789ff82fc9c9"

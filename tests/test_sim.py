@@ -5,9 +5,9 @@ import itertools
 
 import pytest
 
-from tests.simnets import original_example, star
 from wg_netmanager.controller import wire
-from wg_netmanager.controller.sim import EPOCH, Sim
+from wg_netmanager.lab.sim import EPOCH, Sim
+from wg_netmanager.lab.simnets import original_example, star
 
 PAIRS = ["alpha", "beta", "charlie", "delta"]
 

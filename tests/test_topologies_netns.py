@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tests.meshlab import all_paths, every_pair_pings, paths, pings, wait_for
-from wg_netmanager.controller import labnets
-from wg_netmanager.controller.netlab import Lab
+from wg_netmanager.lab import topologies as labnets
+from wg_netmanager.lab.meshlab import all_paths, every_pair_pings, paths, pings, wait_for
+from wg_netmanager.lab.netlab import Lab
 
 pytestmark = pytest.mark.netns
 

@@ -280,10 +280,17 @@ class Core:
     def reachable(self) -> set[bytes]:
         return set(self.routing.hops)
 
-    def name_of(self, overlay_ip: str) -> str:
-        """The name of the node with this overlay address ("" if none)."""
-        member = self.membership.find(overlay_ip)
-        return member.info.name if member is not None and member.info.overlay_ip == overlay_ip else ""
+    @property
+    def identity_hex(self) -> str:
+        return self.identity.public.hex()
+
+    def counter_values(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def route_status(self) -> list[tuple[str, str, str]]:
+        """The desired routes: (destination, gateway overlay IP or "", gateway name or "")."""
+        names = {m.info.overlay_ip: m.info.name for m in self.membership.members.values()}
+        return [(r.destination, r.gateway or "", names.get(r.gateway or "", "")) for r in self.dataplane.routes]
 
     def member_status(self) -> list[dict]:
         """One entry per known node (for status output and Controller1)."""

@@ -14,13 +14,13 @@ import asyncio
 import sys
 import time
 
+from wg_netmanager.controller.render import path_text
 from wg_netmanager.dbus import CONTROLLER_BUS_NAME, CONTROLLER_INTERFACE, CONTROLLER_OBJECT_PATH
 from wg_netmanager.dbus.compat import Message, MessageBus, MessageType
 
-from . import labnets
-from .cli import path_text
-from .labnets import NET_YAML
+from . import topologies as labnets
 from .netlab import Lab, LabError
+from .topologies import NET_YAML
 
 __all__ = ["NET_YAML", "OVERLAY", "build", "controller_call", "paths", "run_demo"]
 

@@ -1,6 +1,6 @@
 """Simulated topologies shared by tests and benchmarks."""
 
-from wg_netmanager.controller.sim import Sim
+from wg_netmanager.lab.sim import Sim
 
 
 def original_example(seed: int = 1, nat: str = "eim", **overrides) -> Sim:

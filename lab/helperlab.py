@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from wg_netmanager.controller.helper_client import HelperClient, HelperError
-from wg_netmanager.controller.netlab import Box, net_yaml
+from wg_netmanager.lab.netlab import Box, net_yaml
 
 NET_YAML = net_yaml("198.51.100.2:51820", "10.1.1.2")
 

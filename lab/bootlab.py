@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from wg_netmanager.controller.netlab import Box, LabError
+from wg_netmanager.lab.netlab import Box, LabError, net_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+#: a one-node mesh: the container is the static peer
+NET_YAML = net_yaml("198.51.100.11:50000", "10.1.1.1")
+
 CACHE = Path(os.environ.get("WGNM_ROOTFS_CACHE", "/var/cache/wg-netmanager-test"))
 ROOTFS = CACHE / "rootfs-bookworm"
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "wireguard-go", "wireguard-tools",
@@ -51,17 +53,18 @@ def build_rootfs() -> Path:
     return ROOTFS
 
 
-def install_product(rootfs: Path) -> Path:
-    """Build wheels here; run scripts/install.sh inside a copy of the rootfs (chroot)."""
+def install_product(rootfs: Path, source: Path) -> Path:
+    """Build wheels of the checkout ``source`` here; run its scripts/install.sh inside a copy of
+    the rootfs (chroot)."""
     image = CACHE / "image"
     if image.exists():
         shutil.rmtree(image)
     run(["cp", "-a", "--reflink=auto", str(rootfs), str(image)])
     wheels = image / "root/wheels"
     wheels.mkdir(parents=True)
-    run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT)], timeout=600)
+    run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(source)], timeout=600)
     src = image / "root/wg-netmanager-src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build"))
+    shutil.copytree(source, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build"))
     wheel = next(wheels.glob("wg_netmanager-*.whl"))
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "WGNM_SKIP_APT": "1", "PIP_NO_INDEX": "1",
            "PIP_FIND_LINKS": "/root/wheels", "PIP_CONFIG_FILE": "/dev/null", "HOME": "/root"}

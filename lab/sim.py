@@ -28,8 +28,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import wire
-from .core import Core, CoreConfig, PeerObservation, StaticPeerConfig
+from wg_netmanager.controller import wire
+from wg_netmanager.controller.core import Core, CoreConfig, PeerObservation, StaticPeerConfig
 
 EPOCH = 1_800_000_000.0  # sim time 0 as wall-clock seconds
 SHARED_KEY = bytes(range(32))

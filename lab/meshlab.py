@@ -7,8 +7,8 @@ import json
 import sys
 import time
 
-from wg_netmanager.controller.demo import NET_YAML, OVERLAY, build, controller_call, paths
-from wg_netmanager.controller.netlab import Box, Lab
+from wg_netmanager.lab.demo import NET_YAML, OVERLAY, build, controller_call, paths
+from wg_netmanager.lab.netlab import Box, Lab
 
 __all__ = ["NET_YAML", "OVERLAY", "build", "controller_call", "paths", "wait_for", "all_direct", "our_routes",
            "wg_peers", "status_json", "Lab", "pings", "every_pair_pings", "all_paths"]
