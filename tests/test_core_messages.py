@@ -1,0 +1,199 @@
+"""The core one message at a time (h11/aioquic style): two cores wired by hand, a clock we
+move ourselves, every datagram delivered (or dropped) by the test."""
+
+import pytest
+
+from wg_netmanager.controller import wire
+from wg_netmanager.controller.core import UP, Core, CoreConfig, EventKind, PeerObservation, StaticPeerConfig
+
+KEY = bytes(range(32))
+T0 = 1_800_000_000.0
+HUB = ("198.51.100.1", 55555)  # the static peer's admin address (net.yaml)
+LEAF = ("203.0.113.5", 55555)  # where the leaf speaks from
+STATIC = (StaticPeerConfig("10.1.0.1", "198.51.100.1", 51820, 55555),)
+
+
+class Rng:
+    def __init__(self, seed: int) -> None:
+        self.n = seed
+
+    def __call__(self, k: int) -> bytes:
+        self.n += 1
+        return (self.n.to_bytes(8, "big") * (k // 8 + 1))[:k]
+
+
+def core(name: str, ip: str, seed: int, wg_key: bytes, lan=(), **overrides) -> Core:
+    cfg = CoreConfig(shared_key=KEY, subnet="10.1.0.0/16", overlay_ip=ip, name=name, wg_port=51820,
+                     admin_port=55555, static_peers=STATIC, **overrides)
+    return Core(cfg, bytes([seed]) * 32, wg_key, T0, Rng(seed * 1000), lan_endpoints=lan)
+
+
+class Pair:
+    """A hub (the static peer, public) and a leaf; ``now`` moves only when the test says so."""
+
+    def __init__(self, **overrides) -> None:
+        self.now = T0
+        self.hub = core("hub", "10.1.0.1", 1, b"H" * 32, lan=[("198.51.100.1", 24)], **overrides)
+        self.leaf = core("leaf", "10.1.0.2", 2, b"L" * 32, lan=[("192.168.1.5", 24)], **overrides)
+        self.addr = {HUB: self.hub, ("10.1.0.1", 55555): self.hub, LEAF: self.leaf, ("10.1.0.2", 55555): self.leaf}
+        self.source = {id(self.hub): HUB, id(self.leaf): LEAF}
+
+    def flush(self, rounds: int = 10, drop=lambda sender, data, addr: False) -> list[tuple[str, int]]:
+        """Deliver until nothing is in flight: [(sender name, message type)]."""
+        seen = []
+        for _ in range(rounds):
+            moved = False
+            for sender in (self.hub, self.leaf):
+                for data, addr in sender.take_datagrams():
+                    receiver = self.addr[addr]
+                    seen.append((sender.config.name, receiver.transport.open(data).type & ~wire.AUTH_MAC))
+                    # through the tunnel the source is the sender's overlay address
+                    src = (sender.config.overlay_ip, 55555) if addr[0].startswith("10.1.") else self.source[id(sender)]
+                    if not drop(sender, data, addr):
+                        receiver.datagram_received(data, src, self.now)
+                    moved = True
+            if not moved:
+                break
+        return seen
+
+    def tick(self, seconds: float = 0.0) -> None:
+        self.now += seconds
+        for c in (self.hub, self.leaf):
+            if c.next_deadline() <= self.now:
+                c.handle_timer(self.now)
+
+    def apply(self) -> None:
+        for c in (self.hub, self.leaf):
+            c.dataplane_applied(c.dataplane_version, self.now)
+
+    def handshake(self) -> None:
+        """WireGuard completed a handshake between the two (as GetState would report it)."""
+        self.hub.dataplane_observed(self.now, {b"L" * 32: PeerObservation("203.0.113.5:51820", self.now, 100, 100)})
+        self.leaf.dataplane_observed(self.now, {b"H" * 32: PeerObservation("198.51.100.1:51820", self.now, 100, 100)})
+
+
+def kinds(c: Core) -> list[str]:
+    return [str(e.kind) for e in c.take_events()]
+
+
+def test_bootstrap_is_one_digest_and_its_answer():
+    p = Pair()
+    p.tick()
+    sent = p.flush()
+    # the leaf asks the static peer with its digest; the answer carries the hub's record and asks for the leaf's
+    assert sent[0] == ("leaf", wire.DIGEST)
+    assert ("hub", wire.RECORDS) in sent and ("hub", wire.REQUEST) in sent
+    assert p.leaf.id8 in p.hub.members and p.hub.id8 in p.leaf.members
+    assert "node_discovered" in kinds(p.hub) and "node_discovered" in kinds(p.leaf)
+
+
+def test_a_replayed_datagram_is_dropped():
+    p = Pair()
+    p.tick()
+    (data, addr), = p.leaf.take_datagrams()
+    p.hub.datagram_received(data, LEAF, p.now)
+    p.hub.datagram_received(data, LEAF, p.now)
+    assert p.hub.counters["drop_replay"] == 1 and p.hub.counters["rx_digest"] == 1
+
+
+def _record(identity_seed: int, version: int, ip: str, wg_key: bytes, name: str = "x") -> bytes:
+    info = wire.NodeInfo(wg_key, ip, 51820, 55555, name)
+    return wire.make_record(wire.Identity(bytes([identity_seed]) * 32), version, wire.RECORD_NODE,
+                            wire.encode_node_info(info)).raw
+
+
+@pytest.mark.parametrize("ip,wg_key,reason", [
+    ("10.2.0.9", b"Z" * 32, "outside_subnet"),
+    ("10.1.0.1", b"Z" * 32, "claims_our_address"),
+    ("10.1.0.2", b"Z" * 32, "address_bound"),  # the leaf's address, by another identity
+    ("10.1.0.9", b"L" * 32, "wg_key_taken"),  # the leaf's WireGuard key, by another identity
+])
+def test_records_breaking_a_rule_are_refused_with_a_reason(ip, wg_key, reason):
+    p = Pair()
+    p.tick()
+    p.flush()
+    kinds(p.hub)
+    sealed = wire.seal(p.hub.transport.key, bytes(24), wire.Identity(bytes([9]) * 32), wire.RECORDS,
+                       int(p.now * 1000), 1, wire.body_records([_record(9, 1, ip, wg_key)]))
+    p.hub.datagram_received(sealed, ("203.0.113.9", 55555), p.now)
+    events = p.hub.take_events()
+    assert [(str(e.kind), e.data["reason"]) for e in events] == [("claim_refused", reason)]
+    assert len(p.hub.members) == 2
+
+
+def _link_up(p: Pair) -> None:
+    p.tick()
+    p.flush()
+    for _ in range(6):  # attempts start, the data plane is applied, CONNECT and its ack cross
+        p.tick(0.3)
+        p.apply()
+        p.flush()
+    p.handshake()
+    p.tick(0.01)
+    p.flush()
+
+
+def test_link_attempt_up_and_probes_once_a_second():
+    p = Pair()
+    _link_up(p)
+    assert p.leaf.links.get(p.hub.id8).state == UP and p.hub.links.get(p.leaf.id8).state == UP
+    hub_events, leaf_events = kinds(p.hub), kinds(p.leaf)
+    assert "link_up" in hub_events and "link_attempt" in leaf_events and "link_up" in leaf_events
+    # both ends claim the link: each routes the other directly
+    for _ in range(5):
+        p.tick(0.5)
+        p.apply()
+        p.flush()
+    assert p.leaf.hops == {p.hub.id8: p.hub.id8} and p.hub.hops == {p.leaf.id8: p.leaf.id8}
+    # the leaf (the initiator) probes, once a second; the hub answers
+    probes = []
+    for _ in range(10):
+        p.tick(0.5)
+        probes += [t for who, t in p.flush() if t == wire.PROBE]
+    assert 4 <= len(probes) <= 6, probes
+
+
+def test_a_link_without_answers_goes_down_once():
+    p = Pair()
+    _link_up(p)
+    for _ in range(4):
+        p.tick(0.5)
+        p.apply()
+        p.flush()
+    kinds(p.leaf)
+    # the hub falls silent (its datagrams are lost) and WireGuard shows no rx progress
+    for _ in range(12):
+        p.tick(0.5)
+        p.flush(drop=lambda sender, data, addr: sender is p.hub)
+    events = p.leaf.take_events()
+    downs = [e for e in events if e.kind == EventKind.LINK_DOWN]
+    assert len(downs) == 1 and downs[0].data["reason"] == "probes unanswered"
+    assert p.hub.id8 not in p.leaf.hops
+
+
+def test_a_new_wireguard_key_under_the_same_identity_replaces_the_peer():
+    p = Pair()
+    _link_up(p)
+    for _ in range(4):
+        p.tick(0.5)
+        p.apply()
+        p.flush()
+    kinds(p.hub)
+    p.leaf.set_wg_public_key(b"N" * 32, p.now)
+    p.tick(0.1)
+    p.flush()
+    assert "wg_key_rotated" in kinds(p.hub)
+    assert p.hub.members[p.leaf.id8].info.wg_public_key == b"N" * 32
+    for _ in range(3):  # the link starts over: the new key is a new WireGuard peer
+        p.tick(0.1)
+    assert b"N" * 32 in {peer.public_key for peer in p.hub.dataplane.peers}
+    assert b"L" * 32 not in {peer.public_key for peer in p.hub.dataplane.peers}
+
+
+def test_a_late_probe_answer_is_dropped_when_unknown():
+    p = Pair()
+    _link_up(p)
+    forged = wire.seal(p.leaf.transport.key, bytes(24), p.hub.identity, wire.PROBE_ACK, int(p.now * 1000) + 5, 99,
+                       wire.body_probe_ack(123456, None, None))
+    p.leaf.datagram_received(forged, HUB, p.now)
+    assert p.leaf.counters["drop_unexpected_ack"] == 1
