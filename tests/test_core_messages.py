@@ -66,6 +66,13 @@ class Pair:
         for c in (self.hub, self.leaf):
             c.dataplane_applied(c.dataplane_version, self.now)
 
+    def run(self, steps: int, step: float = 0.5) -> None:
+        """Time passes; every data plane is applied; every datagram is delivered."""
+        for _ in range(steps):
+            self.tick(step)
+            self.apply()
+            self.flush()
+
     def handshake(self) -> None:
         """WireGuard completed a handshake between the two (as GetState would report it)."""
         self.hub.dataplane_observed(self.now, {b"L" * 32: PeerObservation("203.0.113.5:51820", self.now, 100, 100)})
@@ -124,10 +131,7 @@ def test_records_breaking_a_rule_are_refused_with_a_reason(ip, wg_key, reason):
 def _link_up(p: Pair) -> None:
     p.tick()
     p.flush()
-    for _ in range(6):  # attempts start, the data plane is applied, CONNECT and its ack cross
-        p.tick(0.3)
-        p.apply()
-        p.flush()
+    p.run(6, 0.3)  # attempts start, the data plane is applied, CONNECT and its ack cross
     p.handshake()
     p.tick(0.01)
     p.flush()
@@ -140,10 +144,7 @@ def test_link_attempt_up_and_probes_once_a_second():
     hub_events, leaf_events = kinds(p.hub), kinds(p.leaf)
     assert "link_up" in hub_events and "link_attempt" in leaf_events and "link_up" in leaf_events
     # both ends claim the link: each routes the other directly
-    for _ in range(5):
-        p.tick(0.5)
-        p.apply()
-        p.flush()
+    p.run(5)
     assert p.leaf.hops == {p.hub.id8: p.hub.id8} and p.hub.hops == {p.leaf.id8: p.leaf.id8}
     # the leaf (the initiator) probes, once a second; the hub answers
     probes = []
@@ -156,10 +157,7 @@ def test_link_attempt_up_and_probes_once_a_second():
 def test_a_link_without_answers_goes_down_once():
     p = Pair()
     _link_up(p)
-    for _ in range(4):
-        p.tick(0.5)
-        p.apply()
-        p.flush()
+    p.run(4)
     kinds(p.leaf)
     # the hub falls silent (its datagrams are lost) and WireGuard shows no rx progress
     for _ in range(12):
@@ -174,10 +172,7 @@ def test_a_link_without_answers_goes_down_once():
 def test_a_new_wireguard_key_under_the_same_identity_replaces_the_peer():
     p = Pair()
     _link_up(p)
-    for _ in range(4):
-        p.tick(0.5)
-        p.apply()
-        p.flush()
+    p.run(4)
     kinds(p.hub)
     p.leaf.set_wg_public_key(b"N" * 32, p.now)
     p.tick(0.1)
