@@ -19,10 +19,10 @@ import sys
 import time
 import traceback
 
-from wg_netmanager.controller import wire
+from wg_netmanager.controller import crypto, wire
 from wg_netmanager.controller.wire import Endpoint, Identity, LinkClaim, NodeInfo, ProtocolError
 
-KEY = wire.derive_admin_key(bytes(range(32)))
+KEY = crypto.derive_admin_key(bytes(range(32)))
 
 
 def valid_bodies(rng: random.Random, ident: Identity) -> list[tuple[int, bytes]]:
@@ -66,8 +66,8 @@ def main() -> int:
     bodies = valid_bodies(rng, ident)
     # signed datagrams, and ones authenticated by the pair MAC (decoded by the other end of the pair)
     peer = Identity(bytes([4]) * 32)
-    pairs = wire.PairKeys(peer, KEY)
-    pair = (peer.public, wire.PairKeys(ident, KEY).key(peer.public))
+    pairs = crypto.PairKeys(peer, KEY)
+    pair = (peer.public, crypto.PairKeys(ident, KEY).key(peer.public))
     sealed = [wire.seal(KEY, rng.randbytes(24), ident, t, 1, 1, b, mac) for t, b in bodies for mac in (None, pair)]
     payload = wire.encode_node_info(NodeInfo(bytes(32), "10.1.1.1", 1, 2, "n", 0, (), (LinkClaim(b"a" * 8, 3),)))
     counts = {"random": 0, "mutated_datagram": 0, "sealed_random_body": 0, "sealed_mutated_body": 0,

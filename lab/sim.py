@@ -477,7 +477,7 @@ class Sim:
         self.pings: dict[int, float | None] = {}
         self.ping_seq = 0
         self.cache = wire.RecordCache(1 << 20)  # records verified/decoded once per process
-        self.pair_memo: dict[bytes, bytes] = {}  # pair MAC keys derived once per pair (see wire.PairKeys)
+        self.pair_memo: dict[bytes, bytes] = {}  # pair MAC keys derived once per pair (see crypto.PairKeys)
         self.stats: dict[str, int] = {}
         self.capture: Callable[[str, bytes, Addr], None] | None = None
         self.keep_events = True

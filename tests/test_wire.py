@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wg_netmanager.controller import wire
+from wg_netmanager.controller import crypto, wire
 from wg_netmanager.controller.wire import Endpoint, Identity, LinkClaim, NodeInfo, ProtocolError
 
-KEY = wire.derive_admin_key(bytes(32))
+KEY = crypto.derive_admin_key(bytes(32))
 ALICE = Identity(bytes([1]) * 32)
 
 
@@ -44,7 +44,7 @@ def test_round_trip_every_message_type():
 def test_wrong_key_unknown_version_and_forgeries_are_refused():
     data = sealed(wire.PROBE, wire.body_probe(1))
     with pytest.raises(ProtocolError, match="decrypt_failed"):
-        wire.open_datagram(wire.derive_admin_key(bytes([9]) * 32), data)
+        wire.open_datagram(crypto.derive_admin_key(bytes([9]) * 32), data)
     with pytest.raises(ProtocolError, match="unknown_version"):
         wire.open_datagram(KEY, data[:3] + b"\x02" + data[4:])
     with pytest.raises(ProtocolError, match="bad_magic"):
@@ -57,8 +57,8 @@ def test_wrong_key_unknown_version_and_forgeries_are_refused():
 
 def test_pair_mac_authenticates_only_between_the_two_ends():
     bob, mallory = Identity(bytes([2]) * 32), Identity(bytes([3]) * 32)
-    alice_pairs, bob_pairs = wire.PairKeys(ALICE, KEY), wire.PairKeys(bob, KEY)
-    mallory_pairs = wire.PairKeys(mallory, KEY)
+    alice_pairs, bob_pairs = crypto.PairKeys(ALICE, KEY), crypto.PairKeys(bob, KEY)
+    mallory_pairs = crypto.PairKeys(mallory, KEY)
     assert alice_pairs.key(bob.public) == bob_pairs.key(ALICE.public)  # both ends derive the same key
     assert alice_pairs.key(bob.public) != mallory_pairs.key(bob.public)
     pair = (bob.public, alice_pairs.key(bob.public))
@@ -147,18 +147,18 @@ def test_lean_crypto_calls_equal_pynacl_wrappers():
     same refusals (tampered, short, wrong key), checked lengths."""
     from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt as encrypt
 
-    assert wire._LEAN
+    assert crypto.LEAN
     key, nonce = os.urandom(32), os.urandom(24)
     for message in (b"", b"x", os.urandom(1500)):
-        sealed_bytes = wire._aead_seal(message, wire.HEADER, nonce, key)
+        sealed_bytes = crypto.aead_seal(message, wire.HEADER, nonce, key)
         assert sealed_bytes == encrypt(message, wire.HEADER, nonce, key)
-        assert wire._aead_open(sealed_bytes, wire.HEADER, nonce, key) == message
+        assert crypto.aead_open(sealed_bytes, wire.HEADER, nonce, key) == message
         for bad in (sealed_bytes[:-1] + bytes([sealed_bytes[-1] ^ 1]), sealed_bytes[:15]):
             with pytest.raises(wire.CryptoError):
-                wire._aead_open(bad, wire.HEADER, nonce, key)
+                crypto.aead_open(bad, wire.HEADER, nonce, key)
         with pytest.raises(wire.CryptoError):
-            wire._aead_open(sealed_bytes, wire.HEADER, nonce, os.urandom(32))
+            crypto.aead_open(sealed_bytes, wire.HEADER, nonce, os.urandom(32))
     with pytest.raises(ValueError):
-        wire._aead_seal(b"m", wire.HEADER, nonce[:23], key)
+        crypto.aead_seal(b"m", wire.HEADER, nonce[:23], key)
     with pytest.raises(ValueError):
-        wire._aead_open(bytes(40), wire.HEADER, nonce, key[:31])
+        crypto.aead_open(bytes(40), wire.HEADER, nonce, key[:31])

@@ -24,7 +24,7 @@ helpers), ``membership``, ``links``, ``gossip``, ``routes`` (graph, tree, route 
 ``transport`` (sealing, addresses) and ``node`` (the facade: timers and orchestration).
 """
 
-from .link import ATTEMPTING, DOWN, UP, Link
+from .link import ATTEMPTING, DOWN, UP, Link, LinkState
 from .membership import Admission, Member, Membership
 from .node import Core
 from .types import (
@@ -42,6 +42,6 @@ from .types import (
 
 __all__ = [
     "ATTEMPTING", "DOWN", "LINK_POLICIES", "UP", "Admission", "Core", "CoreConfig", "Counters", "DataPlane",
-    "DesiredPeer", "DesiredRoute", "Event", "EventKind", "Link", "Member", "Membership", "PeerObservation",
+    "DesiredPeer", "DesiredRoute", "Event", "EventKind", "Link", "LinkState", "Member", "Membership", "PeerObservation",
     "StaticPeerConfig",
 ]

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from ..wire import EP_LAN
 
-ATTEMPTING, UP, DOWN = "attempting", "up", "down"
+
+class LinkState(StrEnum):
+    DOWN = "down"
+    ATTEMPTING = "attempting"  # the peer is configured; waiting for a handshake newer than the attempt
+    UP = "up"
+
+
+ATTEMPTING, UP, DOWN = LinkState.ATTEMPTING, LinkState.UP, LinkState.DOWN
 #: a candidate kind of our own (never on the wire): a LAN address of a node behind the same
 #: public address as ours that is not on any of our LANs - NAT behind NAT, routed subnets
 EP_NEARBY = 0x80
@@ -49,7 +57,7 @@ class Link:
     peer: bytes  # id8
     static: bool  # one end is a static peer: kept forever, re-established by WireGuard itself
     initiator: bool  # this side starts attempts (and sets keepalive first)
-    state: str = DOWN
+    state: LinkState = DOWN
     endpoint: str = ""  # the WireGuard endpoint we configured for the peer
     endpoint_kind: int = 0
     attempt: int = 0

@@ -538,7 +538,7 @@ class Links:
         link = self.links.get(id8)
         if link is not None and link.state == UP and now - link.last_probe_rx < 3 * self.config.probe_interval:
             theirs = claims.get(self.local.id8, 0)
-            if theirs and abs(theirs - link.claimed_rtt) > max(5, link.claimed_rtt // 4):
+            if theirs and link.rtt_claim_moved(theirs):  # (an UP link's claim is never 0)
                 link.claimed_rtt = theirs
                 self.publish(now, RTT_PUBLISH_DELAY)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from .. import paths, wire
+from .. import crypto, paths, wire
 from ..wire import (
     EP_LAN,
     EP_REFLEXIVE,
@@ -83,7 +83,7 @@ class Core:
                                      persisted)
         self.routing = Routing(self.id8, self.membership.members, config.hop_cost_ms, self.local.subnet.max_prefixlen)
         links: dict = {}
-        self.transport = Transport(wire.derive_admin_key(config.shared_key), self.local, self.membership,
+        self.transport = Transport(crypto.derive_admin_key(config.shared_key), self.local, self.membership,
                                    self.routing, links, self.counters, random_bytes, pair_memo)
         self.links = Links(config, self.local, self.membership, self.routing, self.transport, self.counters,
                            self._emit, self._wake_links, self._schedule_paths, self._schedule_publish,

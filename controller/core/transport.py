@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from .. import wire
+from .. import crypto, wire
 from .local import LocalNode
 from .membership import Member, Membership
 from .routes import Routing
@@ -30,7 +30,7 @@ class Transport:
         self.key = key
         self.local = local
         self.identity = local.identity
-        self.pairs = wire.PairKeys(local.identity, key, memo=pair_memo)
+        self.pairs = crypto.PairKeys(local.identity, key, memo=pair_memo)
         self.members = members
         self.routing = routing
         self.links = links  # id8 -> Link (read-only here: who gets our pair MAC, admin bytes per link)
