@@ -49,6 +49,17 @@ RTT_HINT_DEFAULT = 50
 #: WireGuard traffic beyond twice our admin bytes plus this much counts as use of the link
 TRAFFIC_SLACK = 600
 MAX_PENDING_PROBES = 4096
+#: the weight of a new RTT sample in a link's moving average
+RTT_GAIN = 0.2
+#: a new attempt is checked again this soon; a retry waiting for its time at least this late;
+#: a link with no candidate yet (our public endpoint unknown) looks again after this long
+ATTEMPT_RECHECK = 0.25
+RETRY_RECHECK = 0.05
+NO_CANDIDATE_RETRY = 1.0
+#: our first links wait for attempts to static peers and LAN neighbours started this recently
+FIRST_LINKS_WINDOW = 1.0
+#: the other end measures a link while its probes came within this many probe intervals
+MEASURED_WITHIN = 3
 INFINITY = float("inf")
 
 
@@ -155,7 +166,7 @@ class Link:
     def measured(self, rtt_ms: float, now: float) -> None:
         """A probe over the link was answered."""
         self.last_ack = now
-        self.rtt = rtt_ms if self.rtt == 0 else 0.8 * self.rtt + 0.2 * rtt_ms
+        self.rtt = rtt_ms if self.rtt == 0 else (1 - RTT_GAIN) * self.rtt + RTT_GAIN * rtt_ms
 
     def rtt_claim_moved(self, new: int) -> bool:
         """Hysteresis: a claim changes only by more than max(5 ms, 25 %)."""

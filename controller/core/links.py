@@ -16,20 +16,25 @@ from collections.abc import Callable, Mapping
 from .. import wire
 from ..wire import EP_LAN, EP_REFLEXIVE, EP_STATIC, NodeInfo
 from .link import (
+    ATTEMPT_RECHECK,
     ATTEMPTING,
     CONNECT_RETRY,
     DOWN,
     EP_NEARBY,
     FIRST_LINKS_WAIT,
+    FIRST_LINKS_WINDOW,
     HOLD_BACK,
     INFINITY,
     LINK_BATCH_DELAY,
     LIVE_SESSION,
     MAX_PENDING_PROBES,
+    MEASURED_WITHIN,
+    NO_CANDIDATE_RETRY,
     PROBE_ALIGN,
     PROBE_TAKEOVER,
     READY_REPEAT,
     READY_WAIT,
+    RETRY_RECHECK,
     RTT_PUBLISH_DELAY,
     SESSION_LIFETIME,
     TRAFFIC_SLACK,
@@ -153,7 +158,7 @@ class Links:
             self.schedule_paths(now)
             return
         if not link.candidates:
-            link.retry_at = now + 1.0  # e.g. our public endpoint is not known yet: look again soon
+            link.retry_at = now + NO_CANDIDATE_RETRY  # e.g. our public endpoint is not known yet: look again soon
             return
         link.candidate_index = 0
         self.try_candidate(link, member, now)
@@ -199,7 +204,7 @@ class Links:
             # (started with the others: they take a round trip or two), and our public endpoint
             # (a static peer's probe answer tells it), may make the same version
             pending = (self.local.reflexive is None and member.info.is_static) or any(
-                other.state == ATTEMPTING and now - other.attempt_started < 1.0
+                other.state == ATTEMPTING and now - other.attempt_started < FIRST_LINKS_WINDOW
                 and (other.static or other.endpoint_kind == EP_LAN) for other in self.links.values())
             self.publish(now, FIRST_LINKS_WAIT if pending else None)
             return
@@ -373,8 +378,8 @@ class Links:
             if not link.static:
                 self._budget -= 1  # CONNECT + handshakes: rate-limited
             self.start_attempt(link, member, now)
-            return now + 0.25
-        return max(link.retry_at, now + 0.05)
+            return now + ATTEMPT_RECHECK
+        return max(link.retry_at, now + RETRY_RECHECK)
 
     def _attempting(self, link: Link, member: Member, now: float) -> float:
         timeout = self.config.attempt_timeout * (1 if link.initiator else 2)
@@ -536,7 +541,8 @@ class Links:
         """The other end measures our link (its probes arrive): claim what it measured (edges
         use the max of both ends' claims)."""
         link = self.links.get(id8)
-        if link is not None and link.state == UP and now - link.last_probe_rx < 3 * self.config.probe_interval:
+        measured = MEASURED_WITHIN * self.config.probe_interval
+        if link is not None and link.state == UP and now - link.last_probe_rx < measured:
             theirs = claims.get(self.local.id8, 0)
             if theirs and link.rtt_claim_moved(theirs):  # (an UP link's claim is never 0)
                 link.claimed_rtt = theirs

@@ -25,7 +25,7 @@ from ..wire import (
     Record,
 )
 from .gossip import BOOTSTRAP_IDLE_FACTOR, Gossip
-from .link import LINK_BATCH_DELAY, UP
+from .link import LINK_BATCH_DELAY, LIVE_SESSION, UP
 from .links import Links
 from .local import LocalNode, fmt_ep, is_hostname, parse_ep
 from .membership import Member, Membership
@@ -54,6 +54,11 @@ SETTLE_MAX = 15.0
 #: how many recent data-plane versions are remembered (applied versions may lag behind)
 PLANES_KEPT = 16
 MAX_ENDPOINTS = 16
+#: anti-entropy rounds are spread over [0.75, 1.25] sync intervals (nodes do not fall into step)
+SYNC_JITTER = 0.5
+#: how often the data plane should be observed: while handshakes are awaited, otherwise
+OBSERVE_FAST = 0.1
+OBSERVE_SLOW = 1.0
 
 
 class Core:
@@ -142,7 +147,7 @@ class Core:
             self.t_gossip = now + cfg.gossip_interval if self.gossip.hot else INFINITY
         if now >= self.t_sync:
             self.gossip.sync(now)
-            self.t_sync = now + cfg.sync_interval * (0.75 + 0.5 * self._rand_unit())
+            self.t_sync = now + cfg.sync_interval * (1 - SYNC_JITTER / 2 + SYNC_JITTER * self._rand_unit())
         if now >= self.t_gc:
             self._gc(now)
             self.t_gc = now + GC_INTERVAL
@@ -241,13 +246,14 @@ class Core:
             self._settled = True
         elif self._observed_once:
             owner, hops = self.membership.wg_owner, self.routing.hops
-            fresh = [key for key, o in self.observed.items() if o.last_handshake and now - o.last_handshake < 120]
+            fresh = [key for key, o in self.observed.items()
+                     if o.last_handshake and now - o.last_handshake < LIVE_SESSION]
             self._settled = all(owner.get(key) in hops for key in fresh)
         return self._settled
 
     def observation_interval(self) -> float:
         """How soon the data plane should be observed again: fast while handshakes are awaited."""
-        return 0.1 if self.links.attempting else 1.0
+        return OBSERVE_FAST if self.links.attempting else OBSERVE_SLOW
 
     def persistent_state(self) -> dict:
         return self.membership.persistent_state(self.version)
