@@ -284,6 +284,8 @@ class SimNode:
         self.apply_due_core: Core | None = None
         self.timer_at: float | None = None
         self.alive = True
+        self.paused = False  # the controller is stopped (SIGSTOP); WireGuard goes on
+        self.backlog: list[tuple[bytes, Addr]] = []  # admin datagrams waiting in the socket meanwhile
         self.stats: dict[str, int] = {}
         self.apply_count = 0
         self.poll_at = 0.0
@@ -540,6 +542,28 @@ class Sim:
         self.start(name)
         return node
 
+    def pause(self, name: str, seconds: float) -> None:
+        """The box's controller stops for ``seconds`` (SIGSTOP/SIGCONT, a laptop's suspend as its
+        peers see it): WireGuard keeps forwarding; admin datagrams wait in the socket; timers,
+        observations and applies wait. On resume, like asyncio: the waiting datagrams first, then
+        the overdue timer, then an observation."""
+        self.nodes[name].paused = True
+        self.schedule(seconds, self._resume, name)
+
+    def _resume(self, name: str) -> None:
+        node = self.nodes[name]
+        node.paused = False
+        if not node.alive:
+            return
+        backlog, node.backlog = node.backlog, []
+        now = EPOCH + self.now
+        for data, src in backlog:
+            node.core.datagram_received(data, src, now)
+        node.core.handle_timer(now)
+        node.core.dataplane_observed(now, node.observation())
+        node.timer_at = None
+        self._pump(node)
+
     def move(self, name: str, new_ip: str, site: str, notice_after: float = 0.5) -> None:
         """Roaming: the box gets a new underlay address on another site at once; its controller
         notices ``notice_after`` seconds later (the runtime scans addresses every second)."""
@@ -620,6 +644,9 @@ class Sim:
 
     def _apply(self, name: str, version: int) -> None:
         node = self.nodes[name]
+        if node.paused:  # the controller takes the helper's answer when it runs again
+            self.schedule(0.05, self._apply, name, version)
+            return
         if node.alive and version == node.core.dataplane_version and node.applied_version != version:
             node.apply()
             node.core.dataplane_applied(version, EPOCH + self.now)
@@ -628,6 +655,9 @@ class Sim:
     def _timer(self, name: str, core: Core) -> None:
         node = self.nodes[name]
         if not node.alive or node.core is not core:
+            return
+        if node.paused:
+            node.timer_at = None  # (_resume runs the overdue timer)
             return
         if self.now + 1e-9 < node.timer_at:
             return
@@ -639,6 +669,10 @@ class Sim:
         node = self.nodes[name]
         if not node.alive or self.now + 1e-9 < node.poll_at:
             return  # stale: an earlier poll was scheduled since
+        if node.paused:
+            node.poll_at = self.now + self.poll_interval
+            self.schedule(self.poll_interval, self._poll, name)
+            return
         node.poll_at = self.now + min(self.poll_interval, node.core.observation_interval())
         self.schedule(node.poll_at - self.now, self._poll, name)
         node.core.dataplane_observed(EPOCH + self.now, node.observation())
@@ -679,6 +713,9 @@ class Sim:
             if at[1] != node.core.config.admin_port:
                 return
             node.count("admin_rx")
+            if node.paused:
+                node.backlog.append((msg[1], src))
+                return
             node.core.datagram_received(msg[1], src, EPOCH + self.now)
             self._pump(node)
         elif at[1] == node.wg_port:
@@ -688,6 +725,9 @@ class Sim:
         if pkt.proto == "admin":
             if pkt.dport == node.core.config.admin_port:
                 node.count("admin_rx")
+                if node.paused:
+                    node.backlog.append((pkt.payload, (pkt.src, pkt.sport)))
+                    return
                 node.core.datagram_received(pkt.payload, (pkt.src, pkt.sport), EPOCH + self.now)
                 self._pump(node)
         elif pkt.proto == "echo":
@@ -709,6 +749,18 @@ class Sim:
         got = self.run_until_true(lambda: self.pings[ident] is not None, timeout, step=0.005)
         rtt = self.pings.pop(ident)
         return None if got is None or rtt is None else rtt - sent
+
+    def flow(self, src: str, dst_ip: str, interval: float, duration: float) -> None:
+        """Traffic in the background: an echo from ``src`` every ``interval`` for ``duration``
+        (answers are not waited for; the clock runs as the caller runs it)."""
+        node = self.nodes[src]
+        for k in range(int(duration / interval)):
+            self.schedule(k * interval, self._echo, node, dst_ip)
+
+    @staticmethod
+    def _echo(node: SimNode, dst_ip: str) -> None:
+        if node.alive:
+            node.send_overlay(Packet(node.overlay_ip, dst_ip, "echo"))
 
     def trace(self, src: str, dst_ip: str) -> list[str] | None:
         """The path an overlay packet would take now (names), without sending; None if it cannot arrive."""

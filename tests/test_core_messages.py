@@ -192,3 +192,39 @@ def test_a_late_probe_answer_is_dropped_when_unknown():
                        wire.body_probe_ack(123456, None, None))
     p.leaf.datagram_received(forged, HUB, p.now)
     assert p.leaf.counters["drop_unexpected_ack"] == 1
+
+
+def test_a_clock_jump_revalidates_links_instead_of_dropping_them():
+    """Our process was paused 10 s (SIGSTOP, suspend): the overdue timer must not read the
+    silence as dead links; the links are probed at once and get the usual grace."""
+    p = Pair()
+    _link_up(p)
+    p.run(4)
+    kinds(p.leaf)
+    p.now += 10
+    p.leaf.handle_timer(p.now)
+    events = p.leaf.take_events()
+    assert [str(e.kind) for e in events] == ["clock_jumped"] and events[0].data["seconds"] >= 9
+    sent = p.flush()
+    assert ("leaf", wire.PROBE) in sent  # probed at once
+    assert p.leaf.links.get(p.hub.id8).state == UP
+    # a probe sent before the jump and answered after it does not become the link's RTT
+    assert p.leaf.links.get(p.hub.id8).claimed_rtt < 100
+
+
+def test_an_answer_to_a_probe_sent_before_a_jump_is_not_an_rtt():
+    p = Pair()
+    _link_up(p)
+    p.run(4)
+    link = p.leaf.links.get(p.hub.id8)
+    claimed = link.claimed_rtt
+    p.tick(1.0)  # the leaf probes ...
+    probes = p.leaf.take_datagrams()
+    assert probes
+    p.now += 8  # ... and the answers come 8 s later
+    p.leaf.handle_timer(p.now)
+    for data, addr in probes:
+        p.hub.datagram_received(data, LEAF if not addr[0].startswith("10.") else ("10.1.0.2", 55555), p.now)
+    p.flush()
+    assert link.claimed_rtt == claimed and link.rtt < 1000
+    assert p.leaf.counters.get("probe_answer_late", 0) >= 1

@@ -101,6 +101,7 @@ class Link:
     held_back_done: bool = False
     peer_ready: bool = False  # the other end has us configured (static links)
     removal_applied: bool = True  # after a failure: the data plane no longer has the peer
+    lost: bool = False  # it went down while up (silence): retried as soon as the other end speaks
 
     # ------------------------------------------------------------------ transitions
 
@@ -144,7 +145,12 @@ class Link:
 
     def went_down(self, now: float, retry_max: float) -> None:
         """An attempt failed or the link died: the peer leaves the data plane, and a retry waits
-        until that was applied (a fresh peer forces a fresh handshake)."""
+        until that was applied (a fresh peer forces a fresh handshake). What was measured over
+        it is forgotten: a link that comes back is measured anew."""
+        self.lost = self.state == UP
+        self.rtt = 0.0
+        self.rtt_hint = 0
+        self.claimed_rtt = 0
         self.fails += 1
         self.state = DOWN
         self.down_since = now
@@ -164,7 +170,7 @@ class Link:
         self.peer_ready = False
 
     def measured(self, rtt_ms: float, now: float) -> None:
-        """A probe over the link was answered."""
+        """A probe over the link was answered in time."""
         self.last_ack = now
         self.rtt = rtt_ms if self.rtt == 0 else (1 - RTT_GAIN) * self.rtt + RTT_GAIN * rtt_ms
 

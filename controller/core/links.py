@@ -68,6 +68,9 @@ class Links:
         self.announces_links = announces_links
         self.links: dict[bytes, Link] = {}
         self.attempting = False  # any link waiting for a handshake
+        #: when our clock last jumped (we were paused or suspended): what was sent before is
+        #: late, and silence before it says nothing about the links
+        self.resumed_at = -INFINITY
         self.pending_probes: dict[int, tuple[bytes, float, bool, bool]] = {}
         self.probe_seq = 0
         self._budget = float(config.max_attempts_per_second)
@@ -425,7 +428,7 @@ class Links:
             link.used_since = 0.0
             return INFINITY
         alive_since = max(link.last_ack, link.last_probe_rx, link.used_since, link.last_rx_progress,
-                          link.up_since if not direct else 0)
+                          link.up_since if not direct else 0, self.resumed_at)
         grace = self.config.attempt_timeout * 2 if not direct else self.config.link_down_after
         if now - alive_since > grace:
             self.failed(link, member, now, "probes unanswered")
@@ -516,13 +519,30 @@ class Links:
         _, sent_at, direct, user = pending
         rtt_ms = max((now - sent_at) * 1000.0, 0.1)
         link = self.links.get(sender8)
-        if link is not None and direct and link.state == UP:
-            link.measured(rtt_ms, now)
-            new = max(1, int(round(link.rtt)))
-            if link.rtt_claim_moved(new):
-                link.claimed_rtt = min(new, 65535)
-                self.publish(now, RTT_PUBLISH_DELAY)
+        if link is not None and direct and link.state == UP and sent_at >= link.up_since:
+            if sent_at < self.resumed_at or rtt_ms > self.config.link_down_after * 1000:
+                # sent before a pause of ours, or answered after the other end's: it shows the
+                # other end is there, not what the link takes
+                self.counters.count("probe_answer_late")
+                link.last_ack = now
+            else:
+                link.measured(rtt_ms, now)
+                new = max(1, int(round(link.rtt)))
+                if link.rtt_claim_moved(new):
+                    link.claimed_rtt = min(new, 65535)
+                    self.publish(now, RTT_PUBLISH_DELAY)
+        elif link is not None and direct:
+            self.counters.count("probe_answer_stale")  # from before the link's current up period
         return rtt_ms, user
+
+    def resumed(self, now: float) -> None:
+        """Our clock jumped (a pause, a suspend): nothing is declared down for the silence; every
+        link that was up is probed at once and has the usual grace from now."""
+        self.resumed_at = now
+        for link in self.links.values():
+            if link.state == UP:
+                link.next_probe = now
+        self.wake(now)
 
     def probe_soon(self, link: Link, now: float, delay: float = 0.1) -> None:
         link.next_probe = min(link.next_probe, now + delay)
@@ -532,10 +552,19 @@ class Links:
         """Any datagram from ``sender8``: admin traffic over its link; a probe over the tunnel
         shows the other end measures the link."""
         link = self.links.get(sender8)
-        if link is not None and link.state == UP and self.routing.direct(sender8):
+        if link is None:
+            return
+        if link.state == UP and self.routing.direct(sender8):
             link.admin_bytes += ADMIN_OVERHEAD
             if overlay and mtype == wire.PROBE:
                 link.last_probe_rx = now
+        elif link.state == DOWN and link.lost:
+            # it went silent and speaks again (it was paused, or its box restarted): retry now
+            link.lost = False
+            if link.retry_at > now:
+                link.retry_at = now
+                link.fails = 0
+                self.wake(now)
 
     def follow_claim(self, id8: bytes, claims: Mapping[bytes, int], now: float) -> None:
         """The other end measures our link (its probes arrive): claim what it measured (edges
@@ -583,6 +612,15 @@ class Links:
             static = self.local.static_by_ip.get(member.info.overlay_ip) if member else None
             if static is not None and link.initiator and link.state != UP:
                 link.endpoint = fmt_ep((static.host, static.wg_port))
+
+    def dropped_by_peer(self, id8: bytes, now: float) -> None:
+        """The other end no longer claims our link: it took it down (and its WireGuard peer for
+        us with it). Ours follows at once instead of waiting for probes to time out (after a
+        pause of ours, our view of a link is the older one)."""
+        link = self.links.get(id8)
+        member = self.members.get(id8)
+        if link is not None and member is not None and link.state == UP:
+            self.failed(link, member, now, "dropped by the other end")
 
     def key_rotated(self, id8: bytes, now: float) -> None:
         link = self.links.get(id8)

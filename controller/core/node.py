@@ -48,6 +48,8 @@ PATHS_SPACING_MEMBERS = 250
 URGENT_PATHS_SPACING = 0.02
 URGENT_SPACING_LINKS = 64
 GC_INTERVAL = 60.0
+#: an input this much later than our next deadline: the clock jumped (see _check_clock)
+CLOCK_JUMP = 2.0
 #: after a (re)start, the data plane is applied only once every live WireGuard peer is
 #: reachable again, or after this long (see settled)
 SETTLE_MAX = 15.0
@@ -117,11 +119,13 @@ class Core:
         self.t_gc = now + GC_INTERVAL
         self._last_publish = -INFINITY
         self._last_recompute = -INFINITY
+        self._last_jump = -INFINITY
         self._publish(now)
 
     # ========================================================================= inputs
 
     def datagram_received(self, data: bytes, src: tuple[str, int], now: float) -> None:
+        self._check_clock(now)
         try:
             inner = self.transport.open(data)
             self.membership.check_replay(inner, now)
@@ -130,6 +134,7 @@ class Core:
             self.counters.count(f"drop_{e.reason}")
 
     def handle_timer(self, now: float) -> None:
+        self._check_clock(now)
         cfg = self.config
         if now >= self.t_publish:
             self._publish(now)
@@ -157,6 +162,7 @@ class Core:
 
     def dataplane_observed(self, now: float, peers: Mapping[bytes, PeerObservation]) -> None:
         """Per WireGuard public key: endpoint, last handshake, rx/tx (Helper1.GetState)."""
+        self._check_clock(now)
         self.observed = dict(peers)
         self._observed_once = True
         self.links.observed(peers, now)
@@ -169,6 +175,17 @@ class Core:
             return
         peer_keys, self.routing.applied_hops = plane
         self.links.applied(peer_keys, now)
+
+    def _check_clock(self, now: float) -> None:
+        """A timer of ours far overdue means our clock jumped: the process was paused (SIGSTOP)
+        or the machine suspended. Silence in between says nothing about the links."""
+        deadline = self.next_deadline()
+        late = now - deadline
+        if late > CLOCK_JUMP and deadline > self._last_jump:  # (once: the timers are still overdue)
+            self._last_jump = now
+            self.counters.count("clock_jumps")
+            self._emit(EventKind.CLOCK_JUMPED, seconds=round(late, 1))
+            self.links.resumed(now)
 
     # ------------------------------------------------------------------------- commands
 
@@ -379,6 +396,8 @@ class Core:
             self.routing.table.added(id8, admission.address)
         elif admission.address_changed:
             self.routing.table.invalidate()
+        if self.id8 in claims_before and self.id8 not in claims:
+            self.links.dropped_by_peer(id8, now)
         if graph_changed or old is None or admission.address_changed or admission.key_rotated:
             # a change of a link to us completes or breaks an edge the other end already
             # switched: follow at once (the window between the two switches loses packets)

@@ -105,6 +105,7 @@ class EventKind(StrEnum):
     ADDRESSES_CHANGED = "addresses_changed"
     WG_KEY_ROTATED = "wg_key_rotated"
     CLAIM_REFUSED = "claim_refused"
+    CLOCK_JUMPED = "clock_jumped"
 
 
 class Event(NamedTuple):

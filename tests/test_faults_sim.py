@@ -1,0 +1,69 @@
+"""Faults of daily life in the simulator: a controller paused (suspend/resume, SIGSTOP), late
+probe answers, and the flapping they must not cause."""
+
+import itertools
+
+import pytest
+
+from wg_netmanager.lab.simnets import original_example
+
+NAMES = ["alpha", "beta", "charlie", "delta"]
+
+
+def direct_everywhere(sim) -> bool:
+    return all(sim.path(a, b) == [a, b] for a, b in itertools.combinations(NAMES, 2))
+
+
+def downs_of(sim, since: float) -> list:
+    return [(t, n, e.data) for t, n, e in sim.events if e.kind == "link_down" and t >= since]
+
+
+@pytest.mark.parametrize("who,seconds", [("beta", 10), ("beta", 60), ("charlie", 10), ("charlie", 60)])
+def test_a_paused_controller_recovers_without_flapping(who, seconds):
+    sim = original_example(seed=3)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(5)
+    sim.pause(who, seconds)
+    sim.run_for(seconds)
+    resumed = sim.now
+    # every pair direct again within seconds of the resume ...
+    back = sim.run_until_true(lambda: direct_everywhere(sim), 15)
+    assert back is not None, f"not all direct {sim.now - resumed:.1f} s after the resume"
+    # ... and it stays so: no link goes down again, the data planes are quiet
+    settled = sim.now + 5
+    sim.run_for(5)
+    applies = sum(n.apply_count for n in sim.nodes.values())
+    sim.run_for(60)
+    assert downs_of(sim, settled) == []
+    assert direct_everywhere(sim)
+    assert sum(n.apply_count for n in sim.nodes.values()) - applies <= len(NAMES)
+
+
+def test_the_resumed_controller_keeps_its_data_plane():
+    """Traffic flows; the paused node's own WireGuard forwarded throughout, so its peers kept
+    their links (WireGuard rx progress): on resume it revalidates its links by probing instead
+    of declaring them all down at once."""
+    sim = original_example(seed=3)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(5)
+    for other in ("alpha", "beta", "delta"):
+        sim.flow(other, "10.1.0.3", 0.2, 20)
+    sim.pause("charlie", 10)
+    sim.run_for(10)
+    resumed = sim.now
+    sim.run_for(3)
+    assert [d for d in downs_of(sim, resumed) if d[1] == "charlie"] == []
+    assert any(e.kind == "clock_jumped" for t, n, e in sim.events if n == "charlie" and t >= resumed)
+
+
+def test_a_late_probe_answer_does_not_move_the_rtt_claim():
+    sim = original_example(seed=3)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(5)
+    charlie = sim.nodes["charlie"].core
+    delta8 = sim.nodes["delta"].core.id8
+    before = charlie.links.get(delta8).claimed_rtt
+    sim.pause("delta", 8)  # charlie's probes to delta are answered 8 s late
+    sim.run_for(12)
+    link = charlie.links.get(delta8)
+    assert link.claimed_rtt <= max(before * 2, 10), (before, link.claimed_rtt)
