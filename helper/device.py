@@ -132,15 +132,25 @@ async def ensure_address(index: int, iface: ipaddress.IPv4Interface | ipaddress.
 
 def enable_forwarding(ifname: str, index: int, version: int) -> list[str]:
     """Relay traffic between peers: forwarding on the WireGuard interface only (not the whole
-    box), and no ICMP redirects (a peer must not be told to bypass the relay). IPv4 is set over
+    box), and no ICMP redirects accepted (a relay must not make us bypass it) or sent (the
+    kernel ORs send_redirects with net.ipv4.conf.all's, so this stops them only where "all" is
+    0 too). IPv4 is set over
     netlink (works with ProtectKernelTunables and in containers); IPv6 through /proc. Returns
     what could not be set."""
-    from .routes import IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_SEND_REDIRECTS, RouteError, RouteTable
+    from .routes import (
+        IPV4_DEVCONF_ACCEPT_REDIRECTS,
+        IPV4_DEVCONF_FORWARDING,
+        IPV4_DEVCONF_SEND_REDIRECTS,
+        RouteError,
+        RouteTable,
+    )
 
     if version == 4:
         table = RouteTable()
         try:
-            table.set_ipv4_devconf(index, {IPV4_DEVCONF_FORWARDING: 1, IPV4_DEVCONF_SEND_REDIRECTS: 0})
+            # (a forwarding interface accepts redirects only if both it and "all" do: 0 here wins)
+            table.set_ipv4_devconf(index, {IPV4_DEVCONF_FORWARDING: 1, IPV4_DEVCONF_SEND_REDIRECTS: 0,
+                                           IPV4_DEVCONF_ACCEPT_REDIRECTS: 0})
             return []
         except RouteError as e:
             return [f"net.ipv4.conf.{ifname}.forwarding: {e}"]

@@ -23,9 +23,11 @@ RT_TABLE_MAIN = 254
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _RTM_NEWROUTE, _RTM_DELROUTE, _RTM_GETROUTE = 24, 25, 26
 _F_REQUEST, _F_ACK, _F_REPLACE, _F_CREATE, _F_DUMP = 0x1, 0x4, 0x100, 0x400, 0x300
-_RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_PREFSRC, _RTA_TABLE = 1, 4, 5, 7, 15
+_RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_PRIORITY, _RTA_PREFSRC, _RTA_TABLE = 1, 4, 5, 6, 7, 15
 _SCOPE_UNIVERSE, _SCOPE_LINK = 0, 253
-_RTN_UNICAST = 1
+_RTN_UNICAST, _RTN_UNREACHABLE = 1, 7
+#: the leak guard's metric: the last resort, below every other route to the same prefix
+GUARD_METRIC = 0xFFFFFFFF
 _RTNH_F_ONLINK = 4
 _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
@@ -57,6 +59,20 @@ def encode_route(seq: int, cmd: int, oif: int, dst: str, gateway: str | None, pr
             body += _attr(_RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
         if prefsrc is not None and ipaddress.ip_address(prefsrc).version == net.version:
             body += _attr(_RTA_PREFSRC, ipaddress.ip_address(prefsrc).packed)
+    nl_flags = _F_REQUEST | _F_ACK | (_F_CREATE | _F_REPLACE if cmd == _RTM_NEWROUTE else 0)
+    return _HDR.pack(_HDR.size + len(body), cmd, nl_flags, seq, 0) + body
+
+
+def encode_guard(seq: int, cmd: int, subnet: str) -> bytes:
+    """``unreachable <subnet> proto 157 metric 4294967295``: an overlay address with no /32 of
+    ours gets "network unreachable" here instead of following the default route out of the
+    box in clear text."""
+    net = ipaddress.ip_network(subnet)
+    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+    body = _RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_WGNM, _SCOPE_UNIVERSE,
+                       _RTN_UNREACHABLE, 0)
+    body += _attr(_RTA_DST, net.network_address.packed)
+    body += _attr(_RTA_PRIORITY, struct.pack("=I", GUARD_METRIC))
     nl_flags = _F_REQUEST | _F_ACK | (_F_CREATE | _F_REPLACE if cmd == _RTM_NEWROUTE else 0)
     return _HDR.pack(_HDR.size + len(body), cmd, nl_flags, seq, 0) + body
 
@@ -106,6 +122,7 @@ _IFLA_AF_SPEC = 26
 _IFLA_INET_CONF = 1
 _IFINFO = struct.Struct("=BxHiII")
 IPV4_DEVCONF_FORWARDING = 1
+IPV4_DEVCONF_ACCEPT_REDIRECTS = 4  # (linux/ip.h: FORWARDING 1, MC_FORWARDING, PROXY_ARP, ACCEPT_REDIRECTS)
 IPV4_DEVCONF_SEND_REDIRECTS = 6
 
 
@@ -176,6 +193,14 @@ class RouteTable:
     def set_ipv4_devconf(self, index: int, values: dict[int, int]) -> None:
         seq = self._next()
         self._batch([(seq, encode_ipv4_devconf(seq, index, values))], set())
+
+    def set_guard(self, subnet: str) -> None:
+        seq = self._next()
+        self._batch([(seq, encode_guard(seq, _RTM_NEWROUTE, subnet))], set())
+
+    def remove_guard(self, subnet: str) -> None:
+        seq = self._next()
+        self._batch([(seq, encode_guard(seq, _RTM_DELROUTE, subnet))], {errno.ESRCH})
 
     def delete(self, oif: int, dsts: list[str]) -> None:
         msgs = []

@@ -106,7 +106,9 @@ class Helper1(ServiceInterface):
         self.interfaces = interfaces
         self.state_dir = state_dir
         self.allowed_uids = allowed_uids
-        self.subnet = load_trusted_subnet(config_path)
+        network = load_trusted_config(config_path)
+        self.subnet = network.subnet
+        self.guard = leak_guard_allowed(network)
         self.auth = CallerAuth(bus, HelperErrors.NOT_AUTHORIZED)
         self._locks = {name: asyncio.Lock() for name in interfaces}
         self._devices: dict[str, _Device] = {}
@@ -165,6 +167,8 @@ class Helper1(ServiceInterface):
             changes = await device.ensure_address(index, iface, self.subnet)
             for problem in device.enable_forwarding(ifname, index, iface.version):
                 log.warning("cannot enable relaying on the interface", extra={"ifname": ifname, "error": problem})
+            if self.guard:
+                self._routes.set_guard(str(self.subnet))
             live = await backend.get()
             dev = _Device(ifname, index, backend)
             dev.own_ip = str(iface.ip)
@@ -227,6 +231,8 @@ class Helper1(ServiceInterface):
                 return {"routes_removed": 0, "device_removed": 0}
             ours = self._routes.list(index)
             self._routes.delete(index, list(ours))
+            if self.guard:
+                self._routes.remove_guard(str(self.subnet))
             dev = self._devices.pop(ifname, None)
             if dev is not None:
                 await dev.backend.close()
@@ -243,8 +249,25 @@ class Helper1(ServiceInterface):
         return list(self.interfaces)
 
 
-def load_trusted_subnet(path: Path):
-    """The subnet from net.yaml, which must be a root-owned file nobody else can write."""
+def leak_guard_allowed(network) -> bool:
+    """Whether the subnet may be made unreachable outside the device: not when a static peer's
+    endpoint (an underlay address WireGuard sends to) lies inside it - the guard would capture
+    WireGuard's own packets."""
+    inside = []
+    for peer in network.peers:
+        try:
+            if ipaddress.ip_address(peer.endpoint_host) in network.subnet:
+                inside.append(peer.endpoint_host)
+        except ValueError:
+            pass  # a host name: resolved by the controller, not here
+    if inside:
+        log.warning("no leak guard: static peer endpoints lie inside the overlay subnet",
+                    extra={"subnet": str(network.subnet), "endpoints": ",".join(inside[:4])})
+    return not inside
+
+
+def load_trusted_config(path: Path):
+    """net.yaml, which must be a root-owned file nobody else can write."""
     st = path.stat()
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(path, None, "not a regular file")
@@ -252,7 +275,7 @@ def load_trusted_subnet(path: Path):
         raise ConfigError(path, None, "must be owned by root: the helper trusts only root-owned configuration")
     if st.st_mode & 0o022:
         raise ConfigError(path, None, "must not be writable by group or others (chmod go-w)")
-    return load_network_config(path).subnet
+    return load_network_config(path)
 
 
 def _controller_uids(users: list[str]) -> set[int]:
@@ -310,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             check_ifname(name)
         if os.geteuid() != 0:
             raise SystemExit("wg-netmanager-helper: must run as root (it changes links and routes)")
-        load_trusted_subnet(Path(args.config))
+        load_trusted_config(Path(args.config))
         return asyncio.run(serve(args))
     except (ConfigError, InvalidArgs, OSError, DBusError) as e:
         print(f"wg-netmanager-helper: {e}", file=sys.stderr)

@@ -54,7 +54,7 @@ def all_direct(boxes: dict[str, Box]) -> bool:
 def our_routes(box: Box) -> dict[str, str]:
     """destination -> "direct" or the gateway, from the kernel (proto 157 = ours)."""
     out = {}
-    for line in box.run(["ip", "-4", "route", "show", "proto", "157"]).stdout.splitlines():
+    for line in box.run(["ip", "-4", "route", "show", "proto", "157", "type", "unicast"]).stdout.splitlines():
         parts = line.split()
         out[parts[0]] = parts[parts.index("via") + 1] if "via" in parts else "direct"
     return out

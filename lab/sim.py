@@ -324,9 +324,9 @@ class SimNode:
                 if owners.get(ip) == p.public_key:
                     del owners[ip]
             for ip in allowed - peer.allowed:
-                previous = owners.get(ip)
-                if previous is not None and previous != p.public_key:
-                    self.peers[previous].allowed.discard(ip)  # like WireGuard: an allowed IP moves
+                previous = self.peers.get(owners.get(ip))  # (a test may have cleared the peers)
+                if previous is not None and previous.key != p.public_key:
+                    previous.allowed.discard(ip)  # like WireGuard: an allowed IP moves
                 owners[ip] = p.public_key
             peer.allowed, peer.allowed_from = allowed, p.allowed_ips
         if plane.routes is not self.routes_from:

@@ -228,3 +228,39 @@ def test_an_answer_to_a_probe_sent_before_a_jump_is_not_an_rtt():
     p.flush()
     assert link.claimed_rtt == claimed and link.rtt < 1000
     assert p.leaf.counters.get("probe_answer_late", 0) >= 1
+
+
+def test_state_stays_bounded_under_churn():
+    """Ten nodes publishing new versions for a simulated hour, speaking from changing
+    addresses, and strangers that come and go: what the core holds grows with the mesh, not
+    with time or churn."""
+    p = Pair()
+    p.tick()
+    p.flush()
+    hub = p.hub
+    idents = [wire.Identity(bytes([40 + i]) * 32) for i in range(10)]
+    for step in range(600):  # one round every 6 s for an hour
+        p.now += 6
+        raws = [_record(40 + i, step + 1, f"10.1.2.{i + 1}", bytes([60 + i]) * 32, f"n{i}") for i in range(10)]
+        for i, ident in enumerate(idents):
+            src = (f"203.0.113.{(step + i) % 200 + 1}", 40000 + step % 50)  # roaming, NAT ports
+            sealed = wire.seal(hub.transport.key, bytes(24), ident, wire.RECORDS, int(p.now * 1000), step,
+                               wire.body_records([raws[i]]))
+            hub.datagram_received(sealed, src, p.now)
+        stranger = wire.Identity((1000 + step).to_bytes(2, "big") * 16)
+        sealed = wire.seal(hub.transport.key, bytes(24), stranger, wire.SYNC, int(p.now * 1000), 1,
+                           wire.body_sync(0, bytes(16)))
+        hub.datagram_received(sealed, ("198.51.100.77", 40000 + step), p.now)
+        if hub.next_deadline() <= p.now:
+            hub.handle_timer(p.now)
+        hub.take_datagrams()
+        hub.take_events()
+    members = len(hub.members)
+    assert members == 12
+    assert len(hub.verified._seen) <= max(256, 4 * members)
+    m = hub.membership
+    window = int(2 * hub.config.replay_window / 6) + 2  # strangers seen in the last two replay windows
+    assert len(m.replay) <= members + window
+    assert len(m.underlay_addr) <= members + window and len(m.underlay_seen) <= members + window
+    assert sum(len(v) for v in m.by_public_ip.values()) <= members + window
+    assert len(hub.links.pending_probes) <= 16 and len(hub._planes) <= 16

@@ -54,7 +54,8 @@ def routes(*ips, via=None):
 
 
 def our_routes(box) -> list[str]:
-    return [line.strip() for line in box.run(["ip", "-4", "route", "show", "proto", "157"]).stdout.splitlines()]
+    shown = box.run(["ip", "-4", "route", "show", "proto", "157", "type", "unicast"]).stdout
+    return [line.strip() for line in shown.splitlines()]
 
 
 def direct_ab(keys):
@@ -220,10 +221,40 @@ def test_teardown_leaves_no_routes_and_no_device(mesh):
     summary = helpers["c"].teardown()
     assert summary == {"routes_removed": 2, "device_removed": 1}
     assert our_routes(boxes["c"]) == []
+    assert boxes["c"].run(["ip", "route", "show", "proto", "157"]).stdout.strip() == ""  # the guard too
     assert boxes["c"].run(["ip", "link", "show", "wg0"], check=False).returncode != 0
     assert helpers["c"].teardown() == {"routes_removed": 0, "device_removed": 0}
     # comes back with the same identity
     assert helpers["c"].ensure(f"{C}/24")[0] == keys["c"]
+
+
+def test_an_overlay_address_without_a_route_never_leaves_in_clear_text(mesh):
+    """The leak guard: with a default route out of the box, an overlay address that has no /32
+    of ours (a peer not yet known, a route being replaced) must not follow it: the kernel says
+    'network unreachable' instead, and the guard gives way to every /32 of ours."""
+    _, boxes, helpers, keys = mesh
+    a = boxes["a"]
+    apply_all(helpers, direct_ab(keys))
+    a.run(["ip", "route", "replace", "default", "via", "198.51.100.254"])
+    try:
+        guard = a.run(["ip", "-4", "route", "show", "proto", "157", "type", "unreachable"]).stdout.split()
+        assert guard[:2] == ["unreachable", "10.1.1.0/24"] and "4294967295" in guard
+        leak = a.run(["ip", "route", "get", "10.1.1.77"], check=False)
+        assert leak.returncode != 0 and "no route to host" in (leak.stderr + leak.stdout).lower()
+        assert "dev wg0" in a.run(["ip", "route", "get", B]).stdout  # our /32 wins over the guard
+        ping = a.run(["ping", "-c", "1", "-W", "1", "10.1.1.77"], check=False)
+        assert ping.returncode != 0 and "no route to host" in (ping.stderr + ping.stdout).lower()
+        # and outside the overlay the default route still works as before
+        assert "via 198.51.100.254" in a.run(["ip", "route", "get", "203.0.113.9"]).stdout
+    finally:
+        a.run(["ip", "route", "del", "default"], check=False)
+
+
+def test_the_overlay_device_accepts_no_redirects(mesh):
+    _, boxes, _, _ = mesh
+    for box in boxes.values():
+        assert box.run(["sysctl", "-n", "net.ipv4.conf.wg0.accept_redirects"]).stdout.strip() == "0"
+        assert box.run(["sysctl", "-n", "net.ipv4.conf.wg0.send_redirects"]).stdout.strip() == "0"
 
 
 def test_helper_refuses_a_config_others_can_write(mesh):

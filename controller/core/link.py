@@ -49,6 +49,8 @@ RTT_HINT_DEFAULT = 50
 #: WireGuard traffic beyond twice our admin bytes plus this much counts as use of the link
 TRAFFIC_SLACK = 600
 MAX_PENDING_PROBES = 4096
+#: after our clock jumped, the other ends' records are newer than our view of the links for this long
+RESUME_WINDOW = 10.0
 #: the weight of a new RTT sample in a link's moving average
 RTT_GAIN = 0.2
 #: a new attempt is checked again this soon; a retry waiting for its time at least this late;

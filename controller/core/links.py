@@ -34,6 +34,7 @@ from .link import (
     PROBE_TAKEOVER,
     READY_REPEAT,
     READY_WAIT,
+    RESUME_WINDOW,
     RETRY_RECHECK,
     RTT_PUBLISH_DELAY,
     SESSION_LIFETIME,
@@ -614,12 +615,14 @@ class Links:
                 link.endpoint = fmt_ep((static.host, static.wg_port))
 
     def dropped_by_peer(self, id8: bytes, now: float) -> None:
-        """The other end no longer claims our link: it took it down (and its WireGuard peer for
-        us with it). Ours follows at once instead of waiting for probes to time out (after a
-        pause of ours, our view of a link is the older one)."""
+        """The other end no longer claims our link. Right after a pause of ours that means it
+        took the link down meanwhile (and its WireGuard peer for us with it): our view is the
+        older one, and ours follows at once instead of waiting for probes to time out. At any
+        other time it may just have restarted (its first record claims no links yet, its data
+        plane still has us): probes decide."""
         link = self.links.get(id8)
         member = self.members.get(id8)
-        if link is not None and member is not None and link.state == UP:
+        if link is not None and member is not None and link.state == UP and now - self.resumed_at < RESUME_WINDOW:
             self.failed(link, member, now, "dropped by the other end")
 
     def key_rotated(self, id8: bytes, now: float) -> None:

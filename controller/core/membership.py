@@ -250,6 +250,17 @@ class Membership:
         for sender, (ts, _) in list(self.replay.items()):
             if ts < cutoff:
                 del self.replay[sender]
+        # where nodes spoke from: kept for members, and for others while their replay stamp is
+        for id8, seen in list(self.underlay_seen.items()):
+            if id8 not in self.members and now - seen > self.config.replay_window * REPLAY_KEEP_WINDOWS:
+                del self.underlay_seen[id8]
+                addr = self.underlay_addr.pop(id8, None)
+                if addr is not None:
+                    behind = self.by_public_ip.get(addr[0])
+                    if behind is not None:
+                        behind.discard(id8)
+                        if not behind:
+                            del self.by_public_ip[addr[0]]
         return gone
 
     def persistent_state(self, version: int) -> dict:

@@ -48,6 +48,9 @@ PATHS_SPACING_MEMBERS = 250
 URGENT_PATHS_SPACING = 0.02
 URGENT_SPACING_LINKS = 64
 GC_INTERVAL = 60.0
+#: records kept verified per member (a few versions each), at least RECORDS_KEPT_MIN
+RECORDS_KEPT_PER_MEMBER = 4
+RECORDS_KEPT_MIN = 256
 #: an input this much later than our next deadline: the clock jumped (see _check_clock)
 CLOCK_JUMP = 2.0
 #: after a (re)start, the data plane is applied only once every live WireGuard peer is
@@ -75,7 +78,10 @@ class Core:
         self.id8 = self.identity.id8
         self.local = LocalNode(config, self.identity, wg_public_key, lan_endpoints)
         self.random_bytes = random_bytes
-        self.verified = cache or wire.RecordCache()
+        #: verified records: our own cache grows with the mesh (RECORDS_KEPT_PER_MEMBER); a
+        #: cache passed in (the simulator's, shared by its cores) is sized by its owner
+        self._own_cache = cache is None
+        self.verified = cache or wire.RecordCache(RECORDS_KEPT_MIN)
         self.started = now
         persisted = persisted or {}
         self.version = max(int(persisted.get("version", 0)), 0)
@@ -394,6 +400,8 @@ class Core:
             if self.local.is_static and source == id8 and not info.is_static:
                 self.gossip.introduce(id8, now)
             self.routing.table.added(id8, admission.address)
+            if self._own_cache:
+                self.verified.size = max(RECORDS_KEPT_MIN, RECORDS_KEPT_PER_MEMBER * len(self.membership.members))
         elif admission.address_changed:
             self.routing.table.invalidate()
         if self.id8 in claims_before and self.id8 not in claims:

@@ -172,7 +172,7 @@ class Routing:
         self.cost: dict[bytes, int] = {}
         self.pred: dict[bytes, bytes] = {}
         self.hops: dict[bytes, bytes] = {}  # destination -> first hop (replaced, never changed in place)
-        self.targets: list[bytes] = []  # the nodes we have a path to, but us (rebuilt with hops)
+        self._targets: list[bytes] | None = []  # the nodes we have a path to, but us (None: to rebuild)
         self.applied_hops: Mapping[bytes, bytes] = {}  # the paths the applied data plane routes
         self._graph_dirty = True  # the mutually claimed links changed: the tree again
 
@@ -209,8 +209,16 @@ class Routing:
         if self.hops != old_hops:
             self.table.paths_changed(touched)
         if self.hops is not old_hops:
-            self.targets = [i for i in self.hops if i != self.me]
+            self._targets = None
         return old_hops, touched
+
+    @property
+    def targets(self) -> list[bytes]:
+        """The nodes we have a path to, but us (for gossip and sync; made when first asked for
+        after the paths changed)."""
+        if self._targets is None:
+            self._targets = [i for i in self.hops if i != self.me]
+        return self._targets
 
     def path(self, id8: bytes) -> list[bytes]:
         return paths.path_to(self.pred, self.me, id8)
