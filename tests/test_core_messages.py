@@ -263,4 +263,4 @@ def test_state_stays_bounded_under_churn():
     assert len(m.replay) <= members + window
     assert len(m.underlay_addr) <= members + window and len(m.underlay_seen) <= members + window
     assert sum(len(v) for v in m.by_public_ip.values()) <= members + window
-    assert len(hub.links.pending_probes) <= 16 and len(hub._planes) <= 16
+    assert len(hub.links.probes.pending) <= 16 and len(hub._planes) <= 16

@@ -27,7 +27,6 @@ from .link import (
     INFINITY,
     LINK_BATCH_DELAY,
     LIVE_SESSION,
-    MAX_PENDING_PROBES,
     MEASURED_WITHIN,
     NO_CANDIDATE_RETRY,
     PROBE_ALIGN,
@@ -44,6 +43,7 @@ from .link import (
 )
 from .local import LocalNode, fmt_ep, parse_ep
 from .membership import Member, Membership
+from .probes import Probes
 from .routes import Routing
 from .transport import ADMIN_OVERHEAD, Transport
 from .types import CoreConfig, Counters, DesiredPeer, EventKind, PeerObservation
@@ -54,7 +54,7 @@ class Links:
                  transport: Transport, counters: Counters, emit: Callable[..., None],
                  wake: Callable[[float], None], schedule_paths: Callable[..., None],
                  publish: Callable[..., None], changed: Callable[[bytes], None],
-                 announces_links: Callable[[], bool], now: float) -> None:
+                 announces_links: Callable[[], bool], links: dict[bytes, Link], now: float) -> None:
         self.config = config
         self.local = local
         self.members = members
@@ -67,13 +67,9 @@ class Links:
         self.publish = publish  # (now, delay=None): our record must change
         self.changed = changed  # a link of ours went up or down: tell its other end at once
         self.announces_links = announces_links
-        self.links: dict[bytes, Link] = {}
+        self.links = links  # id8 -> Link (shared read-only with transport and gossip)
         self.attempting = False  # any link waiting for a handshake
-        #: when our clock last jumped (we were paused or suspended): what was sent before is
-        #: late, and silence before it says nothing about the links
-        self.resumed_at = -INFINITY
-        self.pending_probes: dict[int, tuple[bytes, float, bool, bool]] = {}
-        self.probe_seq = 0
+        self.probes = Probes(config, self.links, routing, transport, counters, publish)
         self._budget = float(config.max_attempts_per_second)
         self._refill = now
 
@@ -429,7 +425,7 @@ class Links:
             link.used_since = 0.0
             return INFINITY
         alive_since = max(link.last_ack, link.last_probe_rx, link.used_since, link.last_rx_progress,
-                          link.up_since if not direct else 0, self.resumed_at)
+                          link.up_since if not direct else 0, self.probes.resumed_at)
         grace = self.config.attempt_timeout * 2 if not direct else self.config.link_down_after
         if now - alive_since > grace:
             self.failed(link, member, now, "probes unanswered")
@@ -439,7 +435,7 @@ class Links:
         if link.initiator or now - link.last_probe_rx > PROBE_TAKEOVER * interval:
             if now >= link.next_probe - PROBE_ALIGN * interval:
                 link.next_probe = now + interval
-                self.send_probe(member.info, link.peer, now)
+                self.probes.send(link.peer, now)
             return link.next_probe
         return link.last_probe_rx + PROBE_TAKEOVER * interval + 0.001
 
@@ -499,47 +495,10 @@ class Links:
 
     # ------------------------------------------------------------------ probes
 
-    def send_probe(self, info: NodeInfo, id8: bytes, now: float, user: bool = False) -> int | None:
-        self.probe_seq = (self.probe_seq + 1) & 0xFFFFFFFF
-        pid = self.probe_seq
-        direct = self.routing.direct(id8)
-        if not self.transport.send(id8, wire.PROBE, wire.body_probe(pid), now):
-            return None
-        self.pending_probes[pid] = (id8, now, direct, user)
-        if len(self.pending_probes) > MAX_PENDING_PROBES:
-            for old in sorted(self.pending_probes)[:MAX_PENDING_PROBES // 4]:
-                del self.pending_probes[old]
-        return pid
-
-    def probe_answered(self, sender8: bytes, probe_id: int, now: float) -> tuple[float, bool] | None:
-        """(RTT in ms, asked by the user) of an answered probe; None if we sent no such probe."""
-        pending = self.pending_probes.pop(probe_id, None)
-        if pending is None or pending[0] != sender8:
-            self.counters.count("drop_unexpected_ack")
-            return None
-        _, sent_at, direct, user = pending
-        rtt_ms = max((now - sent_at) * 1000.0, 0.1)
-        link = self.links.get(sender8)
-        if link is not None and direct and link.state == UP and sent_at >= link.up_since:
-            if sent_at < self.resumed_at or rtt_ms > self.config.link_down_after * 1000:
-                # sent before a pause of ours, or answered after the other end's: it shows the
-                # other end is there, not what the link takes
-                self.counters.count("probe_answer_late")
-                link.last_ack = now
-            else:
-                link.measured(rtt_ms, now)
-                new = max(1, int(round(link.rtt)))
-                if link.rtt_claim_moved(new):
-                    link.claimed_rtt = min(new, 65535)
-                    self.publish(now, RTT_PUBLISH_DELAY)
-        elif link is not None and direct:
-            self.counters.count("probe_answer_stale")  # from before the link's current up period
-        return rtt_ms, user
-
     def resumed(self, now: float) -> None:
         """Our clock jumped (a pause, a suspend): nothing is declared down for the silence; every
         link that was up is probed at once and has the usual grace from now."""
-        self.resumed_at = now
+        self.probes.resumed_at = now
         for link in self.links.values():
             if link.state == UP:
                 link.next_probe = now
@@ -622,7 +581,8 @@ class Links:
         plane still has us): probes decide."""
         link = self.links.get(id8)
         member = self.members.get(id8)
-        if link is not None and member is not None and link.state == UP and now - self.resumed_at < RESUME_WINDOW:
+        if link is not None and member is not None and link.state == UP and \
+                now - self.probes.resumed_at < RESUME_WINDOW:
             self.failed(link, member, now, "dropped by the other end")
 
     def key_rotated(self, id8: bytes, now: float) -> None:

@@ -25,7 +25,7 @@ from ..wire import (
     Record,
 )
 from .gossip import BOOTSTRAP_IDLE_FACTOR, Gossip
-from .link import LINK_BATCH_DELAY, LIVE_SESSION, UP
+from .link import LINK_BATCH_DELAY, LIVE_SESSION, UP, Link
 from .links import Links
 from .local import LocalNode, fmt_ep, is_hostname, parse_ep
 from .membership import Member, Membership
@@ -95,13 +95,12 @@ class Core:
         self.membership = Membership(config, self.identity.public, self.local.subnet, self.counters, self._emit,
                                      persisted)
         self.routing = Routing(self.id8, self.membership.members, config.hop_cost_ms, self.local.subnet.max_prefixlen)
-        links: dict = {}
+        links: dict[bytes, Link] = {}
         self.transport = Transport(crypto.derive_admin_key(config.shared_key), self.local, self.membership,
                                    self.routing, links, self.counters, random_bytes, pair_memo)
         self.links = Links(config, self.local, self.membership, self.routing, self.transport, self.counters,
                            self._emit, self._wake_links, self._schedule_paths, self._schedule_publish,
-                           self._changed_links.add, self._announces_links, now)
-        self.links.links = links
+                           self._changed_links.add, self._announces_links, links, now)
         self.gossip = Gossip(self.local, self.membership, self.routing, links, self.transport, self._rand_unit,
                              self._wake_gossip, config.gossip_fanout, config.gossip_rounds)
         self._handlers: dict[int, Callable[[wire.Inner, bytes, tuple[str, int], float], None]] = {
@@ -208,7 +207,7 @@ class Core:
         member = self.find(target)
         if member is None:
             return None
-        return self.links.send_probe(member.info, member.record.id8, now, user=True)
+        return self.links.probes.send(member.record.id8, now, user=True)
 
     def set_lan_endpoints(self, endpoints: Iterable[tuple[str, int]], now: float) -> None:
         """Our own underlay addresses. When one goes away we moved (a roaming laptop) or the
@@ -428,7 +427,7 @@ class Core:
 
     def _on_probe_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
         probe_id, _seen_admin, seen_wg = wire.parse_probe_ack(inner.body)
-        answered = self.links.probe_answered(sender8, probe_id, now)
+        answered = self.links.probes.answered(sender8, probe_id, now)
         if answered is None:
             return
         rtt_ms, user = answered

@@ -1,0 +1,66 @@
+"""Probes: one end of each up link asks the other every second; the answer is the link's
+liveness and its RTT. An answer that comes too late (after a pause of ours, or of theirs) or
+belongs to an earlier up period is never taken as an RTT: estimates cannot be poisoned."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from .. import wire
+from .link import INFINITY, MAX_PENDING_PROBES, RTT_PUBLISH_DELAY, UP, Link
+from .routes import Routing
+from .transport import Transport
+from .types import CoreConfig, Counters
+
+
+class Probes:
+    def __init__(self, config: CoreConfig, links: Mapping[bytes, Link], routing: Routing, transport: Transport,
+                 counters: Counters, publish: Callable[..., None]) -> None:
+        self.config = config
+        self.links = links
+        self.routing = routing
+        self.transport = transport
+        self.counters = counters
+        self.publish = publish  # (now, delay): our record must change (an RTT claim moved)
+        self.pending: dict[int, tuple[bytes, float, bool, bool]] = {}  # id -> (to, sent at, direct, user)
+        self.seq = 0
+        #: when our clock last jumped (we were paused or suspended): what was sent before is
+        #: late, and silence before it says nothing about the links
+        self.resumed_at = -INFINITY
+
+    def send(self, id8: bytes, now: float, user: bool = False) -> int | None:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        pid = self.seq
+        direct = self.routing.direct(id8)
+        if not self.transport.send(id8, wire.PROBE, wire.body_probe(pid), now):
+            return None
+        self.pending[pid] = (id8, now, direct, user)
+        if len(self.pending) > MAX_PENDING_PROBES:
+            for old in sorted(self.pending)[:MAX_PENDING_PROBES // 4]:
+                del self.pending[old]
+        return pid
+
+    def answered(self, sender8: bytes, probe_id: int, now: float) -> tuple[float, bool] | None:
+        """(RTT in ms, asked by the user) of an answered probe; None if we sent no such probe."""
+        pending = self.pending.pop(probe_id, None)
+        if pending is None or pending[0] != sender8:
+            self.counters.count("drop_unexpected_ack")
+            return None
+        _, sent_at, direct, user = pending
+        rtt_ms = max((now - sent_at) * 1000.0, 0.1)
+        link = self.links.get(sender8)
+        if link is not None and direct and link.state == UP and sent_at >= link.up_since:
+            if sent_at < self.resumed_at or rtt_ms > self.config.link_down_after * 1000:
+                # sent before a pause of ours, or answered after the other end's: it shows the
+                # other end is there, not what the link takes
+                self.counters.count("probe_answer_late")
+                link.last_ack = now
+            else:
+                link.measured(rtt_ms, now)
+                new = max(1, int(round(link.rtt)))
+                if link.rtt_claim_moved(new):
+                    link.claimed_rtt = min(new, 65535)
+                    self.publish(now, RTT_PUBLISH_DELAY)
+        elif link is not None and direct:
+            self.counters.count("probe_answer_stale")  # from before the link's current up period
+        return rtt_ms, user
