@@ -120,3 +120,11 @@ def test_introspection_is_the_contract(which):
     served = contract_structure(_introspection(cls, interface), interface)
     assert served == contract_structure(contract_file(xml).read_text(), interface)
     assert served["methods"], "the interface has methods"
+
+
+def test_the_version_is_written_once():
+    from importlib import metadata
+
+    from wg_netmanager.common import VERSION
+
+    assert metadata.version("wg-netmanager") == VERSION
