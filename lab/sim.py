@@ -285,6 +285,8 @@ class SimNode:
         self.timer_at: float | None = None
         self.alive = True
         self.paused = False  # the controller is stopped (SIGSTOP); WireGuard goes on
+        self.backlog_drop = False  # ... or not running at all: its datagrams are lost
+        self.settle_gate = False  # applies wait for core.settled() (after a controller restart)
         self.backlog: list[tuple[bytes, Addr]] = []  # admin datagrams waiting in the socket meanwhile
         self.stats: dict[str, int] = {}
         self.apply_count = 0
@@ -542,6 +544,32 @@ class Sim:
         self.start(name)
         return node
 
+    def restart_controller(self, name: str, down_for: float = 1.0) -> None:
+        """``systemctl restart wg-netmanager``: the controller stops, its data plane (WireGuard
+        peers, routes) stays; ``down_for`` seconds later a new controller starts from the state
+        the old one saved, and (like the runtime) applies nothing before it has settled."""
+        node = self.nodes[name]
+        state = node.core.persistent_state()
+        node.paused = True  # (datagrams meanwhile are lost, not queued: the socket is closed)
+        node.backlog_drop = True
+        self.schedule(down_for, self._start_controller, name, state)
+
+    def _start_controller(self, name: str, state: dict) -> None:
+        node = self.nodes[name]
+        old = node.core
+        node.core = Core(old.config, node.identity_seed, node.wg_key, EPOCH + self.now, self.random_bytes,
+                         persisted=state, lan_endpoints=[(node.underlay_ip, node.lan_prefix)], cache=self.cache,
+                         pair_memo=self.pair_memo)
+        node.paused = False
+        node.backlog_drop = False
+        node.backlog = []
+        node.applied_version = -1
+        node.settle_gate = True
+        node.timer_at = None
+        node.poll_at = self.now
+        self.schedule(0, self._poll, name)
+        self._pump(node)
+
     def pause(self, name: str, seconds: float) -> None:
         """The box's controller stops for ``seconds`` (SIGSTOP/SIGCONT, a laptop's suspend as its
         peers see it): WireGuard keeps forwarding; admin datagrams wait in the socket; timers,
@@ -644,8 +672,10 @@ class Sim:
 
     def _apply(self, name: str, version: int) -> None:
         node = self.nodes[name]
-        if node.paused:  # the controller takes the helper's answer when it runs again
-            self.schedule(0.05, self._apply, name, version)
+        if node.paused or (node.settle_gate and not node.core.settled(EPOCH + self.now)):
+            # the controller takes the helper's answer when it runs again; a restarted one
+            # applies nothing before it has settled (see runtime.apply_loop)
+            self.schedule(0.05 if node.paused else 0.2, self._apply, name, version)
             return
         if node.alive and version == node.core.dataplane_version and node.applied_version != version:
             node.apply()
@@ -714,7 +744,8 @@ class Sim:
                 return
             node.count("admin_rx")
             if node.paused:
-                node.backlog.append((msg[1], src))
+                if not node.backlog_drop:
+                    node.backlog.append((msg[1], src))
                 return
             node.core.datagram_received(msg[1], src, EPOCH + self.now)
             self._pump(node)
@@ -726,7 +757,8 @@ class Sim:
             if pkt.dport == node.core.config.admin_port:
                 node.count("admin_rx")
                 if node.paused:
-                    node.backlog.append((pkt.payload, (pkt.src, pkt.sport)))
+                    if not node.backlog_drop:
+                        node.backlog.append((pkt.payload, (pkt.src, pkt.sport)))
                     return
                 node.core.datagram_received(pkt.payload, (pkt.src, pkt.sport), EPOCH + self.now)
                 self._pump(node)

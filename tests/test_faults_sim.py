@@ -67,3 +67,30 @@ def test_a_late_probe_answer_does_not_move_the_rtt_claim():
     sim.run_for(12)
     link = charlie.links.get(delta8)
     assert link.claimed_rtt <= max(before * 2, 10), (before, link.claimed_rtt)
+
+
+def _applied(node) -> tuple:
+    """What the node's WireGuard model and routes hold now."""
+    peers = {key: (sorted(p.allowed), p.keepalive, p.endpoint) for key, p in node.peers.items()}
+    return peers, dict(node.routes)
+
+
+@pytest.mark.parametrize("who", ["beta", "charlie"])
+def test_a_restarted_controller_changes_nothing_that_is_still_wanted(who):
+    """systemctl restart wg-netmanager: the new controller resumes from what the old one saved;
+    its first Apply changes nothing, and its peers never lose their paths to it."""
+    sim = original_example(seed=3)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(10)
+    node = sim.nodes[who]
+    before, applies = _applied(node), node.apply_count
+    restarted = sim.now
+    sim.restart_controller(who, down_for=1.0)
+    assert sim.run_until_true(lambda: node.apply_count > applies, 20) is not None
+    assert _applied(node) == before, "the first Apply after the restart changed the data plane"
+    assert all(link.state == "up" for link in node.core.links.links.values())
+    sim.run_for(10)
+    assert direct_everywhere(sim)
+    lost = [(t, n, e.data) for t, n, e in sim.events
+            if t >= restarted and e.kind in ("node_unreachable", "path_changed", "link_down")]
+    assert lost == []

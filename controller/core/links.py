@@ -70,6 +70,8 @@ class Links:
         self.links = links  # id8 -> Link (shared read-only with transport and gossip)
         self.attempting = False  # any link waiting for a handshake
         self.probes = Probes(config, self.links, routing, transport, counters, publish)
+        #: the RTT claims our links had when the last controller saved its state (see _adopt)
+        self.kept_claims: dict[bytes, int] = {}
         self._budget = float(config.max_attempts_per_second)
         self._refill = now
 
@@ -328,6 +330,10 @@ class Links:
                 link.tx_stalled_since = 0.0
         link.last_rx, link.last_tx = obs.rx_bytes, obs.tx_bytes
         fresh = obs.last_handshake > 0 and now - obs.last_handshake < SESSION_LIFETIME
+        if link.state == DOWN and not link.ever_up and link.fails == 0 and fresh and \
+                now - obs.last_handshake < LIVE_SESSION:
+            self._adopt(link, member, obs, now)
+            return
         if link.state != ATTEMPTING or not fresh:
             return
         # a handshake after the attempt began proves the path; so does, for the first attempt
@@ -337,6 +343,18 @@ class Links:
             if obs.endpoint:
                 link.endpoint = obs.endpoint
             self.up(link, member, now)
+
+    def _adopt(self, link: Link, member: Member, obs: PeerObservation, now: float) -> None:
+        """A live WireGuard session we never set up: our controller restarted and the data plane
+        kept the link. It is up as it was (the claim it had, if we kept it): our first record
+        claims what our last one did, and the first Apply changes nothing that is still wanted."""
+        link.endpoint = obs.endpoint
+        host = ep[0] if (ep := parse_ep(obs.endpoint)) else ""
+        link.endpoint_kind = EP_LAN if host and self.local.lan.on_my_lan(host) else \
+            EP_STATIC if member.info.is_static else EP_REFLEXIVE
+        link.rtt_hint = self.kept_claims.get(link.peer, 0)
+        self.counters.count("links_adopted")
+        self.up(link, member, now)
 
     # ------------------------------------------------------------------ the timer
 

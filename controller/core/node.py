@@ -48,6 +48,8 @@ PATHS_SPACING_MEMBERS = 250
 URGENT_PATHS_SPACING = 0.02
 URGENT_SPACING_LINKS = 64
 GC_INTERVAL = 60.0
+#: after a restart, our first record waits for the first look at the data plane at most this long
+RESTART_FIRST_RECORD_WAIT = 3.0
 #: records kept verified per member (a few versions each), at least RECORDS_KEPT_MIN
 RECORDS_KEPT_PER_MEMBER = 4
 RECORDS_KEPT_MIN = 256
@@ -125,7 +127,18 @@ class Core:
         self._last_publish = -INFINITY
         self._last_recompute = -INFINITY
         self._last_jump = -INFINITY
-        self._publish(now)
+        kept = persisted.get("links")
+        if isinstance(kept, dict) and self.version:
+            # a restart: our last record claimed links the data plane may still have. Our first
+            # record waits for the first look at the data plane (its live sessions are adopted)
+            # rather than tell the mesh that we have no links
+            self.links.kept_claims = {bytes.fromhex(k): int(v) for k, v in kept.items()
+                                      if isinstance(k, str) and len(k) == 16 and isinstance(v, int)}
+            self._first_look = True
+            self.t_publish = now + RESTART_FIRST_RECORD_WAIT
+        else:
+            self._first_look = False
+            self._publish(now)
 
     # ========================================================================= inputs
 
@@ -171,6 +184,10 @@ class Core:
         self.observed = dict(peers)
         self._observed_once = True
         self.links.observed(peers, now)
+        if self._first_look and self.membership.members:
+            # (adopted links asked for a record already; one with none comes now)
+            self._first_look = False
+            self._schedule_publish(now)
 
     def dataplane_applied(self, version: int, now: float) -> None:
         """The runtime applied ``dataplane`` of this version (Helper1.Apply returned).
@@ -278,7 +295,12 @@ class Core:
         return OBSERVE_FAST if self.links.attempting else OBSERVE_SLOW
 
     def persistent_state(self) -> dict:
-        return self.membership.persistent_state(self.version)
+        """What a restarted controller resumes from: bindings, our record version, the RTT claims
+        of our links (see Links._adopt)."""
+        state = self.membership.persistent_state(self.version)
+        state["links"] = {id8.hex(): link.claimed_rtt for id8, link in sorted(self.links.links.items())
+                          if link.state == UP}
+        return state
 
     @property
     def bindings_dirty(self) -> bool:
