@@ -117,8 +117,8 @@ class Underlay:
     def remove_host(self, ip: str) -> None:
         s = self.host_site.pop(ip)
         s.hosts.discard(ip)
-        if s.parent is not None:
-            self._withdraw(s.parent, ip)
+        if s.nat is None and s.parent is not None:  # (as add_host announced it; behind a NAT the
+            self._withdraw(s.parent, ip)          # outside address stays, e.g. a firewall's own)
 
     def move_host(self, ip: str, new_ip: str, site: str) -> None:
         self.remove_host(ip)

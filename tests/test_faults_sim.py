@@ -94,3 +94,21 @@ def test_a_restarted_controller_changes_nothing_that_is_still_wanted(who):
     lost = [(t, n, e.data) for t, n, e in sim.events
             if t >= restarted and e.kind in ("node_unreachable", "path_changed", "link_down")]
     assert lost == []
+
+
+@pytest.mark.parametrize("who,down,within", [("alpha", 20, 3.0), ("charlie", 20, 3.0), ("delta", 5, 3.0),
+                                              ("beta", 20, 5.0), ("beta", 2, 3.0)])
+def test_a_rebooted_box_is_reachable_from_every_node_soon(who, down, within):
+    """Both daemons and the device gone (a reboot), back after ``down`` seconds with a fresh
+    controller: every node reaches it, and it every node, within ``within`` seconds. (The static
+    peer after a long absence takes longer: the others' WireGuard retries its handshake only
+    every 5 s; the goal is 3 s.)"""
+    sim = original_example(seed=3)
+    sim.run_for(25)
+    sim.stop(who)
+    sim.run_for(down)
+    started = sim.now
+    sim.restart(who)
+    others = [o for o in NAMES if o != who]
+    t = sim.run_until_true(lambda: all(sim.path(who, o) and sim.path(o, who) for o in others), 20, step=0.05)
+    assert t is not None and t - started <= within, f"reachable after {t and t - started}"

@@ -487,6 +487,12 @@ class Core:
         self.gossip.on_request(inner.body, src, now, inner.sender)
 
     def _on_connect(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        if sender8 not in self.membership.members:
+            # we do not know it (we restarted, a reboot, its record was lost): ask for its record;
+            # its next CONNECT finds us ready (without this a rebooted static peer stayed alone)
+            self.counters.count("drop_connect_unknown")
+            self.transport.send_to_addr(src, wire.REQUEST, wire.body_request([sender8]), now, inner.sender)
+            return
         self.links.on_connect(sender8, *wire.parse_connect(inner.body), src, now)
 
     def _on_connect_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
