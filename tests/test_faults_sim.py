@@ -96,13 +96,14 @@ def test_a_restarted_controller_changes_nothing_that_is_still_wanted(who):
     assert lost == []
 
 
-@pytest.mark.parametrize("who,down,within", [("alpha", 20, 3.0), ("charlie", 20, 3.0), ("delta", 5, 3.0),
-                                              ("beta", 20, 5.0), ("beta", 2, 3.0)])
-def test_a_rebooted_box_is_reachable_from_every_node_soon(who, down, within):
+@pytest.mark.parametrize("who,down", [("alpha", 20), ("charlie", 20), ("delta", 5), ("beta", 20), ("beta", 5),
+                                      ("beta", 2)])
+def test_a_rebooted_box_is_reachable_from_every_node_within_3_s(who, down):
     """Both daemons and the device gone (a reboot), back after ``down`` seconds with a fresh
-    controller: every node reaches it, and it every node, within ``within`` seconds. (The static
-    peer after a long absence takes longer: the others' WireGuard retries its handshake only
-    every 5 s; the goal is 3 s.)"""
+    controller: every node reaches it, and it every node, within 3 s. (A static peer that was
+    away long: the others' WireGuard is in its 5 s handshake back-off; its "ready" makes them
+    start over with a fresh peer.)"""
+    within = 3.0
     sim = original_example(seed=3)
     sim.run_for(25)
     sim.stop(who)

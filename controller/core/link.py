@@ -49,6 +49,9 @@ RTT_HINT_DEFAULT = 50
 #: WireGuard traffic beyond twice our admin bytes plus this much counts as use of the link
 TRAFFIC_SLACK = 600
 MAX_PENDING_PROBES = 4096
+#: a static peer says "ready" this long after our attempt began: our WireGuard's handshake is
+#: likely in its 5 s back-off (it was away), so the attempt starts over with a fresh peer
+STALE_ATTEMPT = 2.0
 #: after our clock jumped, the other ends' records are newer than our view of the links for this long
 RESUME_WINDOW = 10.0
 #: the weight of a new RTT sample in a link's moving average
@@ -163,6 +166,14 @@ class Link:
         else:
             self.retry_at = now + min(retry_max, RETRY_BASE * (2 ** min(self.fails - 1, 10)))
         self.used_since = 0.0
+
+    def refresh(self, now: float) -> None:
+        """The attempt starts over with a fresh WireGuard peer (removed, then added again: its
+        handshake state forgotten), without counting as a failure."""
+        self.state = DOWN
+        self.removal_applied = False
+        self.retry_at = now
+        self.peer_ready = False
 
     def start_over(self, now: float) -> None:
         """A new WireGuard key is a new peer: the link starts over at once, without backoff."""

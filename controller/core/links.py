@@ -37,6 +37,7 @@ from .link import (
     RETRY_RECHECK,
     RTT_PUBLISH_DELAY,
     SESSION_LIFETIME,
+    STALE_ATTEMPT,
     TRAFFIC_SLACK,
     UP,
     Link,
@@ -473,7 +474,14 @@ class Links:
                 # the other end starts over (it moved, or restarted) while we still have it
                 # configured: say so at once rather than let it wait for a CONNECT of ours
                 send_to_addr(src, wire.CONNECT, wire.body_connect(0, None, None), now, member.identity)
-            if link.initiator and not link.peer_ready:
+            if link.initiator and link.state == ATTEMPTING and now - link.attempt_started > STALE_ATTEMPT:
+                # it was away (rebooted) while we kept trying: our WireGuard's handshake is in its
+                # 5 s back-off. A fresh peer (and a new attempt) handshakes at once
+                self.counters.count("attempts_refreshed")
+                link.refresh(now)
+                self.wake(now)
+                self.schedule_paths(now)
+            elif link.initiator and not link.peer_ready:
                 link.peer_ready = True
                 self.schedule_paths(now)
             return
