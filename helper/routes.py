@@ -45,9 +45,17 @@ def _attr(kind: int, payload: bytes) -> bytes:
 
 
 def encode_route(seq: int, cmd: int, oif: int, dst: str, gateway: str | None, prefsrc: str | None) -> bytes:
+    """A host route on the device, always with a gateway: the relay, or for a direct peer the
+    destination itself (``10.1.1.3 via 10.1.1.3 dev wg0 onlink``). WireGuard picks the peer by
+    allowed IPs either way; what the gateway changes is the kernel's view of the source when it
+    forwards: with a plain device route (scope link) it takes a relayed packet's sender for a
+    neighbour on the same link and sends it an ICMP redirect (send_redirects is ORed with
+    net.ipv4.conf.all's, so the device's own 0 does not stop it); with a gateway it does not."""
     net = ipaddress.ip_network(dst)
     family = socket.AF_INET if net.version == 4 else socket.AF_INET6
-    scope = _SCOPE_LINK if gateway is None else _SCOPE_UNIVERSE
+    if cmd == _RTM_NEWROUTE and gateway is None:
+        gateway = str(net.network_address)
+    scope = _SCOPE_UNIVERSE
     if cmd == _RTM_DELROUTE:
         scope = 255  # RT_SCOPE_NOWHERE: match any scope when deleting
     flags = _RTNH_F_ONLINK if gateway is not None and cmd == _RTM_NEWROUTE else 0
@@ -77,8 +85,14 @@ def encode_guard(seq: int, cmd: int, subnet: str) -> bytes:
     return _HDR.pack(_HDR.size + len(body), cmd, nl_flags, seq, 0) + body
 
 
+#: what parse_route_dump reports for a route of ours without a gateway (made by an older version):
+#: it differs from every desired gateway, so the next Apply replaces it
+LEGACY_DEVICE_ROUTE = "dev"
+
+
 def parse_route_dump(data: bytes, oif: int) -> tuple[dict[str, str | None], bool]:
-    """Our routes on ``oif`` from a dump buffer: ({dst/len: gateway}, done)."""
+    """Our routes on ``oif`` from a dump buffer: ({dst/len: gateway}, done); gateway None for a
+    direct route (via the destination itself, see encode_route)."""
     routes: dict[str, str | None] = {}
     off = 0
     while off + _HDR.size <= len(data):
@@ -99,8 +113,9 @@ def parse_route_dump(data: bytes, oif: int) -> tuple[dict[str, str | None], bool
                     table = struct.unpack("=I", attrs[_RTA_TABLE])[0]
                 if route_oif == oif and table == RT_TABLE_MAIN and _RTA_DST in attrs:
                     dst = ipaddress.ip_address(attrs[_RTA_DST])
-                    gw = str(ipaddress.ip_address(attrs[_RTA_GATEWAY])) if _RTA_GATEWAY in attrs else None
-                    routes[f"{dst}/{dst_len}"] = gw
+                    gw = str(ipaddress.ip_address(attrs[_RTA_GATEWAY])) if _RTA_GATEWAY in attrs else \
+                        LEGACY_DEVICE_ROUTE
+                    routes[f"{dst}/{dst_len}"] = None if gw == str(dst) else gw
         off += (length + 3) & ~3
     return routes, False
 

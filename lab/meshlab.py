@@ -56,7 +56,8 @@ def our_routes(box: Box) -> dict[str, str]:
     out = {}
     for line in box.run(["ip", "-4", "route", "show", "proto", "157", "type", "unicast"]).stdout.splitlines():
         parts = line.split()
-        out[parts[0]] = parts[parts.index("via") + 1] if "via" in parts else "direct"
+        via = parts[parts.index("via") + 1] if "via" in parts else parts[0]
+        out[parts[0]] = "direct" if via == parts[0] else via  # (a direct route goes via its destination)
     return out
 
 

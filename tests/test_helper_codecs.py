@@ -66,3 +66,18 @@ def test_route_messages_carry_our_protocol():
         msg = encode_route(1, cmd, 3, "10.1.1.2/32", None, None)
         assert msg[16 + 5] == RTPROT_WGNM
         assert struct.unpack_from("=I", msg)[0] == len(msg)
+
+
+def test_a_device_route_of_an_older_version_is_reported_for_replacement():
+    """Routes without a gateway (older versions made them: they let a relay send ICMP
+    redirects) differ from every desired route, so the next Apply replaces them."""
+    from wg_netmanager.helper.model import RouteSpec, plan_routes
+    from wg_netmanager.helper.routes import LEGACY_DEVICE_ROUTE
+
+    legacy = bytearray(encode_route(1, _RTM_DELROUTE, 7, "10.1.1.2/32", None, None))  # (no gateway attribute)
+    struct.pack_into("=H", legacy, 4, _RTM_NEWROUTE)
+    done = struct.pack("=IHHII", 20, 3, 2, 9, 0) + b"\0\0\0\0"
+    routes, _ = parse_route_dump(bytes(legacy) + done, 7)
+    assert routes == {"10.1.1.2/32": LEGACY_DEVICE_ROUTE}
+    add, replace, delete = plan_routes(routes, {"10.1.1.2/32": RouteSpec("10.1.1.2/32", None)})
+    assert (add, delete) == ([], []) and replace == [RouteSpec("10.1.1.2/32", None)]

@@ -102,7 +102,7 @@ def test_two_boxes_ping_through_the_tunnel_and_reapply_is_a_noop(mesh):
     first = apply_all(helpers, direct_ab(keys))
     assert first["a"]["peers_added"] == 1 and first["a"]["routes_added"] == 1
     assert boxes["a"].ping(B, count=3, wait=2)
-    assert our_routes(boxes["a"]) == [f"{B} dev wg0 scope link src {A}"]
+    assert our_routes(boxes["a"]) == [f"{B} via {B} dev wg0 src {A} onlink"]
     again = apply_all(helpers, direct_ab(keys))
     assert again["a"]["changes"] == 0 and again["b"]["changes"] == 0
     _, _, peers = helpers["a"].state()
@@ -136,7 +136,7 @@ def test_relay_then_direct_switch_loses_at_most_one_ping(mesh):
     sent, received = ping_loss(ping)
     assert sent == 300
     assert sent - received <= 1, f"lost {sent - received} pings during the switch"
-    assert our_routes(boxes["a"]) == [f"{B} dev wg0 scope link src {A}", f"{C} dev wg0 scope link src {A}"]
+    assert our_routes(boxes["a"]) == [f"{B} via {B} dev wg0 src {A} onlink", f"{C} via {C} dev wg0 src {A} onlink"]
     assert boxes["a"].ping(C, count=2, wait=2)
 
 
@@ -207,7 +207,7 @@ def test_kill_9_helper_keeps_forwarding_and_restart_reapplies_nothing(mesh):
     boxes["a"].kill("helper", signal.SIGKILL)
     sent, received = ping_loss(ping)
     assert sent == received == 100, "the data plane must not notice the helper's death"
-    assert our_routes(boxes["a"]) == [f"{B} dev wg0 scope link src {A}"]
+    assert our_routes(boxes["a"]) == [f"{B} via {B} dev wg0 src {A} onlink"]
     boxes["a"].start_helper(boxes["a"].dir / "net.yaml")
     assert helpers["a"].ensure(f"{A}/24")[0] == keys["a"]
     assert helpers["a"].apply(*state["a"])["changes"] == 0
@@ -250,11 +250,22 @@ def test_an_overlay_address_without_a_route_never_leaves_in_clear_text(mesh):
         a.run(["ip", "route", "del", "default"], check=False)
 
 
-def test_the_overlay_device_accepts_no_redirects(mesh):
-    _, boxes, _, _ = mesh
+def test_a_relay_sends_no_redirects_and_the_device_accepts_none(mesh):
+    """b relays between a and c with net.ipv4.conf.all.send_redirects left at the kernel's 1: it
+    must not tell a and c to bypass it (a plain device route made it send one redirect per
+    relayed packet)."""
+    _, boxes, helpers, keys = mesh
+    b = boxes["b"]
+    b.sysctl("net.ipv4.conf.all.send_redirects", "1")
+    try:
+        apply_all(helpers, relay_state(keys))
+        before = b.run(["nstat", "-az", "IcmpOutRedirects"]).stdout.split()[-2]
+        assert ping_loss(start_ping(boxes["a"], C, count=20, interval=0.05)) == (20, 20)
+        assert b.run(["nstat", "-az", "IcmpOutRedirects"]).stdout.split()[-2] == before
+    finally:
+        b.sysctl("net.ipv4.conf.all.send_redirects", "0")
     for box in boxes.values():
         assert box.run(["sysctl", "-n", "net.ipv4.conf.wg0.accept_redirects"]).stdout.strip() == "0"
-        assert box.run(["sysctl", "-n", "net.ipv4.conf.wg0.send_redirects"]).stdout.strip() == "0"
 
 
 def test_helper_refuses_a_config_others_can_write(mesh):

@@ -292,7 +292,7 @@ class Core:
 
     def observation_interval(self) -> float:
         """How soon the data plane should be observed again: fast while handshakes are awaited."""
-        return OBSERVE_FAST if self.links.attempting else OBSERVE_SLOW
+        return OBSERVE_FAST if self.links.attempting or self._first_look else OBSERVE_SLOW
 
     def persistent_state(self) -> dict:
         """What a restarted controller resumes from: bindings, our record version, the RTT claims
@@ -388,9 +388,12 @@ class Core:
                 self.counters.count("records_known")
                 continue
             if identity == self.identity.public:
-                if version >= self.version:  # our own old claims from before a restart: supersede them
+                if version > self.version or (version == self.version and not self._first_look):
+                    # our own claims from before a restart: supersede them (after our first look
+                    # at the data plane, when our record can claim the links it kept)
                     self.version = version
-                    self._schedule_publish(now)
+                    if not self._first_look:
+                        self._schedule_publish(now)
                 continue
             try:
                 record = wire.parse_record(body, pos, self.verified, total)
