@@ -167,18 +167,12 @@ class Link:
             self.retry_at = now + min(retry_max, RETRY_BASE * (2 ** min(self.fails - 1, 10)))
         self.used_since = 0.0
 
-    def refresh(self, now: float) -> None:
-        """The attempt starts over with a fresh WireGuard peer (removed, then added again: its
-        handshake state forgotten), without counting as a failure."""
+    def start_over(self, now: float, peer_gone: bool) -> None:
+        """The link starts over at once, without backoff and without counting as a failure,
+        with a fresh WireGuard peer: ``peer_gone`` when the old one leaves the data plane anyway
+        (a new key is a new peer), else it is removed first (its handshake state forgotten)."""
         self.state = DOWN
-        self.removal_applied = False
-        self.retry_at = now
-        self.peer_ready = False
-
-    def start_over(self, now: float) -> None:
-        """A new WireGuard key is a new peer: the link starts over at once, without backoff."""
-        self.state = DOWN
-        self.removal_applied = True  # the old key's peer leaves the data plane anyway
+        self.removal_applied = peer_gone
         self.retry_at = now
         self.peer_ready = False
 

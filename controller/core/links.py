@@ -478,7 +478,7 @@ class Links:
                 # it was away (rebooted) while we kept trying: our WireGuard's handshake is in its
                 # 5 s back-off. A fresh peer (and a new attempt) handshakes at once
                 self.counters.count("attempts_refreshed")
-                link.refresh(now)
+                link.start_over(now, peer_gone=False)
                 self.wake(now)
                 self.schedule_paths(now)
             elif link.initiator and not link.peer_ready:
@@ -617,5 +617,5 @@ class Links:
             if link.state == UP:
                 self.changed(id8)
                 self.publish(now)
-            link.start_over(now)
+            link.start_over(now, peer_gone=True)
             self.wake(now)
