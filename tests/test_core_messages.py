@@ -264,3 +264,12 @@ def test_state_stays_bounded_under_churn():
     assert len(m.underlay_addr) <= members + window and len(m.underlay_seen) <= members + window
     assert sum(len(v) for v in m.by_public_ip.values()) <= members + window
     assert len(hub.links.probes.pending) <= 16 and len(hub._planes) <= 16
+
+
+def test_a_damaged_saved_state_does_not_stop_the_controller():
+    persisted = {"version": 5, "links": {"zz" * 8: 3, "ab" * 8: True, "cd" * 8: -1, "ef" * 8: 10**9, 7: 3,
+                                         "0123456789abcdef": 12}}
+    cfg = CoreConfig(shared_key=KEY, subnet="10.1.0.0/16", overlay_ip="10.1.0.2", name="leaf", wg_port=51820,
+                     admin_port=55555, static_peers=STATIC)
+    c = Core(cfg, bytes([2]) * 32, b"L" * 32, T0, Rng(1), persisted=persisted)
+    assert c.links.kept_claims == {bytes.fromhex("0123456789abcdef"): 12}

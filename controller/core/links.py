@@ -331,16 +331,16 @@ class Links:
                 link.tx_stalled_since = 0.0
         link.last_rx, link.last_tx = obs.rx_bytes, obs.tx_bytes
         fresh = obs.last_handshake > 0 and now - obs.last_handshake < SESSION_LIFETIME
-        if link.state == DOWN and not link.ever_up and link.fails == 0 and fresh and \
-                now - obs.last_handshake < LIVE_SESSION:
+        # a live session the data plane kept from before our own start (a controller restart)
+        kept = not link.ever_up and link.fails == 0 and fresh and now - obs.last_handshake < LIVE_SESSION
+        if link.state == DOWN and kept:
             self._adopt(link, member, obs, now)
             return
         if link.state != ATTEMPTING or not fresh:
             return
         # a handshake after the attempt began proves the path; so does, for the first attempt
-        # after our own start (a controller restart), a live session the data plane kept
-        if obs.last_handshake >= link.attempt_started - 0.001 or \
-                (not link.ever_up and link.fails == 0 and now - obs.last_handshake < LIVE_SESSION):
+        # after our own start, a kept session
+        if obs.last_handshake >= link.attempt_started - 0.001 or kept:
             if obs.endpoint:
                 link.endpoint = obs.endpoint
             self.up(link, member, now)

@@ -132,8 +132,7 @@ class Core:
             # a restart: our last record claimed links the data plane may still have. Our first
             # record waits for the first look at the data plane (its live sessions are adopted)
             # rather than tell the mesh that we have no links
-            self.links.kept_claims = {bytes.fromhex(k): int(v) for k, v in kept.items()
-                                      if isinstance(k, str) and len(k) == 16 and isinstance(v, int)}
+            self.links.kept_claims = _kept_claims(kept)
             self._first_look = True
             self.t_publish = now + RESTART_FIRST_RECORD_WAIT
         else:
@@ -388,12 +387,13 @@ class Core:
                 self.counters.count("records_known")
                 continue
             if identity == self.identity.public:
-                if version > self.version or (version == self.version and not self._first_look):
-                    # our own claims from before a restart: supersede them (after our first look
-                    # at the data plane, when our record can claim the links it kept)
+                # our own claims from before a restart: supersede them - after our first look at
+                # the data plane, when our record can claim the links it kept
+                if self._first_look:
+                    self.version = max(self.version, version)
+                elif version >= self.version:
                     self.version = version
-                    if not self._first_look:
-                        self._schedule_publish(now)
+                    self._schedule_publish(now)
                 continue
             try:
                 record = wire.parse_record(body, pos, self.verified, total)
@@ -627,3 +627,15 @@ class Core:
             self.links.links.pop(id8, None)
             self._emit(EventKind.NODE_FORGOTTEN, node=member.info.name)
 
+
+def _kept_claims(saved: Mapping) -> dict[bytes, int]:
+    """The links' RTT claims from a saved state ({id8 hex: ms}); anything malformed is skipped
+    (the state file is ours, but a damaged one must not stop the controller)."""
+    claims = {}
+    for key, rtt in saved.items():
+        if isinstance(key, str) and len(key) == 2 * wire.ID8_LEN and type(rtt) is int and 0 < rtt <= 65535:
+            try:
+                claims[bytes.fromhex(key)] = rtt
+            except ValueError:
+                continue
+    return claims
