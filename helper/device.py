@@ -132,9 +132,9 @@ async def ensure_address(index: int, iface: ipaddress.IPv4Interface | ipaddress.
 
 def enable_forwarding(ifname: str, index: int, version: int) -> list[str]:
     """Relay traffic between peers: forwarding on the WireGuard interface only (not the whole
-    box), and no ICMP redirects accepted (a relay must not make us bypass it) or sent (the
-    kernel ORs send_redirects with net.ipv4.conf.all's, so this stops them only where "all" is
-    0 too). IPv4 is set over
+    box), and no ICMP redirects accepted (a relay must not make us bypass it); send_redirects=0
+    too, though the kernel ORs it with net.ipv4.conf.all's: what keeps a relay from sending them
+    is the shape of our routes (see routes.encode_route). IPv4 is set over
     netlink (works with ProtectKernelTunables and in containers); IPv6 through /proc. Returns
     what could not be set."""
     from .routes import (

@@ -44,6 +44,12 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
+def _route_message(seq: int, cmd: int, body: bytes) -> bytes:
+    """An RTM_NEWROUTE (create or replace) or RTM_DELROUTE request, acknowledged."""
+    nl_flags = _F_REQUEST | _F_ACK | (_F_CREATE | _F_REPLACE if cmd == _RTM_NEWROUTE else 0)
+    return _HDR.pack(_HDR.size + len(body), cmd, nl_flags, seq, 0) + body
+
+
 def encode_route(seq: int, cmd: int, oif: int, dst: str, gateway: str | None, prefsrc: str | None) -> bytes:
     """A host route on the device, always with a gateway: the relay, or for a direct peer the
     destination itself (``10.1.1.3 via 10.1.1.3 dev wg0 onlink``). WireGuard picks the peer by
@@ -67,13 +73,12 @@ def encode_route(seq: int, cmd: int, oif: int, dst: str, gateway: str | None, pr
             body += _attr(_RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
         if prefsrc is not None and ipaddress.ip_address(prefsrc).version == net.version:
             body += _attr(_RTA_PREFSRC, ipaddress.ip_address(prefsrc).packed)
-    nl_flags = _F_REQUEST | _F_ACK | (_F_CREATE | _F_REPLACE if cmd == _RTM_NEWROUTE else 0)
-    return _HDR.pack(_HDR.size + len(body), cmd, nl_flags, seq, 0) + body
+    return _route_message(seq, cmd, body)
 
 
 def encode_guard(seq: int, cmd: int, subnet: str) -> bytes:
     """``unreachable <subnet> proto 157 metric 4294967295``: an overlay address with no /32 of
-    ours gets "network unreachable" here instead of following the default route out of the
+    ours gets "no route to host" here instead of following the default route out of the
     box in clear text."""
     net = ipaddress.ip_network(subnet)
     family = socket.AF_INET if net.version == 4 else socket.AF_INET6
@@ -81,8 +86,7 @@ def encode_guard(seq: int, cmd: int, subnet: str) -> bytes:
                        _RTN_UNREACHABLE, 0)
     body += _attr(_RTA_DST, net.network_address.packed)
     body += _attr(_RTA_PRIORITY, struct.pack("=I", GUARD_METRIC))
-    nl_flags = _F_REQUEST | _F_ACK | (_F_CREATE | _F_REPLACE if cmd == _RTM_NEWROUTE else 0)
-    return _HDR.pack(_HDR.size + len(body), cmd, nl_flags, seq, 0) + body
+    return _route_message(seq, cmd, body)
 
 
 #: what parse_route_dump reports for a route of ours without a gateway (made by an older version):
