@@ -145,3 +145,42 @@ def roaming(lab: Lab) -> Mesh:
 
 def move_to_cafe(mesh: Mesh) -> None:
     mesh.boxes["erin"].move(mesh.lab.segments["cafe"], "192.168.7.23/24", "192.168.7.1")
+
+
+#: the chaos mesh's home LAN: name -> (underlay address, overlay IP); golf is the laptop that roams
+CHAOS_HOME = {"charlie": ("192.168.1.30", "10.1.1.3"), "delta": ("192.168.1.40", "10.1.1.4"),
+              "echo": ("192.168.1.50", "10.1.1.5"), "foxtrot": ("192.168.1.60", "10.1.1.6"),
+              "golf": ("192.168.1.70", "10.1.1.7")}
+
+
+def chaos(lab: Lab) -> Mesh:
+    """Eight boxes as a user's mesh looks: beta (the static peer, 198.51.100.2) and gamma
+    (198.51.100.8) public; alpha in a firewalled data centre (203.0.113.10, nothing gets in
+    unasked); charlie, delta, echo, foxtrot and the laptop golf behind one home NAT router
+    (198.51.100.1, endpoint-independent mapping per box); a café NAT (198.51.100.12,
+    192.168.7.0/24) golf can roam to with :func:`roam` and back with :func:`come_home`."""
+    mesh = Mesh(lab)
+    wan, dc, home, cafe = (lab.segment(name) for name in ("wan", "dc", "home", "cafe"))
+    dc_route = [("203.0.113.0/24", "198.51.100.3")]  # the data centre, through its firewall
+    lab.router("fw", dc, "203.0.113.1/24", wan, "198.51.100.3/24", nat=False, firewall=True)
+    for name, inside, lan, outside, fixed in (
+            ("router", home, "192.168.1.1/24", "198.51.100.1/24",
+             {(ip, WG_PORT): 50000 + int(ip.rsplit(".", 1)[1]) for ip, _ in CHAOS_HOME.values()}),
+            ("cafe-nat", cafe, "192.168.7.1/24", "198.51.100.12/24", None)):
+        router = lab.router(name, inside, lan, wan, outside, fixed_ports=fixed)
+        router.run(["ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.3"])
+    mesh.add("alpha", "10.1.1.1", dc, "203.0.113.10/24", "203.0.113.1")
+    mesh.add("beta", "10.1.1.2", wan, "198.51.100.2/24", routes=dc_route)
+    for name, (address, overlay) in CHAOS_HOME.items():
+        mesh.add(name, overlay, home, f"{address}/24", "192.168.1.1")
+    mesh.add("gamma", "10.1.1.8", wan, "198.51.100.8/24", routes=dc_route)
+    return mesh
+
+
+def roam(mesh: Mesh, name: str = "golf") -> None:
+    """The laptop leaves home for the café."""
+    mesh.boxes[name].move(mesh.lab.segments["cafe"], "192.168.7.23/24", "192.168.7.1")
+
+
+def come_home(mesh: Mesh, name: str = "golf") -> None:
+    mesh.boxes[name].move(mesh.lab.segments["home"], f"{CHAOS_HOME[name][0]}/24", "192.168.1.1")
