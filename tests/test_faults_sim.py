@@ -113,3 +113,55 @@ def test_a_rebooted_box_is_reachable_from_every_node_within_3_s(who, down):
     others = [o for o in NAMES if o != who]
     t = sim.run_until_true(lambda: all(sim.path(who, o) and sim.path(o, who) for o in others), 20, step=0.05)
     assert t is not None and t - started <= within, f"reachable after {t and t - started}"
+
+
+def _lan_cut(sim) -> float:
+    sim.underlay.blocked.add(frozenset(("192.168.1.30", "192.168.1.40")))
+    return sim.now
+
+
+def _relayed_both_ways(sim) -> bool:
+    there, back = sim.path("charlie", "delta"), sim.path("delta", "charlie")
+    return there is not None and len(there) == 3 and back == there[::-1]
+
+
+def test_a_link_that_carries_traffic_fails_over_within_a_second():
+    """A ping flows between the laptops; their LAN path dies: the data plane sent and heard
+    nothing back, the link is probed fast and given up within a second (not the 3 s that
+    probes alone take), and the traffic goes via a relay."""
+    sim = original_example(seed=3)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(5)
+    sim.flow("charlie", "10.1.0.4", 0.01, 30)
+    sim.run_for(3)
+    cut = _lan_cut(sim)
+    t = sim.run_until_true(lambda: _relayed_both_ways(sim), 10, step=0.01)
+    assert t is not None and t - cut <= 1.0, f"failover took {t and t - cut:.2f} s"
+    assert any(e.data.get("reason") == "no answer while traffic flows" for _, _, e in sim.events_of("link_down"))
+
+
+def test_an_idle_link_fails_over_within_3_s_once_traffic_starts():
+    sim = original_example(seed=3)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(130)  # the LAN link has gone idle (no keepalives, no probes)
+    cut = _lan_cut(sim)
+    sim.run_for(5)
+    started = sim.now
+    sim.flow("charlie", "10.1.0.4", 0.01, 10)
+    t = sim.run_until_true(lambda: _relayed_both_ways(sim), 10, step=0.01)
+    assert cut < started and t is not None and t - started <= 3.0, f"failover took {t and t - started:.2f} s"
+
+
+def test_traffic_does_not_make_healthy_links_flap():
+    """Traffic on every link for two minutes, with links probed fast whenever a direction was
+    silent for a moment: not one link goes down, and the data planes are not touched."""
+    sim = original_example(seed=3)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(5)
+    for a, b in itertools.permutations(NAMES, 2):
+        sim.flow(a, sim.nodes[b].overlay_ip, 0.3, 120)
+    since = sim.now
+    applies = sum(n.apply_count for n in sim.nodes.values())
+    sim.run_for(120)
+    assert downs_of(sim, since) == []
+    assert sum(n.apply_count for n in sim.nodes.values()) == applies

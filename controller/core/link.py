@@ -54,6 +54,14 @@ MAX_PENDING_PROBES = 4096
 STALE_ATTEMPT = 2.0
 #: after our clock jumped, the other ends' records are newer than our view of the links for this long
 RESUME_WINDOW = 10.0
+#: a link whose data plane sent traffic (not only ours) but received nothing since the last
+#: observation is suspect: it is probed this often, and it is down when neither a probe answer
+#: nor anything from the peer's WireGuard came this long (or three RTTs) after the suspicion (BFD's idea: probe
+#: fast only where it matters, and only while it matters)
+SUSPECT_PROBE = 0.1
+SUSPECT_GRACE = 0.5
+#: a WireGuard keepalive (an empty transport message): not traffic that expects an answer
+KEEPALIVE_BYTES = 32
 #: the weight of a new RTT sample in a link's moving average
 RTT_GAIN = 0.2
 #: a new attempt is checked again this soon; a retry waiting for its time at least this late;
@@ -91,9 +99,12 @@ class Link:
     pinned: bool = False
     last_traffic: float = 0.0
     admin_bytes: int = 0  # our admin traffic over this link since the last observation
+    admin_tx: int = 0  # of which we sent
     last_rx: int = -1
     last_tx: int = -1
     tx_stalled_since: float = 0.0
+    suspect_since: float = 0.0  # sent and received nothing since (see SUSPECT_GRACE); 0 = not suspect
+    observed_at: float = 0.0  # the last observation of its WireGuard counters
     down_since: float = 0.0
     ever_up: bool = False
     next_probe: float = 0.0
@@ -141,6 +152,7 @@ class Link:
         self.fails = 0
         self.last_traffic = now
         self.tx_stalled_since = 0.0
+        self.suspect_since = 0.0
         if self.claimed_rtt == 0:
             # until probes over the link measure it: what CONNECT took (static peers), a LAN's
             # few ms, or a pessimistic 50 ms. A good first guess spares the mesh a record version
@@ -158,6 +170,7 @@ class Link:
         self.claimed_rtt = 0
         self.fails += 1
         self.state = DOWN
+        self.suspect_since = 0.0
         self.down_since = now
         self.removal_applied = False
         self.peer_ready = False
@@ -172,6 +185,7 @@ class Link:
         with a fresh WireGuard peer: ``peer_gone`` when the old one leaves the data plane anyway
         (a new key is a new peer), else it is removed first (its handshake state forgotten)."""
         self.state = DOWN
+        self.suspect_since = 0.0
         self.removal_applied = peer_gone
         self.retry_at = now
         self.peer_ready = False
@@ -179,7 +193,12 @@ class Link:
     def measured(self, rtt_ms: float, now: float) -> None:
         """A probe over the link was answered in time."""
         self.last_ack = now
+        self.suspect_since = 0.0
         self.rtt = rtt_ms if self.rtt == 0 else (1 - RTT_GAIN) * self.rtt + RTT_GAIN * rtt_ms
+
+    def suspect_grace(self) -> float:
+        """How long a suspect link has to answer: SUSPECT_GRACE, or three RTTs on a long one."""
+        return max(SUSPECT_GRACE, 3 * self.rtt / 1000)
 
     def rtt_claim_moved(self, new: int) -> bool:
         """Hysteresis: a claim changes only by more than max(5 ms, 25 %)."""

@@ -25,6 +25,7 @@ from .link import (
     FIRST_LINKS_WINDOW,
     HOLD_BACK,
     INFINITY,
+    KEEPALIVE_BYTES,
     LINK_BATCH_DELAY,
     LIVE_SESSION,
     MEASURED_WITHIN,
@@ -38,6 +39,7 @@ from .link import (
     RTT_PUBLISH_DELAY,
     SESSION_LIFETIME,
     STALE_ATTEMPT,
+    SUSPECT_PROBE,
     TRAFFIC_SLACK,
     UP,
     Link,
@@ -48,6 +50,9 @@ from .probes import Probes
 from .routes import Routing
 from .transport import ADMIN_OVERHEAD, Transport
 from .types import CoreConfig, Counters, DesiredPeer, EventKind, PeerObservation
+
+#: how long after a link last carried traffic the data plane is still watched closely
+BUSY_WATCH = 5.0
 
 
 class Links:
@@ -70,6 +75,9 @@ class Links:
         self.announces_links = announces_links
         self.links = links  # id8 -> Link (shared read-only with transport and gossip)
         self.attempting = False  # any link waiting for a handshake
+        #: a link carried traffic recently: watch the data plane closely until then (see suspect)
+        self.busy_until = 0.0
+        self.suspect_until = 0.0  # a suspect link's fate is decided by then (see Link.suspect_since)
         self.probes = Probes(config, self.links, routing, transport, counters, publish)
         #: the RTT claims our links had when the last controller saved its state (see _adopt)
         self.kept_claims: dict[bytes, int] = {}
@@ -318,9 +326,21 @@ class Links:
                 # the tunnel carries packets from the peer: the data plane is alive, even when its
                 # controller is not (our probes then come back as ICMP port unreachable)
                 link.last_rx_progress = now
-            if drx + dtx > link.admin_bytes * 2 + TRAFFIC_SLACK:
+                link.suspect_since = 0.0
+            # (the slack is per second: observations come faster while traffic flows)
+            slack = TRAFFIC_SLACK * min(1.0, now - link.observed_at)
+            if drx + dtx > link.admin_bytes * 2 + slack:
                 link.last_traffic = now
-            link.admin_bytes = 0
+                self.busy_until = max(self.busy_until, now + BUSY_WATCH)
+            if drx == 0 and dtx > link.admin_tx + KEEPALIVE_BYTES and link.state == UP and not link.suspect_since and \
+                    self.routing.direct(link.peer) and self.active(link, now):
+                # traffic went out and nothing came back: probe fast until the peer answers, or
+                # give up (probes alone are not enough: a busy controller answers late)
+                link.suspect_since = now
+                self.suspect_until = max(self.suspect_until, now + link.suspect_grace())
+                self.counters.count("links_suspected")
+                self.probe_soon(link, now, 0.0)
+            link.admin_bytes = link.admin_tx = 0
             if link.state == UP and dtx > 0 and now - obs.last_handshake > SESSION_LIFETIME:
                 # sending into an expired session: WireGuard cannot get a handshake through
                 if link.tx_stalled_since == 0:
@@ -329,7 +349,7 @@ class Links:
                     self.failed(link, member, now, "handshake failed after idle")
             else:
                 link.tx_stalled_since = 0.0
-        link.last_rx, link.last_tx = obs.rx_bytes, obs.tx_bytes
+        link.last_rx, link.last_tx, link.observed_at = obs.rx_bytes, obs.tx_bytes, now
         fresh = obs.last_handshake > 0 and now - obs.last_handshake < SESSION_LIFETIME
         # a live session the data plane kept from before our own start (a controller restart)
         kept = not link.ever_up and link.fails == 0 and fresh and now - obs.last_handshake < LIVE_SESSION
@@ -449,6 +469,16 @@ class Links:
         if now - alive_since > grace:
             self.failed(link, member, now, "probes unanswered")
             return INFINITY
+        if link.suspect_since and direct:
+            deadline = max(link.suspect_since, alive_since) + link.suspect_grace()
+            if now >= deadline:
+                self.failed(link, member, now, "no answer while traffic flows")
+                return INFINITY
+            if now >= link.next_probe - 0.001:
+                link.next_probe = now + SUSPECT_PROBE
+                self.probes.send(link.peer, now)
+            return min(link.next_probe, deadline)
+        link.suspect_since = 0.0
         # one end probes (the initiator); the other answers, and probes itself only when the
         # other end's probes stop coming (it may have died, or gone idle)
         if link.initiator or now - link.last_probe_rx > PROBE_TAKEOVER * interval:

@@ -63,8 +63,10 @@ PLANES_KEPT = 16
 MAX_ENDPOINTS = 16
 #: anti-entropy rounds are spread over [0.75, 1.25] sync intervals (nodes do not fall into step)
 SYNC_JITTER = 0.5
-#: how often the data plane should be observed: while handshakes are awaited, otherwise
+#: how often the data plane should be observed: while handshakes are awaited, while links
+#: carry traffic, otherwise
 OBSERVE_FAST = 0.1
+OBSERVE_BUSY = 0.2
 OBSERVE_SLOW = 1.0
 
 
@@ -90,6 +92,7 @@ class Core:
         self.counters = Counters()
         self._events: list[Event] = []
         self.observed: dict[bytes, PeerObservation] = {}  # by WireGuard key
+        self._observed_at = 0.0  # when the data plane was last observed
         self._observed_once = False
         self._settled = False
         self._changed_links: set[bytes] = set()  # links up or down since our last record
@@ -180,6 +183,7 @@ class Core:
     def dataplane_observed(self, now: float, peers: Mapping[bytes, PeerObservation]) -> None:
         """Per WireGuard public key: endpoint, last handshake, rx/tx (Helper1.GetState)."""
         self._check_clock(now)
+        self._observed_at = now
         self.observed = dict(peers)
         self._observed_once = True
         self.links.observed(peers, now)
@@ -290,8 +294,11 @@ class Core:
         return self._settled
 
     def observation_interval(self) -> float:
-        """How soon the data plane should be observed again: fast while handshakes are awaited."""
-        return OBSERVE_FAST if self.links.attempting or self._first_look else OBSERVE_SLOW
+        """How soon the data plane should be observed again: fast while handshakes are awaited or
+        a link is suspect, often while links carry traffic (a dead one is noticed in time)."""
+        if self.links.attempting or self._first_look or self.links.suspect_until > self._observed_at:
+            return OBSERVE_FAST
+        return OBSERVE_BUSY if self.links.busy_until > self._observed_at else OBSERVE_SLOW
 
     def persistent_state(self) -> dict:
         """What a restarted controller resumes from: bindings, our record version, the RTT claims

@@ -55,6 +55,7 @@ class Probes:
                 # other end is there, not what the link takes
                 self.counters.count("probe_answer_late")
                 link.last_ack = now
+                link.suspect_since = 0.0
             else:
                 link.measured(rtt_ms, now)
                 new = max(1, int(round(link.rtt)))

@@ -91,6 +91,7 @@ class Transport:
         link = self.links.get(id8)
         if link is not None and self.routing.direct(id8):
             link.admin_bytes += len(body) + ADMIN_OVERHEAD
+            link.admin_tx += len(body) + ADMIN_OVERHEAD
         self.send_to_addr(addr, mtype, body, now, self.members.identity_of(id8))
         return True
 
