@@ -17,9 +17,10 @@ random (``--seed``), for ``--minutes``:
   lan_cut            two boxes on the home LAN cannot reach each other for 15 s
   roam               the laptop moves to the café, and home again 10 s later
 
-then, a period after the last fault ended, a quiet minute. A fault's outage is the longest time, from its start until the next
-fault, that any pair went without a reply beyond the ping interval; for a reboot the time the
-box was down by design (kill -> daemons starting) does not count.
+then, a period after the last fault ended, a quiet minute. A fault's outage is the longest
+time, from its start until the next fault, that any pair went without a reply beyond the ping
+interval; for a reboot the time the box was down by design (kill -> daemons starting) does not
+count.
 
 Counted besides: link downs and Applies in the quiet minute (controller logs), WireGuard peers
 and proto-157 routes left that belong to no live node (at the end), overlay packets in clear

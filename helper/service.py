@@ -146,6 +146,14 @@ class Helper1(ServiceInterface):
             self._devices[ifname] = dev
         return dev
 
+    def set_leak_guard(self) -> None:
+        """The subnet's last-resort route (see helper.routes.encode_guard): overlay traffic with no
+        route of ours is refused here instead of leaving in clear text. Set at start, before any
+        controller asks (a booting box's programs may send before the mesh is up), and again
+        with every device."""
+        if self.guard:
+            self._routes.set_guard(str(self.subnet))
+
     # ------------------------------------------------------------ methods
 
     @method()
@@ -167,8 +175,7 @@ class Helper1(ServiceInterface):
             changes = await device.ensure_address(index, iface, self.subnet)
             for problem in device.enable_forwarding(ifname, index, iface.version):
                 log.warning("cannot enable relaying on the interface", extra={"ifname": ifname, "error": problem})
-            if self.guard:
-                self._routes.set_guard(str(self.subnet))
+            self.set_leak_guard()
             live = await backend.get()
             dev = _Device(ifname, index, backend)
             dev.own_ip = str(iface.ip)
@@ -291,6 +298,10 @@ def _controller_uids(users: list[str]) -> set[int]:
 async def serve(args: argparse.Namespace) -> int:
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     helper = Helper1(bus, Path(args.config), args.interface, Path(args.state_dir), _controller_uids(args.allow_user))
+    try:
+        helper.set_leak_guard()
+    except OSError as e:
+        log.error("cannot set the leak guard route", extra={"subnet": str(helper.subnet), "error": str(e)})
     bus.export(HELPER_OBJECT_PATH, helper)
     reply = await bus.request_name(HELPER_BUS_NAME)
     if getattr(reply, "value", reply) != 1:  # RequestNameReply.PRIMARY_OWNER

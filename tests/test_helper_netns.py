@@ -250,6 +250,18 @@ def test_an_overlay_address_without_a_route_never_leaves_in_clear_text(mesh):
         a.run(["ip", "route", "del", "default"], check=False)
 
 
+def test_the_leak_guard_is_set_as_soon_as_the_helper_starts(mesh):
+    """A booting box's programs may send to the overlay before any controller asked for a
+    device: the helper sets the guard when it starts (a box restarted without its routes)."""
+    _, boxes, _, _ = mesh
+    c = boxes["c"]
+    c.kill("helper")
+    c.run(["ip", "route", "del", "unreachable", "10.1.1.0/24"])
+    c.start_helper(c.dir / "net.yaml")
+    guard = c.run(["ip", "-4", "route", "show", "proto", "157", "type", "unreachable"]).stdout.split()
+    assert guard[:2] == ["unreachable", "10.1.1.0/24"], guard
+
+
 def test_a_relay_sends_no_redirects_and_the_device_accepts_none(mesh):
     """b relays between a and c with net.ipv4.conf.all.send_redirects left at the kernel's 1: it
     must not tell a and c to bypass it (a plain device route made it send one redirect per

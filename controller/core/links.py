@@ -77,7 +77,6 @@ class Links:
         self.attempting = False  # any link waiting for a handshake
         #: a link carried traffic recently: watch the data plane closely until then (see suspect)
         self.busy_until = 0.0
-        self.suspect_until = 0.0  # a suspect link's fate is decided by then (see Link.suspect_since)
         self.probes = Probes(config, self.links, routing, transport, counters, publish)
         #: the RTT claims our links had when the last controller saved its state (see _adopt)
         self.kept_claims: dict[bytes, int] = {}
@@ -337,7 +336,6 @@ class Links:
                 # traffic went out and nothing came back: probe fast until the peer answers, or
                 # give up (probes alone are not enough: a busy controller answers late)
                 link.suspect_since = now
-                self.suspect_until = max(self.suspect_until, now + link.suspect_grace())
                 self.counters.count("links_suspected")
                 self.probe_soon(link, now, 0.0)
             link.admin_bytes = link.admin_tx = 0

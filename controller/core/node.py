@@ -294,9 +294,9 @@ class Core:
         return self._settled
 
     def observation_interval(self) -> float:
-        """How soon the data plane should be observed again: fast while handshakes are awaited or
-        a link is suspect, often while links carry traffic (a dead one is noticed in time)."""
-        if self.links.attempting or self._first_look or self.links.suspect_until > self._observed_at:
+        """How soon the data plane should be observed again: fast while handshakes are awaited,
+        often while links carry traffic (a dead one is noticed in time)."""
+        if self.links.attempting or self._first_look:
             return OBSERVE_FAST
         return OBSERVE_BUSY if self.links.busy_until > self._observed_at else OBSERVE_SLOW
 
