@@ -165,3 +165,23 @@ def test_traffic_does_not_make_healthy_links_flap():
     sim.run_for(120)
     assert downs_of(sim, since) == []
     assert sum(n.apply_count for n in sim.nodes.values()) == applies
+
+
+def test_a_resumed_node_keeps_the_link_its_traffic_kept_alive():
+    """One pair pings while the other end's controller is paused 10 s; its other links go
+    quiet and its peers give them up. After the resume the mesh re-forms around it: paths
+    change for a moment and the pinged link's traffic may come back another way - which must
+    not make the link with live traffic look dead (chaos bench: it did, and took every
+    other link with it)."""
+    sim = original_example(seed=3)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(5)
+    sim.flow("delta", "10.1.0.3", 0.2, 40)
+    sim.run_for(2)
+    sim.pause("charlie", 10)
+    sim.run_for(10)
+    resumed = sim.now
+    sim.run_for(20)
+    downs = [d for d in downs_of(sim, resumed) if {d[1], d[2]["node"]} == {"charlie", "delta"}]
+    assert downs == []
+    assert sim.path("delta", "charlie") == ["delta", "charlie"]

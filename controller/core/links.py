@@ -331,8 +331,7 @@ class Links:
             if drx + dtx > link.admin_bytes * 2 + slack:
                 link.last_traffic = now
                 self.busy_until = max(self.busy_until, now + BUSY_WATCH)
-            if drx == 0 and dtx > link.admin_tx + KEEPALIVE_BYTES and link.state == UP and not link.suspect_since and \
-                    self.routing.direct(link.peer) and self.active(link, now):
+            if drx == 0 and dtx > link.admin_tx + KEEPALIVE_BYTES and self._may_suspect(link, now):
                 # traffic went out and nothing came back: probe fast until the peer answers, or
                 # give up (probes alone are not enough: a busy controller answers late)
                 link.suspect_since = now
@@ -362,6 +361,14 @@ class Links:
             if obs.endpoint:
                 link.endpoint = obs.endpoint
             self.up(link, member, now)
+
+    def _may_suspect(self, link: Link, now: float) -> bool:
+        """Silence from a link's other end means something only while both ends route over it:
+        not while the mesh re-forms around us after our own clock jump (the other ends gave up
+        links to us meanwhile and may send their traffic, and our probes' answers, another way;
+        the chaos bench showed a resumed node lose every link at once)."""
+        return link.state == UP and not link.suspect_since and self.routing.direct(link.peer) and \
+            self.active(link, now) and now - self.probes.resumed_at > RESUME_WINDOW
 
     def _adopt(self, link: Link, member: Member, obs: PeerObservation, now: float) -> None:
         """A live WireGuard session we never set up: our controller restarted and the data plane
@@ -509,6 +516,10 @@ class Links:
                 link.start_over(now, peer_gone=False)
                 self.wake(now)
                 self.schedule_paths(now)
+            elif link.initiator and link.state == UP and attempt and now - link.up_since > READY_REPEAT:
+                # its "ready" while our link is up: it started over (after a pause or a restart)
+                # with a fresh WireGuard peer for us, where our session is gone. So do we
+                self.failed(link, member, now, "the static end started over")
             elif link.initiator and not link.peer_ready:
                 link.peer_ready = True
                 self.schedule_paths(now)

@@ -187,8 +187,11 @@ class Core:
         self.observed = dict(peers)
         self._observed_once = True
         self.links.observed(peers, now)
-        if self._first_look and self.membership.members:
-            # (adopted links asked for a record already; one with none comes now)
+        if self._first_look and self.membership.members and \
+                all(id8 in self.membership.members for id8 in self.links.kept_claims):
+            # every node our last record claimed a link to is known again, so its link is
+            # adopted if the data plane kept it (adopted links asked for a record already; one
+            # with none comes now)
             self._first_look = False
             self._schedule_publish(now)
 
@@ -456,6 +459,10 @@ class Core:
                 seen_wg = parse_ep(obs.endpoint)
         self.transport.send_to_addr(src, wire.PROBE_ACK, wire.body_probe_ack(probe_id, src, seen_wg), now,
                                     inner.sender)
+        if member is None:
+            # (a restarted static peer learns every node from the probes that come each second,
+            # rather than waiting for their anti-entropy to pick it)
+            self._ask_for_record(inner, sender8, src, now)
 
     def _on_probe_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
         probe_id, _seen_admin, seen_wg = wire.parse_probe_ack(inner.body)
@@ -498,12 +505,16 @@ class Core:
 
     def _on_connect(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
         if sender8 not in self.membership.members:
-            # we do not know it (we restarted, a reboot, its record was lost): ask for its record;
             # its next CONNECT finds us ready (without this a rebooted static peer stayed alone)
             self.counters.count("drop_connect_unknown")
-            self.transport.send_to_addr(src, wire.REQUEST, wire.body_request([sender8]), now, inner.sender)
+            self._ask_for_record(inner, sender8, src, now)
             return
         self.links.on_connect(sender8, *wire.parse_connect(inner.body), src, now)
+
+    def _ask_for_record(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
+        """A node we do not know speaks to us (we restarted, the box rebooted, its record was
+        lost): ask it for its record."""
+        self.transport.send_to_addr(src, wire.REQUEST, wire.body_request([sender8]), now, inner.sender)
 
     def _on_connect_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
         self.links.on_connect_ack(sender8, wire.parse_connect_ack(inner.body), now)
@@ -520,7 +531,10 @@ class Core:
         self.t_gossip = min(self.t_gossip, t)
 
     def _schedule_publish(self, now: float, delay: float | None = None) -> None:
-        """Soon after a change (or ``delay`` later), but not more than 4 times a second."""
+        """Soon after a change (or ``delay`` later), but not more than 4 times a second; after a
+        restart not before our first look at the data plane (see dataplane_observed)."""
+        if self._first_look:
+            return
         spacing = PUBLISH_SPACING * max(1.0, len(self.links.links) / PUBLISH_SPACING_LINKS)
         due = max(now + (self.config.publish_interval if delay is None else delay), self._last_publish + spacing)
         self.t_publish = min(self.t_publish, due)
@@ -544,6 +558,7 @@ class Core:
                         links)
 
     def _publish(self, now: float) -> None:
+        self._first_look = False  # (or it took too long: RESTART_FIRST_RECORD_WAIT)
         self.t_publish = INFINITY
         self._last_publish = now
         info = self._own_info()
