@@ -14,7 +14,8 @@ random (``--seed``), for ``--minutes``:
   restart_box        both daemons stopped and started again; the device stays
   reboot             both daemons killed, the device, our routes and the box's pings gone;
                      1 s later the helper, the box's pings and the controller start again
-  lan_cut            two boxes on the home LAN cannot reach each other for 15 s
+  lan_cut            two boxes on the home LAN cannot reach each other for 15 s (frames between
+                     them dropped by the LAN's switch)
   roam               the laptop moves to the café, and home again 10 s later
 
 then, a period after the last fault ended, a quiet minute. A fault's outage is the longest
@@ -49,7 +50,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wg_netmanager.lab import topologies
 from wg_netmanager.lab.demo import paths
@@ -63,8 +64,11 @@ INTERVAL = 0.2
 REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 LEAK_NFT = """table bridge wgnmleak {
   counter clear { }
-  chain f { type filter hook forward priority 0; ip daddr 10.1.1.0/24 counter name clear; \
-ip saddr 10.1.1.0/24 counter name clear; }
+  set seen { type ipv4_addr . ipv4_addr; flags dynamic; size 4096; }
+  chain f { type filter hook forward priority 0;
+    ip daddr 10.1.1.0/24 counter name clear add @seen { ip saddr . ip daddr }
+    ip saddr 10.1.1.0/24 ip daddr != 10.1.1.0/24 counter name clear add @seen { ip saddr . ip daddr }
+  }
 }
 """
 
@@ -154,7 +158,7 @@ class Fault:
     start: float
     end: float = 0.0  # when the injection finished
     excused: tuple[float, float] | None = None  # (box down by design: from, until)
-    pairs: list[tuple[str, str]] = field(default_factory=list)
+    leaks: int = 0  # overlay packets seen in clear text from its start to the next fault's
 
 
 class Chaos:
@@ -232,12 +236,13 @@ class Chaos:
         self.start_controller(name)
 
     def lan_cut(self, fault: Fault) -> None:
-        a, b = fault.target.split("-")
-        self.box(a).block(topologies.CHAOS_HOME[b][0])
+        a, b = (topologies.CHAOS_HOME[name][0] for name in fault.target.split("-"))
+        home = self.mesh.lab.segments["home"]
+        home.cut(a, b)
         try:
             time.sleep(15)
         finally:
-            self.box(a).block(topologies.CHAOS_HOME[b][0], on=False)
+            home.cut(a, b, on=False)
 
     def roam(self, fault: Fault) -> None:
         topologies.roam(self.mesh)
@@ -309,6 +314,20 @@ def leak_packets(lab: Lab) -> int:
     return total
 
 
+def leak_flows(lab: Lab) -> dict[str, list[str]]:
+    """segment -> "source > destination" of the overlay packets seen there in clear text."""
+    out = {}
+    for name, segment in lab.segments.items():
+        r = subprocess.run(["ip", "netns", "exec", segment.ns, "nft", "-j", "list", "set", "bridge", "wgnmleak",
+                            "seen"], capture_output=True, text=True, check=True)
+        for item in json.loads(r.stdout)["nftables"]:
+            for element in item.get("set", {}).get("elem", []):
+                value = element.get("elem", {}).get("val", element) if isinstance(element, dict) else element
+                pair = value.get("concat", value) if isinstance(value, dict) else value
+                out.setdefault(name, []).append(" > ".join(map(str, pair)))
+    return out
+
+
 def stale(mesh: topologies.Mesh) -> tuple[int, int, int]:
     """(WireGuard peers with no live node's key, proto-157 routes to no live node's address,
     pairs whose route is missing)."""
@@ -365,7 +384,7 @@ def main() -> int:
         pingers = Pingers(mesh)
         pingers.start()
         redirects_before = {name: snmp_redirects(box) for name, box in mesh.boxes.items()}
-        leaks_before = leak_packets(lab)
+        leaks_before = leaks_seen = leak_packets(lab)
         sampler = RssSampler(mesh)
         sampler.start()
         chaos = Chaos(mesh, rng, pingers)
@@ -378,6 +397,9 @@ def main() -> int:
             if delay > 0:
                 time.sleep(delay)
             kind = rng.choice(kinds)
+            if faults:
+                leaked = leak_packets(lab)
+                faults[-1].leaks, leaks_seen = leaked - leaks_seen, leaked
             fault = chaos.inject(kind)
             faults.append(fault)
             log(f"fault {i + 1}/{n_faults}: {kind} {fault.target} ({fault.end - fault.start:.1f} s)")
@@ -396,6 +418,8 @@ def main() -> int:
         stale_peers, stale_routes, missing_routes = stale(mesh)
         redirects = sum(snmp_redirects(box) - redirects_before[name] for name, box in mesh.boxes.items())
         leaks = leak_packets(lab) - leaks_before
+        faults[-1].leaks = leak_packets(lab) - leaks_seen
+        flows = leak_flows(lab) if leaks else {}
         tracebacks = sum(box.log(key).count("Traceback") for box in mesh.boxes.values()
                          for key in ("controller", "helper"))
         direct = sum(v == "direct" for box in mesh.boxes.values() for v in paths(box).values())
@@ -413,7 +437,8 @@ def main() -> int:
         by_kind.setdefault(fault.kind, []).append(worst)
         if worst >= worst_pair.get(fault.kind, (-1.0, ""))[0]:
             worst_pair[fault.kind] = (worst, f"{fault.target} #{i + 1} worst pair {which}")
-        log(f"#{i + 1} {fault.kind} {fault.target}: outage {worst:.2f} s ({which or '-'})")
+        log(f"#{i + 1} {fault.kind} {fault.target}: outage {worst:.2f} s ({which or '-'})"
+            + (f", {fault.leaks} packets in clear text" if fault.leaks else ""))
     quiet_outage = max(outage(times, faults_end, quiet_end, None) for times in replies.values())
     growth, peak = sampler.growth_mb_per_h("controller", args.minutes * 30)
     helper_growth, helper_peak = sampler.growth_mb_per_h("helper", args.minutes * 30)
@@ -426,7 +451,7 @@ def main() -> int:
         "quiet_applies_total": sum(applies.values()),
         "quiet_max_outage_s": round(quiet_outage, 2),
         "stale_peers": stale_peers, "stale_routes": stale_routes, "missing_routes": missing_routes,
-        "cleartext_leaks": leaks, "redirects": redirects, "tracebacks": tracebacks,
+        "cleartext_leaks": leaks, "cleartext_flows": flows, "redirects": redirects, "tracebacks": tracebacks,
         "rss_growth_mb_per_h": growth, "controller_rss_peak_mb": peak,
         "helper_rss_growth_mb_per_h": helper_growth, "helper_rss_peak_mb": helper_peak,
         "direct_paths_at_end": direct, "worst": {k: v[1] for k, v in sorted(worst_pair.items())},

@@ -26,6 +26,7 @@ import time
 
 from wg_netmanager.lab import topologies as labnets
 from wg_netmanager.lab.demo import controller_call, paths
+from wg_netmanager.lab.meshlab import rss_mb
 from wg_netmanager.lab.netlab import Lab
 
 NAMES = ["alice", "bob", "charlie", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
@@ -44,14 +45,6 @@ def ping_matrix(boxes, overlay) -> bool:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for src, box in boxes.items() for dst in boxes if dst != src]
     return all(p.wait(10) == 0 for p in procs)
-
-
-def rss_mb(proc) -> float:
-    with open(f"/proc/{proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def measure(n: int) -> dict:
@@ -111,7 +104,7 @@ def measure(n: int) -> dict:
                 failover = time.monotonic() - t_cut
                 break
             time.sleep(0.05)
-        rss = max(rss_mb(box.procs["controller"]) for box in boxes.values())
+        rss = max(rss_mb(box.procs["controller"].pid) for box in boxes.values())
         return {"boxes": n, "join_s": round(join, 2) if join else None,
                 "shortcut_s": round(shortcut, 2) if shortcut is not None else None,
                 "failover_s": round(failover, 2) if failover else None,

@@ -27,6 +27,7 @@ import time
 
 from wg_netmanager.lab import topologies as labnets
 from wg_netmanager.lab.demo import paths
+from wg_netmanager.lab.meshlab import count_underlay, underlay_packets
 from wg_netmanager.lab.netlab import Lab
 
 NAMES10 = ["alice", "bob", "charlie", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
@@ -95,39 +96,19 @@ def roaming() -> dict:
             "roam_direct_again_s": round(roam + direct_again, 1) if roam and direct_again is not None else None}
 
 
-# a WireGuard keepalive is a transport message without payload: 32 bytes of UDP payload
-COUNT_NFT = """table inet wgnmcount {
-  counter wg { }
-  counter keepalive { }
-  counter admin { }
-  chain out { type filter hook output priority 0;
-    oifname "eth0" udp sport 50000 counter name wg
-    oifname "eth0" udp sport 50000 udp length 40 counter name keepalive
-    oifname "eth0" udp sport 55555 counter name admin
-  }
-}
-"""
-
-
-def packets(box) -> tuple[int, int, int]:
-    data = json.loads(box.run(["nft", "-j", "list", "counters", "table", "inet", "wgnmcount"]).stdout)
-    got = {item["counter"]["name"]: item["counter"]["packets"] for item in data["nftables"] if "counter" in item}
-    return got["wg"], got["admin"], got["keepalive"]
-
-
 def keepalive_pps(policy: str, window: float, idle_timeout: float) -> dict:
     with Lab(f"tk{policy[:2]}") as lab:
         names = NAMES10
         mesh = labnets.home_lan(lab, names, public=[x for i, x in enumerate(names) if i % 2 and x != "bob"])
         for box in mesh.boxes.values():
-            box.nft(COUNT_NFT)
+            count_underlay(box)
         mesh.start(extra=["-l", policy, "--idle-timeout", str(idle_timeout)])
         # all: every pair direct; auto: links come up and (idle) go quiet again meanwhile
         converged = wait(lambda: all_direct(mesh) if policy == "all" else all_reachable(mesh), 180, 0.5)
         time.sleep(idle_timeout + 30)  # no traffic but ours: idle links go quiet (policy auto)
-        before = [packets(box) for box in mesh.boxes.values()]
+        before = [underlay_packets(box) for box in mesh.boxes.values()]
         time.sleep(window)
-        after = [packets(box) for box in mesh.boxes.values()]
+        after = [underlay_packets(box) for box in mesh.boxes.values()]
         wg, admin, keepalive = (sum(a[i] - b[i] for a, b in zip(after, before, strict=True)) / window
                                 for i in range(3))
         direct = sum(v == "direct" for box in mesh.boxes.values() for v in paths(box).values())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -11,7 +13,8 @@ from wg_netmanager.lab.demo import NET_YAML, OVERLAY, build, controller_call, pa
 from wg_netmanager.lab.netlab import Box, Lab
 
 __all__ = ["NET_YAML", "OVERLAY", "build", "controller_call", "paths", "wait_for", "all_direct", "our_routes",
-           "wg_peers", "status_json", "Lab", "pings", "every_pair_pings", "all_paths"]
+           "wg_peers", "status_json", "Lab", "pings", "every_pair_pings", "all_paths", "count_underlay",
+           "underlay_packets", "daemon_pids", "cpu_seconds", "rss_mb"]
 
 
 def wait_for(pred, timeout: float, interval: float = 0.2):
@@ -77,3 +80,58 @@ def status_json(box: Box, user: str | None = None) -> dict:
 
 def probe(box: Box, node: str):
     return asyncio.run(controller_call(box, "Probe", "s", [node]))
+
+
+# a WireGuard keepalive is a transport message without payload: 32 bytes of UDP payload
+_COUNT_NFT = """table inet wgnmcount {
+  counter wg { }
+  counter keepalive { }
+  counter admin { }
+  chain out { type filter hook output priority 0;
+    oifname "eth0" udp sport 50000 counter name wg
+    oifname "eth0" udp sport 50000 udp length 40 counter name keepalive
+    oifname "eth0" udp sport 55555 counter name admin
+  }
+}
+"""
+
+
+def count_underlay(box: Box) -> None:
+    """Count the UDP packets the box sends on eth0 from now on (see underlay_packets)."""
+    box.nft(_COUNT_NFT)
+
+
+def underlay_packets(box: Box) -> tuple[int, int, int]:
+    """(WireGuard packets, admin datagrams outside the tunnel, WireGuard keepalives) sent so far."""
+    data = json.loads(box.run(["nft", "-j", "list", "counters", "table", "inet", "wgnmcount"]).stdout)
+    got = {item["counter"]["name"]: item["counter"]["packets"] for item in data["nftables"] if "counter" in item}
+    return got["wg"], got["admin"], got["keepalive"]
+
+
+def daemon_pids(box: Box) -> dict[str, int]:
+    """controller, helper and wireguard-go of the box: name -> pid."""
+    pids = {key: box.procs[key].pid for key in ("controller", "helper") if key in box.procs}
+    r = subprocess.run(["ip", "netns", "pids", box.ns], capture_output=True, text=True)
+    for pid in r.stdout.split():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "wireguard-go":
+                    pids["wireguard-go"] = int(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0

@@ -116,6 +116,22 @@ class Segment:
         _ip("link", "set", "lo", "up", ns=self.ns)
         self.ports = 0
 
+    def cut(self, a: str, b: str, on: bool = True) -> None:
+        """Drop every frame between hosts ``a`` and ``b`` on this segment, or stop dropping: a
+        path that dies in the network (a flaky switch, Wi-Fi client isolation). Unlike
+        Box.block, both ends still send - their WireGuard counts what it sent."""
+        table = f"wgnmcut{a.replace('.', '_')}x{b.replace('.', '_')}"
+        if on:
+            script = (f"table bridge {table} {{\n  chain f {{ type filter hook forward priority 0;\n"
+                      f"    ip saddr {a} ip daddr {b} drop\n    ip saddr {b} ip daddr {a} drop\n  }}\n}}\n")
+            r = subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=script, text=True,
+                               capture_output=True)
+        else:
+            r = subprocess.run(["ip", "netns", "exec", self.ns, "nft", "delete", "table", "bridge", table],
+                               text=True, capture_output=True)
+        if r.returncode != 0:
+            raise LabError(f"segment {self.name}: nft: {r.stderr.strip()}")
+
 
 class Box:
     def __init__(self, lab: Lab, name: str) -> None:
