@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .endpoints import endpoint_refusal
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ADMIN_PORT = 55555
@@ -151,9 +153,19 @@ def parse_endpoint(text: Any) -> tuple[str, int]:
             raise ValueError("an IPv6 endpoint must be written [addr]:port")
     if not host:
         raise ValueError("has no host")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError(f"port {port!r} is not in 1..65535")
     return host, int(port)
+
+
+def _literal_endpoint_refusal(host: str, port: int, subnet) -> str | None:
+    """The helper's endpoint rule for an endPoint written as an address (a host name is
+    resolved, and checked, by the controller)."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return endpoint_refusal(addr, port, subnet)
 
 
 def _port(path: str, m: dict, key: str, default: int | None = None) -> int:
@@ -208,6 +220,9 @@ def load_network_config(path: str | Path) -> NetworkConfig:
             host, port = parse_endpoint(_require(spath, entry, "endPoint", "peer"))
         except ValueError as e:
             raise ConfigError(spath, _line(entry, "endPoint"), f"endPoint {e}") from None
+        problem = _literal_endpoint_refusal(host, port, subnet)
+        if problem is not None:
+            raise ConfigError(spath, _line(entry, "endPoint"), f"endPoint {problem}")
         admin_port = _port(spath, entry, "adminPort", DEFAULT_ADMIN_PORT)
         try:
             wg_ip = ipaddress.ip_address(str(_require(spath, entry, "wgIp", "peer")).strip())

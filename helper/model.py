@@ -14,6 +14,11 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from nacl.bindings import crypto_scalarmult
+from nacl.exceptions import CryptoError
+
+from wg_netmanager.common.endpoints import endpoint_refusal
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -99,6 +104,18 @@ def decode_key(text: object, what: str = "public key") -> bytes:
     return raw
 
 
+def check_public_key(raw: bytes, what: str) -> None:
+    """A peer's key must not be a point of small order (the all-zero key among them): any
+    private key would agree on a shared secret that everyone knows."""
+    try:
+        crypto_scalarmult(_PROBE_SCALAR, raw)
+    except CryptoError:  # libsodium refuses an all-zero result: a small-order point
+        raise InvalidArgs(f"{what} {encode_key(raw)!r} is a point of small order, not a usable key") from None
+
+
+_PROBE_SCALAR = bytes([0x48] + [0x11] * 30 + [0x40])  # any clamped scalar
+
+
 def encode_key(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
@@ -121,12 +138,11 @@ def parse_endpoint(text: str, subnet: IPNetwork) -> str | None:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise InvalidArgs(f"endpoint {text!r}: {host!r} is not an IP address (resolve names first)") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise InvalidArgs(f"endpoint {text!r}: port must be 1..65535")
-    if addr.is_unspecified or addr.is_multicast:
-        raise InvalidArgs(f"endpoint {text!r}: {addr} cannot be a peer address")
-    if addr.version == subnet.version and addr in subnet:
-        raise InvalidArgs(f"endpoint {text!r} lies inside the overlay {subnet} (routing loop)")
+    if not (port.isascii() and port.isdigit()):
+        raise InvalidArgs(f"endpoint {text!r}: port must be 1..65535 in ASCII digits")
+    problem = endpoint_refusal(addr, int(port), subnet)
+    if problem is not None:
+        raise InvalidArgs(f"endpoint {text!r}: {problem}")
     return f"[{addr}]:{int(port)}" if addr.version == 6 else f"{addr}:{int(port)}"
 
 
@@ -166,8 +182,10 @@ def parse_interface_address(text: object, subnet: IPNetwork) -> ipaddress.IPv4In
     return iface
 
 
-def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None) -> dict[bytes, PeerSpec]:
+def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None,
+                own_ip: IPAddress | None = None) -> dict[bytes, PeerSpec]:
     """D-Bus ``a(ssasu)`` -> validated specs; every rule is checked before anything is applied."""
+    own = f"{own_ip}/{own_ip.max_prefixlen}" if own_ip is not None else None
     if not isinstance(raw, list):
         raise InvalidArgs("peers must be an array")
     if len(raw) > MAX_PEERS:
@@ -180,6 +198,7 @@ def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None) -> dict[b
             raise InvalidArgs(f"peer #{i} must be (public_key, endpoint, allowed_ips, keepalive)")
         key_text, endpoint, allowed, keepalive = entry
         key = decode_key(key_text, f"peer #{i} public key")
+        check_public_key(key, f"peer #{i} public key")
         if key in peers:
             raise InvalidArgs(f"peer #{i}: public key {key_text} is listed twice")
         if own_key is not None and key == own_key:
@@ -195,6 +214,8 @@ def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None) -> dict[b
         ips = set()
         for a in allowed:
             ip = parse_host_route(a, subnet, f"peer #{i} allowed IP")
+            if ip == own:
+                raise InvalidArgs(f"peer #{i}: allowed IP {ip} is this node's own address")
             if ip in owner:
                 # WireGuard would silently move it; the caller's state is contradictory.
                 raise InvalidArgs(f"allowed IP {ip} is given to peer #{owner[ip]} and peer #{i}")

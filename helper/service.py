@@ -196,7 +196,7 @@ class Helper1(ServiceInterface):
             live = await dev.backend.get()
             own_key = keys.public_key(live.private_key) if live.private_key else None
             own_ip = ipaddress.ip_address(dev.own_ip) if dev.own_ip else None
-            desired_peers = parse_peers(peers, self.subnet, own_key)
+            desired_peers = parse_peers(peers, self.subnet, own_key, own_ip)
             desired_routes = parse_routes(routes, self.subnet, own_ip)
             ops = plan_peers(live.peers, desired_peers)
             live_routes = self._routes.list(dev.index)

@@ -75,3 +75,18 @@ def test_parse_endpoint_forms():
     for bad in ("2001:db8::1:5", "host:0", ":5", "host"):
         with pytest.raises(ValueError):
             parse_endpoint(bad)
+
+
+@pytest.mark.parametrize("endpoint,words", [
+    ("127.0.0.1:50000", "loopback"),
+    ("255.255.255.255:50000", "broadcast"),
+    ("10.1.1.9:50000", "inside the overlay 10.1.1.0/24"),
+    ("192.168.1.70:\u0665\u0660", "not in 1..65535"),
+])
+def test_an_endpoint_the_helper_would_refuse_is_a_config_error(tmp_path, endpoint, words):
+    """check and the daemons refuse what the helper would: the same rule (common/endpoints.py),
+    with the file and line."""
+    path = write(tmp_path, EXAMPLE.replace("192.168.1.70:50000", endpoint))
+    with pytest.raises(ConfigError, match=words) as e:
+        load_network_config(path)
+    assert f"{path}:5:" in str(e.value)

@@ -273,3 +273,17 @@ def test_a_damaged_saved_state_does_not_stop_the_controller():
                      admin_port=55555, static_peers=STATIC)
     c = Core(cfg, bytes([2]) * 32, b"L" * 32, T0, Rng(1), persisted=persisted)
     assert c.links.kept_claims == {bytes.fromhex("0123456789abcdef"): 12}
+
+
+def test_the_core_never_asks_for_an_endpoint_the_helper_refuses():
+    """A record may advertise anything (a bug, a hostile key holder): endpoints the helper would
+    refuse (loopback, broadcast, the overlay itself) are never link candidates, so one record
+    cannot make every Apply fail. The rule is one function (common/endpoints.py)."""
+    leaf = core("leaf", "10.1.0.2", 2, b"L" * 32, lan=[("192.168.1.5", 24)])
+    leaf.local.reflexive = ("203.0.113.5", 51820)  # (hole punching needs our own public endpoint)
+    bad = [wire.Endpoint(wire.EP_REFLEXIVE, address, 51820)
+           for address in ("127.0.0.1", "255.255.255.255", "10.1.0.9", "224.0.0.1")]
+    good = wire.Endpoint(wire.EP_REFLEXIVE, "198.51.100.9", 51820)
+    info = wire.NodeInfo(b"X" * 32, "10.1.0.3", 51820, 55555, "other", endpoints=(*bad, good))
+    assert [c[0] for c in leaf.links.candidates(info)] == [("198.51.100.9", 51820)]
+    assert leaf.counters["endpoint_refused"] == len(bad)

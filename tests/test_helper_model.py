@@ -51,10 +51,26 @@ def peers(*entries):
     ((key(1), "0.0.0.0:51820", [], 0), "cannot be a peer"),
     ((key(1), "2001:db8::1:5", [], 0), "ip:port"),
     ((key(1), "", [], 86400), "keepalive"),
+    # what WireGuard must never be told to send to (common/endpoints.py: the one rule)
+    ((key(1), "127.0.0.1:51820", [], 0), "loopback"),
+    ((key(1), "[::1]:51820", [], 0), "loopback"),
+    ((key(1), "255.255.255.255:51820", [], 0), "broadcast"),
+    ((key(1), "224.0.0.1:51820", [], 0), "multicast"),
+    ((key(1), "240.0.0.1:51820", [], 0), "reserved"),
+    ((key(1), "[fe80::1%eth0]:51820", [], 0), "link-local"),
+    ((key(1), "[fe80::1]:51820", [], 0), "link-local"),
+    ((key(1), "198.51.100.1:\u0668\u0660", [], 0), "ASCII digits"),
+    # keys of small order: any private key agrees on a public secret with them
+    ((base64.b64encode(bytes(32)).decode(), "", [], 0), "small order"),
+    ((base64.b64encode(bytes([1]) + bytes(31)).decode(), "", [], 0), "small order"),
+    ((base64.b64encode(bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")).decode(),
+      "", [], 0), "small order"),
+    # a peer may not own this node's overlay address
+    ((key(1), "", ["10.1.1.1/32"], 0), "own address"),
 ])
 def test_peer_refusals(entry, words):
     with pytest.raises(InvalidArgs, match=words):
-        peers(entry)
+        parse_peers([list(entry)], SUBNET, own_key=raw(99), own_ip=ipaddress.ip_address("10.1.1.1"))
 
 
 def test_peer_set_level_refusals():

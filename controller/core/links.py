@@ -11,7 +11,10 @@ progress for a few seconds takes it DOWN.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
+
+from wg_netmanager.common.endpoints import endpoint_refusal
 
 from .. import wire
 from ..wire import EP_LAN, EP_REFLEXIVE, EP_STATIC, NodeInfo
@@ -151,8 +154,22 @@ class Links:
         for cand in out:  # an un-NATed node's reflexive endpoint is its LAN address: try once
             if cand[0] not in seen:
                 seen.add(cand[0])
-                unique.append(cand)
+                if self._usable(cand[0]):
+                    unique.append(cand)
         return unique
+
+    def _usable(self, endpoint: tuple[str, int]) -> bool:
+        """Whether the helper would take this endpoint (the same rule, common/endpoints.py): a
+        record that advertises loopback, broadcast or an overlay address must not make every
+        Apply fail."""
+        try:
+            addr = ipaddress.ip_address(endpoint[0])
+        except ValueError:
+            addr = None
+        if addr is None or endpoint_refusal(addr, endpoint[1], self.local.subnet.network) is not None:
+            self.counters.count("endpoint_refused")
+            return False
+        return True
 
     # ------------------------------------------------------------------ attempts
 
