@@ -295,6 +295,8 @@ class RssSampler(threading.Thread):
             mk = statistics.fmean(kb for _, kb in warm)
             slope = sum((t - mt) * (kb - mk) for t, kb in warm) / sum((t - mt) ** 2 for t, _ in warm)
             slopes.append(slope * 3600 / 1024)
+            log(f"rss {daemon} {warm[0][1] / 1024:.1f} -> {warm[-1][1] / 1024:.1f} MB over "
+                f"{(warm[-1][0] - warm[0][0]) / 60:.1f} min: {slopes[-1]:+.2f} MB/h")
         return (round(max(slopes), 2) if slopes else None), round(peak, 1)
 
 

@@ -112,6 +112,31 @@ def save_persisted(state_dir: Path, data: dict) -> None:
     os.replace(tmp, state_dir / "state.json")
 
 
+#: netlink multicast groups: links, IPv4 and IPv6 addresses (RTMGRP_LINK, _IPV4_IFADDR, _IPV6_IFADDR)
+_ADDRESS_GROUPS = 0x1 | 0x10 | 0x100
+#: addresses are looked at this often without netlink, and at least this often with it
+ADDRESS_SCAN = 1.0
+ADDRESS_SCAN_WATCHED = 10.0
+#: changes come in bursts (link down, address gone, address added, routes): look once they settled
+ADDRESS_SETTLE = 0.05
+
+
+def address_monitor() -> socket.socket | None:
+    """A netlink socket the kernel wakes when a link or an address changes (read-only: the
+    multicast groups need no privilege), so that a roaming laptop's move is seen at once;
+    None where netlink is not allowed (then addresses are polled every second)."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+    except OSError:
+        return None
+    try:
+        sock.bind((0, _ADDRESS_GROUPS))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 def local_addresses(exclude_ifname: str, subnet) -> list[tuple[str, int]]:
     """Underlay addresses of this box (the original's LocalContact): all but loopback,
     link-local, the WireGuard device and the overlay. Uses only an AF_INET socket (ioctl)
@@ -218,6 +243,18 @@ class Controller:
             self.s.interface, self.s.wg_port, f"{self.s.address}/{prefix}", self.s.existing_interface)
         log.info("device ready", extra={"ifname": self.s.interface, "backend": self.backend,
                                         "port": self.s.wg_port, "public_key": self.wg_public_key})
+        self.follow_key(self.wg_public_key)
+
+    def follow_key(self, key_b64: str) -> None:
+        """The device's WireGuard key is what we announce: when it changed under us (the helper
+        came back with another key, its key file lost; a device made anew), our record follows
+        at once, as for a key rotation - else every peer keeps the old key and we are cut off."""
+        if not key_b64 or self.core is None or base64.b64decode(key_b64) == self.core.wg_public_key:
+            return
+        log.warning("the device's WireGuard key changed: announcing the new one", extra={"public_key": key_b64})
+        self.wg_public_key = key_b64
+        self.core.set_wg_public_key(base64.b64decode(key_b64), time.time())
+        self.pump()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -247,7 +284,7 @@ class Controller:
                                               "admin_port": self.s.admin_port, "static_peers": len(statics)})
         self.pump()
         tasks = [asyncio.create_task(coro) for coro in
-                 (self.apply_loop(), self.poll_loop(), self.housekeeping_loop())]
+                 (self.apply_loop(), self.poll_loop(), self.housekeeping_loop(), self.address_loop(loop))]
         disconnected = asyncio.create_task(self.bus.wait_for_disconnect())
         stopped = asyncio.create_task(self.stop.wait())
         await asyncio.wait([disconnected, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -390,7 +427,8 @@ class Controller:
     async def poll_loop(self) -> None:
         while True:
             try:
-                _, port, peers = await self.helper.get_state(self.s.interface)
+                key, port, peers = await self.helper.get_state(self.s.interface)
+                self.follow_key(key)
                 obs = {base64.b64decode(p.public_key): PeerObservation(p.endpoint, p.last_handshake, p.rx_bytes,
                                                                        p.tx_bytes) for p in peers}
                 self.core.dataplane_observed(time.time(), obs)
@@ -406,29 +444,57 @@ class Controller:
                 pass
 
     async def housekeeping_loop(self) -> None:
-        """Every second: local addresses (a roaming laptop's move shows there first); every 5 s:
-        persist, hop ports; every minute: re-resolve static peers (dynamic DNS)."""
+        """Every 5 s: persist, hop ports; every minute: re-resolve static peers (dynamic DNS)."""
         tick = 0
         last_contact = time.monotonic()
         while True:
-            await asyncio.sleep(1)
+            await asyncio.sleep(5)
             tick += 1
-            if tick % 60 == 0:
+            if tick % 12 == 0:
                 statics = await self.resolve_static_peers()
                 self.core.update_static_peers(statics, time.time())
-            try:
-                lan = await asyncio.to_thread(local_addresses, self.s.interface, self.s.network.subnet)
-                self.core.set_lan_endpoints(lan, time.time())
-            except OSError as e:
-                log.debug("address scan failed", extra={"error": str(e)})
-            if tick % 5 == 0:
-                self.persist()
-                if self.core.reachable():
-                    last_contact = time.monotonic()
-                elif self.s.port_hopping and time.monotonic() - last_contact > 15:
-                    await self.hop_port()
-                    last_contact = time.monotonic()
+            self.persist()
+            if self.core.reachable():
+                last_contact = time.monotonic()
+            elif self.s.port_hopping and time.monotonic() - last_contact > 15:
+                await self.hop_port()
+                last_contact = time.monotonic()
             self.pump()
+
+    async def address_loop(self, loop) -> None:
+        """Our underlay addresses (a roaming laptop's move shows there first): looked at when
+        netlink says a link or an address changed, and every 10 s anyway (every second where
+        netlink is not available)."""
+        changed = asyncio.Event()
+        monitor = address_monitor()
+
+        def drain() -> None:
+            try:
+                while monitor.recv(65536):
+                    pass
+            except OSError:  # (BlockingIOError: drained; ENOBUFS: we missed some, look anyway)
+                pass
+            changed.set()
+        if monitor is not None:
+            loop.add_reader(monitor.fileno(), drain)
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(changed.wait(), ADDRESS_SCAN_WATCHED if monitor else ADDRESS_SCAN)
+                    await asyncio.sleep(ADDRESS_SETTLE)
+                except TimeoutError:
+                    pass
+                changed.clear()
+                try:
+                    lan = await asyncio.to_thread(local_addresses, self.s.interface, self.s.network.subnet)
+                    self.core.set_lan_endpoints(lan, time.time())
+                except OSError as e:
+                    log.debug("address scan failed", extra={"error": str(e)})
+                self.pump()
+        finally:
+            if monitor is not None:
+                loop.remove_reader(monitor.fileno())
+                monitor.close()
 
     async def hop_port(self) -> None:
         """-H: nothing reachable for a while; the WireGuard port may be blocked. Try another."""

@@ -147,6 +147,25 @@ def test_kill_9_helper_keeps_forwarding_and_restart_changes_nothing(mesh):
     assert every_pair_pings(boxes, OVERLAY) == []
 
 
+def test_a_wireguard_key_changed_under_the_controller_reaches_every_peer(mesh):
+    """The helper comes back with another key (its key file lost): the controller announces
+    the new key as a rotation, every peer replaces it, and every pair pings again."""
+    _, boxes = mesh
+    charlie = boxes["charlie"]
+    old = charlie.run(["wg", "show", "wg0", "public-key"]).stdout.strip()
+    charlie.kill("helper", signal.SIGKILL)
+    (charlie.dir / "state" / "wg0.key").unlink()
+    started = time.monotonic()
+    charlie.start_helper(charlie.dir / "net.yaml")
+    new = wait_for(lambda: (k := charlie.run(["wg", "show", "wg0", "public-key"]).stdout.strip()) != old and k, 15)
+    assert new, "the helper did not make a new key"
+    assert wait_for(lambda: all(new in wg_peers(boxes[n]) and old not in wg_peers(boxes[n])
+                                for n in ("alice", "bob")), 15), charlie.log("controller")[-2000:]
+    assert "the device's WireGuard key changed" in charlie.log("controller")
+    assert wait_for(lambda: every_pair_pings(boxes, OVERLAY) == [], 20)
+    assert time.monotonic() - started < 30
+
+
 def test_impostor_with_the_shared_key_cannot_take_alices_address(mesh):
     lab, boxes = mesh
     wan = lab.segments["wan"]
