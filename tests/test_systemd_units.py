@@ -45,7 +45,8 @@ def test_units_match_the_contract():
     controller = (ROOT / "systemd" / "wg-netmanager.service").read_text()
     assert "BusName=org.wgnetmanager.Helper1" in helper and "Type=dbus" in helper
     assert "BusName=org.wgnetmanager.Controller1" in controller and "User=wg-netmanager" in controller
-    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n" in controller
+    # (AF_NETLINK: read-only, to be woken when an address changes)
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n" in controller
     assert "CapabilityBoundingSet=\n" in controller
     activation = (ROOT / "dbus" / "org.wgnetmanager.Helper1.service").read_text()
     assert "SystemdService=wg-netmanager-helper.service" in activation

@@ -46,8 +46,9 @@ LIVE_SESSION = 120.0
 #: first RTT claims (ms) until probes measure the link: on a LAN, elsewhere
 RTT_HINT_LAN = 2
 RTT_HINT_DEFAULT = 50
-#: WireGuard traffic beyond twice our admin bytes plus this much counts as use of the link
+#: WireGuard traffic beyond twice our admin bytes plus this much in a window counts as use of the link
 TRAFFIC_SLACK = 600
+TRAFFIC_WINDOW = 1.0
 MAX_PENDING_PROBES = 4096
 #: a static peer says "ready" this long after our attempt began: our WireGuard's handshake is
 #: likely in its 5 s back-off (it was away), so the attempt starts over with a fresh peer
@@ -98,13 +99,14 @@ class Link:
     retry_at: float = 0.0
     pinned: bool = False
     last_traffic: float = 0.0
-    admin_bytes: int = 0  # our admin traffic over this link since the last observation
-    admin_tx: int = 0  # of which we sent
+    admin_bytes: int = 0  # our admin traffic over this link in the current traffic window
+    admin_tx: int = 0  # what we sent since the last observation
+    window_bytes: int = 0  # WireGuard rx + tx in the current traffic window
+    window_start: float = 0.0
     last_rx: int = -1
     last_tx: int = -1
     tx_stalled_since: float = 0.0
     suspect_since: float = 0.0  # sent and received nothing since (see SUSPECT_GRACE); 0 = not suspect
-    observed_at: float = 0.0  # the last observation of its WireGuard counters
     down_since: float = 0.0
     ever_up: bool = False
     next_probe: float = 0.0

@@ -44,6 +44,7 @@ from .link import (
     STALE_ATTEMPT,
     SUSPECT_PROBE,
     TRAFFIC_SLACK,
+    TRAFFIC_WINDOW,
     UP,
     Link,
 )
@@ -343,18 +344,22 @@ class Links:
                 # controller is not (our probes then come back as ICMP port unreachable)
                 link.last_rx_progress = now
                 link.suspect_since = 0.0
-            # (the slack is per second: observations come faster while traffic flows)
-            slack = TRAFFIC_SLACK * min(1.0, now - link.observed_at)
-            if drx + dtx > link.admin_bytes * 2 + slack:
-                link.last_traffic = now
-                self.busy_until = max(self.busy_until, now + BUSY_WATCH)
+            # traffic is judged over windows of a second whatever the observations' pace (a
+            # rekey's handshake or a keepalive within 0.2 s is not traffic)
+            link.window_bytes += drx + dtx
+            if now - link.window_start >= TRAFFIC_WINDOW:
+                if link.window_bytes > link.admin_bytes * 2 + TRAFFIC_SLACK:
+                    link.last_traffic = now
+                    self.busy_until = max(self.busy_until, now + BUSY_WATCH)
+                link.window_bytes = link.admin_bytes = 0
+                link.window_start = now
             if drx == 0 and dtx > link.admin_tx + KEEPALIVE_BYTES and self._may_suspect(link, now):
                 # traffic went out and nothing came back: probe fast until the peer answers, or
                 # give up (probes alone are not enough: a busy controller answers late)
                 link.suspect_since = now
                 self.counters.count("links_suspected")
                 self.probe_soon(link, now, 0.0)
-            link.admin_bytes = link.admin_tx = 0
+            link.admin_tx = 0
             if link.state == UP and dtx > 0 and now - obs.last_handshake > SESSION_LIFETIME:
                 # sending into an expired session: WireGuard cannot get a handshake through
                 if link.tx_stalled_since == 0:
@@ -363,7 +368,7 @@ class Links:
                     self.failed(link, member, now, "handshake failed after idle")
             else:
                 link.tx_stalled_since = 0.0
-        link.last_rx, link.last_tx, link.observed_at = obs.rx_bytes, obs.tx_bytes, now
+        link.last_rx, link.last_tx = obs.rx_bytes, obs.tx_bytes
         fresh = obs.last_handshake > 0 and now - obs.last_handshake < SESSION_LIFETIME
         # a live session the data plane kept from before our own start (a controller restart)
         kept = not link.ever_up and link.fails == 0 and fresh and now - obs.last_handshake < LIVE_SESSION
