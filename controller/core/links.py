@@ -473,7 +473,12 @@ class Links:
         elif link.connect_sent and not link.connect_acked:
             if now - link.connect_sent >= CONNECT_RETRY:  # the CONNECT or its ack was lost
                 link.connect_sent = now
-                self.transport.send(link.peer, wire.CONNECT, link.connect_body, now)
+                if link.static:
+                    # as the first one went (see applied): a static peer that rebooted has no
+                    # WireGuard peers yet, so one sent through the overlay (via a relay) is lost
+                    self.transport.send_both(link.peer, wire.CONNECT, link.connect_body, now)
+                else:
+                    self.transport.send(link.peer, wire.CONNECT, link.connect_body, now)
             next_t = min(next_t, link.connect_sent + CONNECT_RETRY)
         if link.static and link.initiator and not link.peer_ready and now - link.attempt_started > READY_WAIT:
             link.peer_ready = True
