@@ -19,18 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
 
 from wg_netmanager.lab import topologies as labnets
 from wg_netmanager.lab.demo import paths
-from wg_netmanager.lab.meshlab import count_underlay, cpu_seconds, daemon_pids, rss_mb, underlay_packets
+from wg_netmanager.lab.meshlab import (
+    count_underlay,
+    cpu_seconds,
+    daemon_pids,
+    ping_replies,
+    rss_mb,
+    underlay_packets,
+)
 from wg_netmanager.lab.netlab import Lab
 
 NAMES10 = ["alice", "bob", "charlie", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
-REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 
 
 def wait(pred, timeout: float, interval: float = 0.1) -> bool:
@@ -40,11 +45,6 @@ def wait(pred, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
-
-
-def replies(path) -> list[float]:
-    with open(path, errors="replace") as f:
-        return [float(m.group(1)) for m in map(REPLY.match, f) if m]
 
 
 def failover_once(active: bool, tag: str) -> float | None:
@@ -69,7 +69,7 @@ def failover_once(active: bool, tag: str) -> float | None:
             time.sleep(10)
             proc.send_signal(2)
             proc.wait(5)
-        after = [t for t in replies(log) if t > cut]
+        after = [t for t in ping_replies(log) if t > cut]
     if not active:
         return round(after[0] - cut, 2) if after else None
     # the first reply after the gap the cut made (replies in flight at the cut excluded)

@@ -43,7 +43,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
@@ -55,6 +54,7 @@ from dataclasses import dataclass
 
 from . import topologies
 from .demo import paths
+from .meshlab import ping_replies, rss_mb
 from .netlab import Box, Lab
 
 FAULTS = ("kill_controller", "kill_helper", "restart_controller", "pause", "restart_box", "reboot", "lan_cut",
@@ -62,7 +62,6 @@ FAULTS = ("kill_controller", "kill_helper", "restart_controller", "pause", "rest
 PAIRS = [("alpha", "beta"), ("beta", "charlie"), ("charlie", "delta"), ("delta", "echo"), ("echo", "foxtrot"),
          ("foxtrot", "golf"), ("golf", "gamma"), ("gamma", "alpha"), ("charlie", "golf"), ("alpha", "echo")]
 INTERVAL = 0.2
-REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 LEAK_NFT = """table bridge wgnmleak {
   counter clear { }
   set seen { type ipv4_addr . ipv4_addr; flags dynamic; size 4096; }
@@ -129,11 +128,7 @@ class Pingers:
     def replies(self) -> dict[tuple[str, str], list[float]]:
         out = {}
         for pair, paths_ in self.files.items():
-            times = []
-            for path in paths_:
-                with open(path, errors="replace") as f:
-                    times += [float(m.group(1)) for m in map(REPLY.match, f) if m]
-            out[pair] = sorted(times)
+            out[pair] = sorted(t for path in paths_ for t in ping_replies(path))
         return out
 
 
@@ -251,24 +246,13 @@ class Chaos:
         topologies.come_home(self.mesh)
 
 
-def rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 class RssSampler(threading.Thread):
-    """Every controller's and helper's RSS every 5 s: {(box, daemon, pid): [(t, kB)]}."""
+    """Every controller's and helper's RSS every 5 s: {(box, daemon, pid): [(t, MB)]}."""
 
     def __init__(self, mesh: topologies.Mesh) -> None:
         super().__init__(daemon=True)
         self.mesh = mesh
-        self.samples: dict[tuple[str, str, int], list[tuple[float, int]]] = {}
+        self.samples: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -277,9 +261,12 @@ class RssSampler(threading.Thread):
             for name, box in self.mesh.boxes.items():
                 for daemon in ("controller", "helper"):
                     proc = box.procs.get(daemon)
-                    kb = rss_kb(proc.pid) if proc is not None else None
-                    if kb:
-                        self.samples.setdefault((name, daemon, proc.pid), []).append((now, kb))
+                    try:
+                        mb = rss_mb(proc.pid) if proc is not None else 0.0
+                    except OSError:  # (restarted meanwhile)
+                        continue
+                    if mb:
+                        self.samples.setdefault((name, daemon, proc.pid), []).append((now, mb))
 
     def growth_mb_per_h(self, daemon: str, min_span: float) -> tuple[float | None, float]:
         """The largest least-squares slope over processes that lived ``min_span`` s past their
@@ -288,15 +275,15 @@ class RssSampler(threading.Thread):
         for (_, kind, _), series in self.samples.items():
             if kind != daemon:
                 continue
-            peak = max(peak, max(kb for _, kb in series) / 1024)
-            warm = [(t, kb) for t, kb in series if t - series[0][0] >= 60]
+            peak = max(peak, max(mb for _, mb in series))
+            warm = [(t, mb) for t, mb in series if t - series[0][0] >= 60]
             if len(warm) < 3 or warm[-1][0] - warm[0][0] < min_span:
                 continue
             mt = statistics.fmean(t for t, _ in warm)
-            mk = statistics.fmean(kb for _, kb in warm)
-            slope = sum((t - mt) * (kb - mk) for t, kb in warm) / sum((t - mt) ** 2 for t, _ in warm)
-            slopes.append(slope * 3600 / 1024)
-            log(f"rss {daemon} {warm[0][1] / 1024:.1f} -> {warm[-1][1] / 1024:.1f} MB over "
+            mm = statistics.fmean(mb for _, mb in warm)
+            slope = sum((t - mt) * (mb - mm) for t, mb in warm) / sum((t - mt) ** 2 for t, _ in warm)
+            slopes.append(slope * 3600)
+            log(f"rss {daemon} {warm[0][1]:.1f} -> {warm[-1][1]:.1f} MB over "
                 f"{(warm[-1][0] - warm[0][0]) / 60:.1f} min: {slopes[-1]:+.2f} MB/h")
         return (round(max(slopes), 2) if slopes else None), round(peak, 1)
 

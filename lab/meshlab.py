@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from wg_netmanager.lab.netlab import Box, Lab
 
 __all__ = ["NET_YAML", "OVERLAY", "build", "controller_call", "paths", "wait_for", "all_direct", "our_routes",
            "wg_peers", "status_json", "Lab", "pings", "every_pair_pings", "all_paths", "count_underlay",
-           "underlay_packets", "daemon_pids", "cpu_seconds", "rss_mb"]
+           "underlay_packets", "daemon_pids", "cpu_seconds", "rss_mb", "ping_replies"]
 
 
 def wait_for(pred, timeout: float, interval: float = 0.2):
@@ -130,8 +131,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
+    """A process's resident set (OSError when it is gone)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+_PING_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
+
+
+def ping_replies(path: str | os.PathLike) -> list[float]:
+    """The wall-clock times of the replies in the output of ``ping -D``."""
+    with open(path, errors="replace") as f:
+        return [float(m.group(1)) for m in map(_PING_REPLY.match, f) if m]
