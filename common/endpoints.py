@@ -19,6 +19,9 @@ def endpoint_refusal(addr: IPAddress, port: int, subnet: IPNetwork) -> str | Non
     the overlay subnet (WireGuard's own packets would be routed into the tunnel)."""
     if not 1 <= port <= 65535:
         return "port must be 1..65535"
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        # ::ffff:a.b.c.d is a.b.c.d on the wire (and Python's is_loopback says no to ::ffff:127.0.0.1)
+        return endpoint_refusal(addr.ipv4_mapped, port, subnet)
     if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr == _LIMITED_BROADCAST:
         return f"{addr} cannot be a peer address (unspecified, loopback, multicast or broadcast)"
     if addr.version == 4 and addr.is_reserved:

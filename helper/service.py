@@ -106,9 +106,7 @@ class Helper1(ServiceInterface):
         self.interfaces = interfaces
         self.state_dir = state_dir
         self.allowed_uids = allowed_uids
-        network = load_trusted_config(config_path)
-        self.subnet = network.subnet
-        self.guard = leak_guard_allowed(network)
+        self.subnet = load_trusted_config(config_path).subnet
         self.auth = CallerAuth(bus, HelperErrors.NOT_AUTHORIZED)
         self._locks = {name: asyncio.Lock() for name in interfaces}
         self._devices: dict[str, _Device] = {}
@@ -150,9 +148,9 @@ class Helper1(ServiceInterface):
         """The subnet's last-resort route (see helper.routes.encode_guard): overlay traffic with no
         route of ours is refused here instead of leaving in clear text. Set at start, before any
         controller asks (a booting box's programs may send before the mesh is up), and again
-        with every device."""
-        if self.guard:
-            self._routes.set_guard(str(self.subnet))
+        with every device. (It cannot capture WireGuard's own packets: net.yaml may not put a
+        static peer's endpoint inside the subnet - common/endpoints.py.)"""
+        self._routes.set_guard(str(self.subnet))
 
     # ------------------------------------------------------------ methods
 
@@ -238,8 +236,7 @@ class Helper1(ServiceInterface):
                 return {"routes_removed": 0, "device_removed": 0}
             ours = self._routes.list(index)
             self._routes.delete(index, list(ours))
-            if self.guard:
-                self._routes.remove_guard(str(self.subnet))
+            self._routes.remove_guard(str(self.subnet))
             dev = self._devices.pop(ifname, None)
             if dev is not None:
                 await dev.backend.close()
@@ -254,23 +251,6 @@ class Helper1(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def ManagedInterfaces(self) -> "as":
         return list(self.interfaces)
-
-
-def leak_guard_allowed(network) -> bool:
-    """Whether the subnet may be made unreachable outside the device: not when a static peer's
-    endpoint (an underlay address WireGuard sends to) lies inside it - the guard would capture
-    WireGuard's own packets."""
-    inside = []
-    for peer in network.peers:
-        try:
-            if ipaddress.ip_address(peer.endpoint_host) in network.subnet:
-                inside.append(peer.endpoint_host)
-        except ValueError:
-            pass  # a host name: resolved by the controller, not here
-    if inside:
-        log.warning("no leak guard: static peer endpoints lie inside the overlay subnet",
-                    extra={"subnet": str(network.subnet), "endpoints": ",".join(inside[:4])})
-    return not inside
 
 
 def load_trusted_config(path: Path):
@@ -300,7 +280,7 @@ async def serve(args: argparse.Namespace) -> int:
     helper = Helper1(bus, Path(args.config), args.interface, Path(args.state_dir), _controller_uids(args.allow_user))
     try:
         helper.set_leak_guard()
-    except OSError as e:
+    except (OSError, RouteError) as e:  # (the helper still serves; EnsureDevice tries again)
         log.error("cannot set the leak guard route", extra={"subnet": str(helper.subnet), "error": str(e)})
     bus.export(HELPER_OBJECT_PATH, helper)
     reply = await bus.request_name(HELPER_BUS_NAME)

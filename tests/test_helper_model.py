@@ -59,6 +59,8 @@ def peers(*entries):
     ((key(1), "240.0.0.1:51820", [], 0), "reserved"),
     ((key(1), "[fe80::1%eth0]:51820", [], 0), "link-local"),
     ((key(1), "[fe80::1]:51820", [], 0), "link-local"),
+    ((key(1), "[::ffff:127.0.0.1]:51820", [], 0), "loopback"),  # (IPv4-mapped: 127.0.0.1 on the wire)
+    ((key(1), "[::ffff:10.1.1.7]:51820", [], 0), "inside the overlay"),
     ((key(1), "198.51.100.1:\u0668\u0660", [], 0), "ASCII digits"),
     # keys of small order: any private key agrees on a public secret with them
     ((base64.b64encode(bytes(32)).decode(), "", [], 0), "small order"),
