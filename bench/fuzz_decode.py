@@ -36,6 +36,7 @@ def valid_bodies(rng: random.Random, ident: Identity) -> list[tuple[int, bytes]]
         (wire.RECORDS, wire.body_records([rec.raw, rec.raw], wire.RECORDS_FLOOD)),
         (wire.SYNC, wire.body_sync(10, rng.randbytes(16))),
         (wire.DIGEST, wire.body_digest([(rng.randbytes(8), 3)] * 4)),
+        (wire.DIGEST, wire.body_digest_buckets([rng.randbytes(16) for _ in range(16)], 1, 0x3 << 60)),
         (wire.REQUEST, wire.body_request([rng.randbytes(8)] * 3)),
         (wire.CONNECT, wire.body_connect(3, ("192.168.1.2", 51820), None)),
         (wire.CONNECT_ACK, wire.body_connect_ack(3)),

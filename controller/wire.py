@@ -52,6 +52,7 @@ AUTH_MAC = 0x80  # in the type byte: authenticated by the pair's MAC instead of 
 ID_LEN = 32
 MAX_DATAGRAM = 60000
 _INNER_HEAD = struct.Struct(">B32sQI")  # type, sender, timestamp ms, seq
+INNER_HEAD_LEN = _INNER_HEAD.size
 _RECORD_HEAD = struct.Struct(">32sQBH")  # identity, version, kind, payload length
 _U32 = struct.Struct(">I")
 
@@ -435,16 +436,51 @@ def parse_sync(body: bytes) -> tuple[int, bytes]:
     return count, h
 
 
-def body_digest(entries: list[tuple[bytes, int]]) -> bytes:
-    return struct.pack(">H", len(entries)) + b"".join(id8 + struct.pack(">Q", v) for id8, v in entries)
+#: a DIGEST covers the ids that start with its prefix: ``depth`` nibbles (0: every id), the
+#: rest of ``prefix`` zero. It lists that range's entries, or - for a range too large to list -
+#: a hash per sixteenth of it (anti-entropy as hashes of ranges: no DIGEST grows with the mesh)
+DIGEST_ENTRIES, DIGEST_BUCKETS = 0, 1
+DIGEST_FANOUT = 16
+DIGEST_HASH_LEN = 16
+_DIGEST_HEAD = struct.Struct(">BQB")
 
 
-def parse_digest(body: bytes) -> list[tuple[bytes, int]]:
+@dataclass(frozen=True, slots=True)
+class Digest:
+    depth: int  # nibbles of the prefix that count
+    prefix: int  # the range's ids start with these bits (as a big-endian u64)
+    entries: tuple[tuple[bytes, int], ...] | None  # (id8, version) of every id in the range, or
+    buckets: tuple[bytes, ...] | None = None  # ... the hash of each sixteenth of it
+
+
+def body_digest(entries: list[tuple[bytes, int]], depth: int = 0, prefix: int = 0) -> bytes:
+    return (_DIGEST_HEAD.pack(depth, prefix, DIGEST_ENTRIES) + struct.pack(">H", len(entries))
+            + b"".join(id8 + struct.pack(">Q", v) for id8, v in entries))
+
+
+def body_digest_buckets(buckets: list[bytes], depth: int, prefix: int) -> bytes:
+    return _DIGEST_HEAD.pack(depth, prefix, DIGEST_BUCKETS) + b"".join(buckets)
+
+
+def parse_digest(body: bytes) -> Digest:
     r = Reader(body)
+    depth, prefix, mode = _DIGEST_HEAD.unpack(r.take(_DIGEST_HEAD.size))
+    if depth > 2 * ID8_LEN or (depth < 2 * ID8_LEN and prefix & ((1 << (64 - 4 * depth)) - 1)):
+        raise ProtocolError("bad_digest_range")
+    if mode == DIGEST_BUCKETS:
+        if depth >= 2 * ID8_LEN:
+            raise ProtocolError("bad_digest_range")
+        raw = r.take(DIGEST_FANOUT * DIGEST_HASH_LEN)
+        r.done()
+        step = DIGEST_HASH_LEN
+        return Digest(depth, prefix, None, tuple(raw[i:i + step] for i in range(0, len(raw), step)))
+    if mode != DIGEST_ENTRIES:
+        raise ProtocolError("bad_digest_mode")
     count = r.u16()
     raw = r.take(count * 16)
     r.done()
-    return [(raw[i:i + 8], struct.unpack_from(">Q", raw, i + 8)[0]) for i in range(0, len(raw), 16)]
+    return Digest(depth, prefix, tuple((raw[i:i + 8], struct.unpack_from(">Q", raw, i + 8)[0])
+                                       for i in range(0, len(raw), 16)))
 
 
 def body_request(id8s: list[bytes]) -> bytes:

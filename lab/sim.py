@@ -28,7 +28,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wg_netmanager.controller import wire
+from wg_netmanager.controller import crypto, wire
 from wg_netmanager.controller.core import Core, CoreConfig, PeerObservation, StaticPeerConfig
 
 EPOCH = 1_800_000_000.0  # sim time 0 as wall-clock seconds
@@ -108,6 +108,8 @@ class Underlay:
             site = site.parent
 
     def add_host(self, ip: str, site: str) -> None:
+        if ip in self.host_site:  # one address, one host: this model has no overlapping private ranges
+            raise ValueError(f"{ip} is already a host (in {self.host_site[ip].name})")
         s = self.sites[site]
         s.hosts.add(ip)
         self.host_site[ip] = s
@@ -217,6 +219,18 @@ class Underlay:
         if child is not None:
             return self._descend(child, src, inner, latency, now, commit)
         return None
+
+
+@functools.lru_cache(maxsize=4)
+def _admin_key(shared_key: bytes) -> bytes:
+    return crypto.derive_admin_key(shared_key)
+
+
+def admin_inner(data: bytes, shared_key: bytes = SHARED_KEY) -> bytes:
+    """An admin datagram's inner message, for measurements (decrypts, does not authenticate);
+    its first byte is the type (``& ~wire.AUTH_MAC``)."""
+    start = len(wire.HEADER) + wire.NONCE_LEN
+    return wire.aead_open(data[start:], wire.HEADER, data[len(wire.HEADER):start], _admin_key(shared_key))
 
 
 # ============================================================================ WireGuard model

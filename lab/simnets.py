@@ -19,6 +19,15 @@ def original_example(seed: int = 1, nat: str = "eim", **overrides) -> Sim:
     return sim
 
 
+def _lan_prefix(site: int) -> str:
+    """A /24 of private addresses per home LAN, unique in the simulation (the simulated underlay
+    knows each host by its address alone): 192.168.0-249, then 172.16-31.x."""
+    if site < 250:
+        return f"192.168.{site}"
+    site -= 250
+    return f"172.{16 + site // 256}.{site % 256}"
+
+
 def star(n: int, seed: int = 1, hubs: int = 3, **overrides) -> Sim:
     """n nodes: ``hubs`` public static peers, the rest spread over NATed home sites."""
     sim = Sim(seed=seed, **overrides)
@@ -36,7 +45,7 @@ def star(n: int, seed: int = 1, hubs: int = 3, **overrides) -> Sim:
     for i in range(n - hubs):
         site = i % sites
         ip = f"10.1.{(i + 10) // 250}.{(i + 10) % 250 + 1}"
-        sim.add_node(f"n{i}", f"192.168.{site % 250}.{i // sites + 10}", f"home{site}", ip, start=False)
+        sim.add_node(f"n{i}", f"{_lan_prefix(site)}.{i // sites + 10}", f"home{site}", ip, start=False)
         names.append(f"n{i}")
     for name in names:
         sim.start(name)

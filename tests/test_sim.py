@@ -2,11 +2,13 @@
 failure, security and policy cases. Deterministic (seeded), pure Python, fast."""
 
 import itertools
+import random
 
 import pytest
 
 from wg_netmanager.controller import wire
-from wg_netmanager.lab.sim import EPOCH, Sim
+from wg_netmanager.controller.core.membership import Ranges
+from wg_netmanager.lab.sim import EPOCH, Sim, admin_inner
 from wg_netmanager.lab.simnets import original_example, star
 
 PAIRS = ["alpha", "beta", "charlie", "delta"]
@@ -395,3 +397,55 @@ def test_incremental_paths_and_routes_equal_a_rebuild():
     sim.underlay.drop_rules.append(lambda direction, src, dst: {src[0], dst[0]} == {"198.51.100.10", "203.0.113.20"})
     run(sim, 10)
     assert checked["tables"] > 1000
+
+
+def test_anti_entropy_reconciles_by_hashes_of_ranges_in_bounded_digests():
+    """A node that missed the mesh's changes learns them by anti-entropy, through digests of
+    ranges (a leaf of 4 ids forces hashes of sixteenths, then entries, levels down): no DIGEST
+    lists more than the leaf, and the node ends up holding exactly what the others hold."""
+    leaf = 4
+    sim = star(60, hubs=1, digest_leaf=leaf)
+    assert sim.run_until_true(lambda: sim.converged(sample=100), 10) is not None
+    deaf = sim.nodes["n5"]
+    deaf_addrs = {deaf.underlay_ip, deaf.overlay_ip}
+    rule = lambda direction, src, dst: direction == "in" and dst[0] in deaf_addrs  # noqa: E731
+    sim.underlay.drop_rules.append(rule)
+    for k in range(8):  # newcomers while n5 hears nothing
+        sim.underlay.site(f"late{k}", nat="eim", outside_ip=f"203.0.113.{200 + k}")
+        sim.add_node(f"late{k}", f"192.168.{200 + k}.10", f"late{k}", f"10.1.9.{k + 1}")
+    sim.run_for(3)
+    assert all(sim.nodes[f"late{k}"].core.identity.public[:8] not in deaf.core.members for k in range(8))
+    sim.underlay.drop_rules.remove(rule)
+    digests = []
+
+    def capture(name, data, addr):
+        inner = admin_inner(data)
+        if inner[0] & ~wire.AUTH_MAC == wire.DIGEST:
+            digests.append((len(inner), inner[wire.INNER_HEAD_LEN + 9]))  # (size, mode)
+    sim.capture = capture
+    assert sim.run_until_true(lambda: deaf.core.members.keys() == sim.nodes["hub0"].core.members.keys(), 10)
+    assert sim.run_until_true(lambda: sim.converged(sample=200), 10) is not None
+    assert {mode for _, mode in digests} == {wire.DIGEST_ENTRIES, wire.DIGEST_BUCKETS}
+    assert max(size for size, _ in digests) <= 200 + 16 * wire.DIGEST_FANOUT + 16 * leaf
+
+
+def test_ranges_split_the_ids_by_prefix():
+    rng = random.Random(3)
+    items = sorted((rng.randbytes(8), rng.randrange(10)) for _ in range(500))
+    ranges = Ranges(items)
+    assert ranges.count(0, 0) == 500
+    subs = [ranges.sub(0, 0, j) for j in range(16)]
+    assert sum(ranges.count(1, p) for p in subs) == 500
+    for j, p in enumerate(subs):
+        assert all(id8[0] >> 4 == j for id8, _ in ranges.entries(1, p))
+        subsubs = [ranges.sub(1, p, k) for k in range(16)]
+        assert sum(ranges.count(2, q) for q in subsubs) == ranges.count(1, p)
+    # one changed version changes the hash of the ranges that hold it, no other
+    changed = list(items)
+    changed[123] = (items[123][0], items[123][1] + 1)
+    other = Ranges(changed)
+    top = items[123][0][0] >> 4
+    assert other.hash(0, 0) != ranges.hash(0, 0)
+    differ = [a != b for a, b in zip(other.buckets(0, 0), ranges.buckets(0, 0), strict=True)]
+    assert differ == [j == top for j in range(16)]
+    assert ranges.entries(16, int.from_bytes(items[7][0], "big")) == [items[7]]

@@ -27,7 +27,7 @@ def test_round_trip_every_message_type():
         wire.PROBE: (wire.body_probe(9), 9),
         wire.PROBE_ACK: (wire.body_probe_ack(9, ("203.0.113.1", 1), None), (9, ("203.0.113.1", 1), None)),
         wire.SYNC: (wire.body_sync(3, b"h" * 16), (3, b"h" * 16)),
-        wire.DIGEST: (wire.body_digest([(b"a" * 8, 5)]), [(b"a" * 8, 5)]),
+        wire.DIGEST: (wire.body_digest([(b"a" * 8, 5)]), wire.Digest(0, 0, ((b"a" * 8, 5),))),
         wire.REQUEST: (wire.body_request([b"a" * 8]), [b"a" * 8]),
         wire.CONNECT: (wire.body_connect(2, ("192.168.1.2", 51820), None), (2, ("192.168.1.2", 51820), None)),
         wire.CONNECT_ACK: (wire.body_connect_ack(2), 2),

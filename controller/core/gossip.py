@@ -33,7 +33,7 @@ BOOTSTRAP_IDLE_FACTOR = 10
 class Gossip:
     def __init__(self, local: LocalNode, members: Membership, routing: Routing, links: Mapping,
                  transport: Transport, rand_unit: Callable[[], float], wake: Callable[[float], None],
-                 fanout: int, rounds: int) -> None:
+                 fanout: int, rounds: int, digest_leaf: int) -> None:
         self.local = local
         self.members = members
         self.routing = routing
@@ -43,6 +43,7 @@ class Gossip:
         self.wake = wake  # run tick() no later than the given time
         self.fanout = fanout
         self.rounds = rounds
+        self.digest_leaf = digest_leaf  # a digest lists a range of at most this many ids, else hashes
         self.hot: dict[bytes, int] = {}  # records still gossiped -> rounds left
         self._flood: dict[bytes, bytes | None] = {}  # hubs: new records -> who sent them (None: ours)
         self._bootstrap_turn = -1
@@ -146,12 +147,28 @@ class Gossip:
     def on_sync(self, body: bytes, src: tuple[str, int], now: float, sender: bytes) -> None:
         _count, digest_hash = wire.parse_sync(body)
         if digest_hash != self.members.digest_hash():
-            self.transport.send_to_addr(src, wire.DIGEST, wire.body_digest(self.members.digest_entries()), now,
-                                        sender)
+            self._send_digest(src, 0, 0, now, sender)
+
+    def _send_digest(self, addr: tuple[str, int], depth: int, prefix: int, now: float, to: bytes) -> None:
+        """Our digest of a range of ids: its entries if few, else a hash per sixteenth of it."""
+        ranges = self.members.ranges()
+        if depth >= 2 * wire.ID8_LEN or ranges.count(depth, prefix) <= self.digest_leaf:
+            body = wire.body_digest(ranges.entries(depth, prefix), depth, prefix)
+        else:
+            body = wire.body_digest_buckets(ranges.buckets(depth, prefix), depth, prefix)
+        self.transport.send_to_addr(addr, wire.DIGEST, body, now, to)
 
     def on_digest(self, body: bytes, src: tuple[str, int], now: float, sender: bytes) -> None:
-        theirs = dict(wire.parse_digest(body))
-        send = self.members.newer_than(theirs)
+        digest = wire.parse_digest(body)
+        if digest.buckets is not None:  # the ranges that differ, a level down
+            ranges = self.members.ranges()
+            mine_all = ranges.buckets(digest.depth, digest.prefix)
+            for j, (mine, theirs) in enumerate(zip(mine_all, digest.buckets, strict=True)):
+                if mine != theirs:
+                    self._send_digest(src, digest.depth + 1, ranges.sub(digest.depth, digest.prefix, j), now, sender)
+            return
+        theirs = dict(digest.entries)
+        send = self.members.newer_than(theirs, digest.depth, digest.prefix)
         want = self.members.wanted(theirs)
         self.transport.send_records(src, send, now, to=sender)
         for i in range(0, len(want), REQUEST_CHUNK):

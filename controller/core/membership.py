@@ -8,6 +8,7 @@ unreachable for long, and the underlay addresses nodes were last heard from.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,52 @@ from .types import CoreConfig, Counters, EventKind
 MAX_CONFLICTS_REPORTED = 1000
 #: a sender's replay stamp is kept this many replay windows
 REPLAY_KEEP_WINDOWS = 2
+
+
+class Ranges:
+    """What a node holds as (id8, version), sorted, and the hash of any range of ids that share
+    a prefix of ``depth`` nibbles (the anti-entropy's digests: see wire.Digest)."""
+
+    __slots__ = ("_items", "_ids", "_hashes")
+
+    def __init__(self, items: list[tuple[bytes, int]]) -> None:
+        self._items = items
+        self._ids = [id8 for id8, _ in items]
+        self._hashes: dict[tuple[int, int], bytes] = {}
+
+    def bounds(self, depth: int, prefix: int) -> tuple[int, int]:
+        if depth == 0:
+            return 0, len(self._items)
+        end = prefix + (1 << (64 - 4 * depth))
+        lo = bisect.bisect_left(self._ids, prefix.to_bytes(8, "big"))
+        hi = len(self._ids) if end >= 1 << 64 else bisect.bisect_left(self._ids, end.to_bytes(8, "big"), lo)
+        return lo, hi
+
+    def count(self, depth: int, prefix: int) -> int:
+        lo, hi = self.bounds(depth, prefix)
+        return hi - lo
+
+    def entries(self, depth: int, prefix: int) -> list[tuple[bytes, int]]:
+        lo, hi = self.bounds(depth, prefix)
+        return self._items[lo:hi]
+
+    def hash(self, depth: int, prefix: int) -> bytes:
+        key = (depth, prefix)
+        h = self._hashes.get(key)
+        if h is None:
+            b = hashlib.blake2b(digest_size=wire.DIGEST_HASH_LEN)
+            for id8, version in self.entries(depth, prefix):
+                b.update(id8 + version.to_bytes(8, "big"))
+            h = self._hashes[key] = b.digest()
+        return h
+
+    @staticmethod
+    def sub(depth: int, prefix: int, nibble: int) -> int:
+        """The prefix of sixteenth ``nibble`` of a range."""
+        return prefix | nibble << (60 - 4 * depth)
+
+    def buckets(self, depth: int, prefix: int) -> list[bytes]:
+        return [self.hash(depth + 1, self.sub(depth, prefix, j)) for j in range(wire.DIGEST_FANOUT)]
 
 
 @dataclass(slots=True)
@@ -68,7 +115,7 @@ class Membership:
         self.underlay_seen: dict[bytes, float] = {}
         self.by_public_ip: dict[str, set[bytes]] = {}  # underlay source address -> who spoke from it
         self._conflicts_reported: set[tuple[str, bytes]] = set()
-        self._digest: bytes | None = None
+        self._ranges: Ranges | None = None  # what we hold, sorted for range digests (None: changed)
 
     # ------------------------------------------------------------------ lookups
 
@@ -169,7 +216,7 @@ class Membership:
         self.counters.count("records_accepted")
         member = self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                             old.last_reachable if old else now)
-        self._digest = None
+        self._ranges = None
         return Admission(member, old, address)
 
     def _refusal(self, record: Record, info: NodeInfo, address: int | None,
@@ -194,7 +241,7 @@ class Membership:
         """A new version of our own record."""
         self.members[self.id8] = Member(self.identity, record, info, first_seen, now)
         self.wg_owner[info.wg_public_key] = self.id8
-        self._digest = None
+        self._ranges = None
         self.bindings_dirty = True
 
     def _report_conflict(self, reason: str, info: NodeInfo, record: Record) -> None:
@@ -209,21 +256,22 @@ class Membership:
 
     # ------------------------------------------------------------------ digests
 
-    def digest_entries(self) -> list[tuple[bytes, int]]:
-        return [(id8, m.record.version) for id8, m in self.members.items()]
+    def ranges(self) -> Ranges:
+        if self._ranges is None:
+            self._ranges = Ranges(sorted((id8, m.record.version) for id8, m in self.members.items()))
+        return self._ranges
 
     def digest_hash(self) -> bytes:
         """A hash of every (id8, version) we hold: equal hashes, nothing to exchange."""
-        if self._digest is None:
-            h = hashlib.blake2b(digest_size=16)
-            for id8, version in sorted(self.digest_entries()):
-                h.update(id8 + version.to_bytes(8, "big"))
-            self._digest = h.digest()
-        return self._digest
+        return self.ranges().hash(0, 0)
 
-    def newer_than(self, theirs: Mapping[bytes, int]) -> list[bytes]:
-        """The records we hold that a digest lacks or has older."""
-        return [m.record.raw for id8, m in self.members.items() if theirs.get(id8, -1) < m.record.version]
+    def newer_than(self, theirs: Mapping[bytes, int], depth: int = 0, prefix: int = 0) -> list[bytes]:
+        """The records in a range (all, by default) that a digest of that range lacks or has older."""
+        members = self.members
+        if depth == 0:
+            return [m.record.raw for id8, m in members.items() if theirs.get(id8, -1) < m.record.version]
+        return [members[id8].record.raw for id8, version in self.ranges().entries(depth, prefix)
+                if theirs.get(id8, -1) < version]
 
     def wanted(self, theirs: Mapping[bytes, int]) -> list[bytes]:
         """The ids of a digest whose record we lack or have older."""
@@ -244,7 +292,7 @@ class Membership:
             elif now - member.last_reachable > self.config.forget_after:
                 del self.members[id8]
                 self.wg_owner.pop(member.info.wg_public_key, None)
-                self._digest = None
+                self._ranges = None
                 gone.append(member)
         cutoff = now * 1000 - self.config.replay_window * 1000 * REPLAY_KEEP_WINDOWS
         for sender, (ts, _) in list(self.replay.items()):

@@ -107,7 +107,8 @@ class Core:
                            self._emit, self._wake_links, self._schedule_paths, self._schedule_publish,
                            self._changed_links.add, self._announces_links, links, now)
         self.gossip = Gossip(self.local, self.membership, self.routing, links, self.transport, self._rand_unit,
-                             self._wake_gossip, config.gossip_fanout, config.gossip_rounds)
+                             self._wake_gossip, config.gossip_fanout, config.gossip_rounds,
+                             config.digest_leaf)
         self._handlers: dict[int, Callable[[wire.Inner, bytes, tuple[str, int], float], None]] = {
             wire.RECORDS: self._on_records, wire.PROBE: self._on_probe, wire.PROBE_ACK: self._on_probe_ack,
             wire.SYNC: self._on_sync, wire.DIGEST: self._on_digest, wire.REQUEST: self._on_request,

@@ -43,6 +43,7 @@ class CoreConfig:
     gossip_fanout: int = 2
     gossip_rounds: int = 2
     sync_interval: float = 1.0
+    digest_leaf: int = 256  # a digest lists at most this many ids, else hashes of ranges
     bootstrap_interval: float = 1.0
     replay_window: float = 120.0
     keepalive: int = 25
