@@ -7,8 +7,12 @@ bounds it enforces (the overlay subnet). Errors name the file and line.
 from __future__ import annotations
 
 import base64
+import difflib
 import ipaddress
 import logging
+import os
+import pwd
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +26,50 @@ log = logging.getLogger(__name__)
 DEFAULT_ADMIN_PORT = 55555
 
 
-class ConfigError(Exception):
-    """A configuration problem, rendered as ``file:line: message``."""
+#: the exit status of a daemon (and of ``check``) that refuses its configuration: LSB's "program
+#: is not configured"; the units do not restart on it (RestartPreventExitStatus=6)
+EXIT_CONFIG = 6
 
-    def __init__(self, path: str | Path, line: int | None, message: str) -> None:
+
+class ConfigError(Exception):
+    """A configuration problem, rendered as ``file:line: message`` (and how to fix it)."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str, fix: str | None = None) -> None:
         self.path = str(path)
         self.line = line
         self.message = message
+        self.fix = fix
         where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {message}" + (f" - fix: {fix}" if fix else ""))
+
+
+class ConfigProblems(ConfigError):
+    """Several problems at once (every one a ConfigError); the first gives path and line."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.path, first.line, first.message, first.fix)
+        self.problems = problems
+        self.args = ("\n".join(str(p) for p in problems),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def raise_problems(problems: list[ConfigError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigProblems(problems)
+
+
+def _unknown_key(path: str, m: Any, key: Any, known: set[str], where: str = "") -> ConfigError:
+    """An unknown key is an error (a typo would otherwise be silently ignored)."""
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    if not close:
+        close = [k for k in sorted(known) if k.lower() == str(key).lower()]
+    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+    return ConfigError(path, _line(m, key), f"unknown key {where}{key!r}", hint)
 
 
 @dataclass(frozen=True)
@@ -181,65 +220,99 @@ KNOWN_PEER = {"endPoint", "adminPort", "wgIp"}
 
 
 def load_network_config(path: str | Path) -> NetworkConfig:
-    """Load and validate net.yaml. Raises ConfigError naming file and line."""
+    """Load and validate net.yaml. Raises ConfigError naming file and line (ConfigProblems:
+    every problem found, not only the first)."""
     spath = str(path)
     doc = load_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(spath, None, "top level must be a mapping with 'network' and 'peers'")
+    problems: list[ConfigError] = []
     warnings: list[str] = []
-    for key in doc:
-        if key not in KNOWN_TOP:
-            warnings.append(f"{spath}:{_line(doc, key)}: unknown key {key!r} ignored")
-    network = _require(spath, doc, "network", "top level")
-    if not isinstance(network, dict):
-        raise ConfigError(spath, _line(doc, "network"), "'network' must be a mapping")
-    for key in network:
-        if key not in KNOWN_NETWORK:
-            warnings.append(f"{spath}:{_line(network, key)}: unknown key network.{key} ignored")
+    problems += [_unknown_key(spath, doc, key, KNOWN_TOP) for key in doc if key not in KNOWN_TOP]
+    shared_key, subnet = b"", None
     try:
-        shared_key = parse_shared_key(_require(spath, network, "sharedKey", "network"))
-    except ValueError as e:
-        raise ConfigError(spath, _line(network, "sharedKey"), f"sharedKey {e}") from None
-    try:
-        subnet = parse_subnet(_require(spath, network, "subnet", "network"), warnings)
-    except ValueError as e:
-        raise ConfigError(spath, _line(network, "subnet"), f"subnet {e}") from None
+        network = _require(spath, doc, "network", "top level")
+        if not isinstance(network, dict):
+            raise ConfigError(spath, _line(doc, "network"), "'network' must be a mapping")
+        problems += [_unknown_key(spath, network, key, KNOWN_NETWORK, "network.") for key in network
+                     if key not in KNOWN_NETWORK]
+        try:
+            shared_key = parse_shared_key(_require(spath, network, "sharedKey", "network"))
+        except ValueError as e:
+            problems.append(ConfigError(spath, _line(network, "sharedKey"), f"sharedKey {e}"))
+        except ConfigError as e:
+            problems.append(e)
+        try:
+            subnet = parse_subnet(_require(spath, network, "subnet", "network"), warnings)
+        except ValueError as e:
+            problems.append(ConfigError(spath, _line(network, "subnet"), f"subnet {e}"))
+    except ConfigError as e:
+        problems.append(e)
 
-    raw_peers = _require(spath, doc, "peers", "top level")
-    if not isinstance(raw_peers, list) or not raw_peers:
-        raise ConfigError(spath, _line(doc, "peers"), "'peers' must list at least one static peer")
     peers: list[StaticPeer] = []
+    raw_peers = doc.get("peers")
+    if not isinstance(raw_peers, list) or not raw_peers:
+        problems.append(ConfigError(spath, _line(doc, "peers") if "peers" in doc else _line(doc),
+                                    "'peers' must list at least one static peer"))
+        raw_peers = []
     seen: set[Any] = set()
     for entry in raw_peers:
-        if not isinstance(entry, dict):
-            raise ConfigError(spath, _line(doc, "peers"), "each peer must be a mapping")
-        for key in entry:
-            if key not in KNOWN_PEER:
-                warnings.append(f"{spath}:{_line(entry, key)}: unknown key peers[].{key} ignored")
         try:
-            host, port = parse_endpoint(_require(spath, entry, "endPoint", "peer"))
-        except ValueError as e:
-            raise ConfigError(spath, _line(entry, "endPoint"), f"endPoint {e}") from None
-        problem = _literal_endpoint_refusal(host, port, subnet)
-        if problem is not None:
-            raise ConfigError(spath, _line(entry, "endPoint"), f"endPoint {problem}")
-        admin_port = _port(spath, entry, "adminPort", DEFAULT_ADMIN_PORT)
-        try:
-            wg_ip = ipaddress.ip_address(str(_require(spath, entry, "wgIp", "peer")).strip())
-        except ValueError as e:
-            raise ConfigError(spath, _line(entry, "wgIp"), f"wgIp {e}") from None
-        if wg_ip not in subnet or wg_ip in (subnet.network_address, subnet.broadcast_address):
-            raise ConfigError(spath, _line(entry, "wgIp"), f"wgIp {wg_ip} is not a host address in {subnet}")
-        if wg_ip in seen:
-            raise ConfigError(spath, _line(entry, "wgIp"), f"wgIp {wg_ip} is listed twice")
-        seen.add(wg_ip)
-        peers.append(StaticPeer(host, port, admin_port, wg_ip))
+            peer = _static_peer(spath, doc, entry, subnet, problems)
+        except ConfigError as e:
+            problems.append(e)
+            continue
+        if peer is None:
+            continue
+        if peer.wg_ip in seen:
+            problems.append(ConfigError(spath, _line(entry, "wgIp"), f"wgIp {peer.wg_ip} is listed twice"))
+        seen.add(peer.wg_ip)
+        peers.append(peer)
+    raise_problems(problems)
     return NetworkConfig(spath, shared_key, subnet, tuple(peers), tuple(warnings))
+
+
+def _static_peer(spath: str, doc: Any, entry: Any, subnet, problems: list[ConfigError]) -> StaticPeer | None:
+    """One entry of ``peers``; its problems are added to ``problems`` (None if it has any)."""
+    if not isinstance(entry, dict):
+        raise ConfigError(spath, _line(doc, "peers"), "each peer must be a mapping")
+    before = len(problems)
+    problems += [_unknown_key(spath, entry, key, KNOWN_PEER, "peers[].") for key in entry if key not in KNOWN_PEER]
+    host = port = admin_port = wg_ip = None
+    try:
+        host, port = parse_endpoint(_require(spath, entry, "endPoint", "peer"))
+        problem = _literal_endpoint_refusal(host, port, subnet) if subnet is not None else None
+        if problem is not None:
+            problems.append(ConfigError(spath, _line(entry, "endPoint"), f"endPoint {problem}"))
+    except ValueError as e:
+        problems.append(ConfigError(spath, _line(entry, "endPoint"), f"endPoint {e}"))
+    except ConfigError as e:
+        problems.append(e)
+    try:
+        admin_port = _port(spath, entry, "adminPort", DEFAULT_ADMIN_PORT)
+    except ConfigError as e:
+        problems.append(e)
+    try:
+        wg_ip = ipaddress.ip_address(str(_require(spath, entry, "wgIp", "peer")).strip())
+        if subnet is not None and not is_host_in(wg_ip, subnet):
+            problems.append(ConfigError(spath, _line(entry, "wgIp"), f"wgIp {wg_ip} is not a host address in {subnet}"))
+    except ValueError as e:
+        problems.append(ConfigError(spath, _line(entry, "wgIp"), f"wgIp {e}"))
+    except ConfigError as e:
+        problems.append(e)
+    if len(problems) > before:
+        return None
+    return StaticPeer(host, port, admin_port, wg_ip)
+
+
+def is_host_in(ip, subnet) -> bool:
+    """A node's address: inside the subnet, and neither its network nor broadcast address."""
+    return ip in subnet and ip not in (subnet.network_address, subnet.broadcast_address)
 
 
 @dataclass(frozen=True)
 class PeerConfig:
-    """The original's optional peer.yaml: this box's own settings."""
+    """The original's peer.yaml: this box's own settings."""
 
     path: str
     name: str | None = None
@@ -249,6 +322,7 @@ class PeerConfig:
     wg_port: int | None = None
     admin_port: int | None = None
     warnings: tuple[str, ...] = ()
+    lines: dict[str, int] = field(default_factory=dict, compare=False)
 
 
 KNOWN_PEER_YAML = {"name", "wgIp", "wgInterface", "existingInterface", "wgPort", "adminPort"}
@@ -259,23 +333,109 @@ def load_peer_config(path: str | Path) -> PeerConfig:
     doc = load_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(spath, None, "must be a mapping (name, wgIp, wgInterface, existingInterface)")
-    warnings = [f"{spath}:{_line(doc, k)}: unknown key {k!r} ignored" for k in doc if k not in KNOWN_PEER_YAML]
+    problems = [_unknown_key(spath, doc, k, KNOWN_PEER_YAML) for k in doc if k not in KNOWN_PEER_YAML]
     name = doc.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 63):
-        raise ConfigError(spath, _line(doc, "name"), "name must be a non-empty string of at most 63 characters")
+        problems.append(ConfigError(spath, _line(doc, "name"),
+                                    "name must be a non-empty string of at most 63 characters"))
+        name = None
     wg_ip = None
     if doc.get("wgIp") is not None:
         try:
             wg_ip = ipaddress.ip_address(str(doc["wgIp"]).strip())
         except ValueError as e:
-            raise ConfigError(spath, _line(doc, "wgIp"), f"wgIp {e}") from None
+            problems.append(ConfigError(spath, _line(doc, "wgIp"), f"wgIp {e}"))
     interface = doc.get("wgInterface")
     if interface is not None and (not isinstance(interface, str) or not 1 <= len(interface) <= 15):
-        raise ConfigError(spath, _line(doc, "wgInterface"), "wgInterface must be an interface name (1..15 chars)")
+        problems.append(ConfigError(spath, _line(doc, "wgInterface"),
+                                    "wgInterface must be an interface name (1..15 chars)"))
     existing = doc.get("existingInterface", False)
     if not isinstance(existing, bool):
-        raise ConfigError(spath, _line(doc, "existingInterface"), "existingInterface must be true or false")
-    wg_port = _port(spath, doc, "wgPort") if "wgPort" in doc else None
-    admin_port = _port(spath, doc, "adminPort") if "adminPort" in doc else None
-    return PeerConfig(spath, name.strip() if name else None, wg_ip, interface, existing, wg_port, admin_port,
-                      tuple(warnings))
+        problems.append(ConfigError(spath, _line(doc, "existingInterface"),
+                                    "existingInterface must be true or false"))
+    ports = {}
+    for key in ("wgPort", "adminPort"):
+        try:
+            ports[key] = _port(spath, doc, key) if key in doc else None
+        except ConfigError as e:
+            problems.append(e)
+    raise_problems(problems)
+    lines = {k: _line(doc, k) for k in doc} if isinstance(doc, _Map) else {}
+    return PeerConfig(spath, name.strip() if name else None, wg_ip, interface, existing, ports["wgPort"],
+                      ports["adminPort"], (), lines)
+
+
+def merge_problems(network: NetworkConfig, peer: PeerConfig | None, interface: str | None,
+                   address: str | None) -> list[ConfigError]:
+    """What the controller refuses in net.yaml, peer.yaml and the command line taken together."""
+    problems = []
+    peer = peer or PeerConfig("")
+    if interface and peer.interface and interface != peer.interface:
+        problems.append(ConfigError(peer.path, peer.lines.get("wgInterface"),
+                                    f"wgInterface {peer.interface} contradicts the command line's -i {interface} "
+                                    "(the unit passes -i wg0)",
+                                    "remove wgInterface, or change -i in the unit (systemctl edit wg-netmanager)"))
+    ip_text = address or (str(peer.wg_ip) if peer.wg_ip else None)
+    where = (peer.path, peer.lines.get("wgIp")) if not address and peer.wg_ip else ("-a", None)
+    if ip_text is None:
+        problems.append(ConfigError(peer.path or network.path, None, "no overlay address",
+                                    "give wgIp in peer.yaml (or -a ADDRESS)"))
+    elif not _is_ip(ip_text):
+        problems.append(ConfigError(*where, f"{ip_text!r} is not an IP address"))
+    elif not is_host_in(ipaddress.ip_address(ip_text), network.subnet):
+        problems.append(ConfigError(*where, f"address {ip_text} is not a host address in the subnet "
+                                    f"{network.subnet} of {network.path}"))
+    return problems
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ the files themselves
+
+#: the group the controller runs as (the units' User=/Group=) and reads net.yaml through
+SERVICE_GROUP = "wg-netmanager"
+
+
+def trust_problems(path: str | Path, st: os.stat_result | None = None) -> list[ConfigError]:
+    """The root helper's rule for net.yaml: a regular file owned by root that nobody else can
+    write, and that not every user can read (it holds the shared key)."""
+    path = str(path)
+    try:
+        st = st or os.stat(path)
+    except OSError as e:
+        return [ConfigError(path, None, f"cannot read: {e.strerror}")]
+    fix_owner = f"chown root:{SERVICE_GROUP} {path} && chmod 0640 {path}"
+    problems = []
+    if not stat.S_ISREG(st.st_mode):
+        return [ConfigError(path, None, "not a regular file")]
+    if st.st_uid != 0:
+        problems.append(ConfigError(path, None, "must be owned by root: the helper trusts only root-owned "
+                                    "configuration", fix_owner))
+    if st.st_mode & 0o022:
+        problems.append(ConfigError(path, None, "must not be writable by group or others", f"chmod go-w {path}"))
+    if st.st_mode & 0o004:
+        problems.append(ConfigError(path, None, "is readable by every user, and its sharedKey lets anyone join",
+                                    f"chmod o-r {path} (the controller reads it through group {SERVICE_GROUP})"))
+    return problems
+
+
+def service_read_problem(path: str | Path, user: str = SERVICE_GROUP) -> ConfigError | None:
+    """None if the controller's user (when it exists here) can read the file."""
+    path = str(path)
+    try:
+        pw = pwd.getpwnam(user)
+        st = os.stat(path)
+    except (KeyError, OSError):
+        return None
+    groups = set(os.getgrouplist(user, pw.pw_gid))
+    mode = st.st_mode
+    if (st.st_uid == pw.pw_uid and mode & 0o400) or (st.st_gid in groups and mode & 0o040) or mode & 0o004:
+        return None
+    return ConfigError(path, None, f"the service user '{user}' cannot read it",
+                       f"chown root:{SERVICE_GROUP} {path} && chmod 0640 {path}")

@@ -58,3 +58,11 @@ def setup(verbose: bool) -> None:
     # library chatter stays out unless asked for
     for noisy in ("pyroute2", "dbus_fast", "dbus_next", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fatal(prog: str, message: str) -> None:
+    """A message that ends the program, one line per problem, on stderr; under systemd at error
+    priority (``journalctl -p err`` shows it)."""
+    prefix = "<3>" if "JOURNAL_STREAM" in os.environ else ""
+    for line in str(message).splitlines() or [""]:
+        print(f"{prefix}{prog}: {line}", file=sys.stderr)

@@ -20,16 +20,27 @@ from pathlib import Path
 
 import click
 
-from wg_netmanager.common.config import ConfigError, load_network_config, load_peer_config
+from wg_netmanager.common import logsetup
+from wg_netmanager.common.config import (
+    EXIT_CONFIG,
+    SERVICE_GROUP,
+    ConfigError,
+    ConfigProblems,
+    load_network_config,
+    load_peer_config,
+    merge_problems,
+    service_read_problem,
+    trust_problems,
+)
 
 from .render import path_text
 
-EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 
 
 def fail(message: str, code: int = 1) -> None:
-    click.echo(f"wg_netmanager: {message}", err=True)
+    """One line per problem on stderr (at error priority under systemd), and an exit status."""
+    logsetup.fatal("wg_netmanager", message)
     sys.exit(code)
 
 
@@ -63,15 +74,13 @@ def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_p
     """WireGuard mesh manager. Without a command: run the controller in the foreground."""
     if ctx.invoked_subcommand is not None:
         return
-    from wg_netmanager.common import logsetup
-
     from .runtime import Controller, settings_from
 
     logsetup.setup(verbose)
     try:
         network = load_network_config(config)
         peer_cfg = load_peer_config(peer) if peer else None
-        for warning in network.warnings + (peer_cfg.warnings if peer_cfg else ()):
+        for warning in network.warnings:
             click.echo(f"wg_netmanager: warning: {warning}", err=True)
         settings = settings_from(network, peer_cfg, interface=interface, address=address, name=name,
                                  existing=existing, wg_port=wg_port, admin_port=admin_port,
@@ -158,27 +167,78 @@ peers:                  # static peers: at least one, reachable by the others
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(path, 0o600)
+    mode = _give_to_service(path)
     try:
         load_network_config(path)
     except ConfigError as e:
         path.unlink()
         fail(str(e), EXIT_CONFIG)
-    click.echo(f"wrote {path} (mode 0600); edit the static peer, then copy it to every node")
+    click.echo(f"wrote {path} (mode {mode}); edit the static peer, then copy it to every node")
+    if mode == "0600":
+        click.echo(f"the service reads it as group {SERVICE_GROUP}: as root, run "
+                   f"chown root:{SERVICE_GROUP} {path} && chmod 0640 {path}")
+
+
+def _give_to_service(path: Path) -> str:
+    """As root, with the service's group present: root:wg-netmanager 0640 (what the helper and
+    the controller need); otherwise the file stays 0600 and init says what to run."""
+    os.chmod(path, 0o600)
+    if os.geteuid() != 0:
+        return "0600"
+    try:
+        import grp
+
+        gid = grp.getgrnam(SERVICE_GROUP).gr_gid
+    except KeyError:
+        return "0600"
+    os.chown(path, 0, gid)
+    os.chmod(path, 0o640)
+    return f"0640 root:{SERVICE_GROUP}"
 
 
 @main.command()
 @click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default="/etc/wg-netmanager/net.yaml",
               show_default=True)
 @click.option("-p", "--peer", "peer", type=click.Path(dir_okay=False))
-def check(config, peer):
-    """Validate net.yaml (and peer.yaml); errors name file and line."""
-    try:
-        net = load_network_config(config)
-        peer_cfg = load_peer_config(peer) if peer else None
-    except ConfigError as e:
-        fail(str(e), EXIT_CONFIG)
-    for warning in net.warnings + (peer_cfg.warnings if peer_cfg else ()):
+@click.option("-i", "--interface", default="wg0", show_default=True,
+              help="the -i the service runs with (the unit passes -i wg0)")
+@click.option("--no-files", is_flag=True, help="check the contents only, not owner and modes (a draft)")
+def check(config, peer, interface, no_files):
+    """Validate net.yaml and peer.yaml as the service will: every problem at once, each with
+    file, line and the fix (owner and modes as the helper requires them, peer.yaml against
+    net.yaml, unknown keys)."""
+    problems: list[ConfigError] = []
+    net = peer_cfg = None
+    for path, load in ((config, load_network_config), (peer, load_peer_config)):
+        if path is None:
+            continue
+        if not no_files:
+            if path == config:
+                problems += trust_problems(path)
+            unreadable = service_read_problem(path)
+            if unreadable is not None:
+                problems.append(unreadable)
+        try:
+            loaded = load(path)
+        except ConfigProblems as e:
+            problems += e.problems
+            continue
+        except ConfigError as e:
+            problems.append(e)
+            continue
+        if path == config:
+            net = loaded
+        else:
+            peer_cfg = loaded
+    if net is not None and peer_cfg is not None:
+        problems += merge_problems(net, peer_cfg, interface, None)
+    if problems:
+        seen = []
+        for p in problems:
+            if str(p) not in seen:
+                seen.append(str(p))
+        fail("\n".join(seen), EXIT_CONFIG)
+    for warning in net.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{config}: ok (subnet {net.subnet}, {len(net.peers)} static peer(s))")
     if peer_cfg:

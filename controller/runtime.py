@@ -20,7 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wg_netmanager.common.config import ConfigError, NetworkConfig, PeerConfig
+from wg_netmanager.common.config import (
+    ConfigError,
+    NetworkConfig,
+    PeerConfig,
+    merge_problems,
+    raise_problems,
+)
 from wg_netmanager.common.logsetup import fields
 from wg_netmanager.dbus import HELPER_BUS_NAME
 from wg_netmanager.dbus.compat import BusType, DBusError, Message, MessageBus, MessageType
@@ -53,16 +59,9 @@ def settings_from(network: NetworkConfig, peer: PeerConfig | None, *, interface:
                   port_hopping: bool, state_dir: Path, link_policy: str = "auto",
                   idle_timeout: float = 120.0) -> RunSettings:
     """Merge net.yaml, peer.yaml and command-line options (the command line wins)."""
+    raise_problems(merge_problems(network, peer, interface, address))
     peer = peer or PeerConfig("")
-    ip_text = address or (str(peer.wg_ip) if peer.wg_ip else None)
-    if ip_text is None:
-        raise ConfigError(peer.path or network.path, None, "no overlay address: give -a ADDRESS or wgIp in peer.yaml")
-    try:
-        ip = ipaddress.ip_address(ip_text)
-    except ValueError:
-        raise ConfigError(peer.path or "-a", None, f"{ip_text!r} is not an IP address") from None
-    if ip not in network.subnet or ip in (network.subnet.network_address, network.subnet.broadcast_address):
-        raise ConfigError(network.path, None, f"address {ip} is not a host address in the subnet {network.subnet}")
+    ip = ipaddress.ip_address(address or str(peer.wg_ip))
     me = next((p for p in network.peers if p.wg_ip == ip), None)
     return RunSettings(
         network=network,

@@ -17,13 +17,12 @@ import os
 import pwd
 import signal
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
 
 from wg_netmanager.common import VERSION, logsetup
-from wg_netmanager.common.config import ConfigError, load_network_config
+from wg_netmanager.common.config import EXIT_CONFIG, ConfigError, load_network_config, raise_problems, trust_problems
 from wg_netmanager.dbus import (
     CONTROLLER_USER,
     HELPER_BUS_NAME,
@@ -254,14 +253,8 @@ class Helper1(ServiceInterface):
 
 
 def load_trusted_config(path: Path):
-    """net.yaml, which must be a root-owned file nobody else can write."""
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(path, None, "not a regular file")
-    if st.st_uid != 0:
-        raise ConfigError(path, None, "must be owned by root: the helper trusts only root-owned configuration")
-    if st.st_mode & 0o022:
-        raise ConfigError(path, None, "must not be writable by group or others (chmod go-w)")
+    """net.yaml, which must be a root-owned file nobody else can write (common.config's rule)."""
+    raise_problems(trust_problems(path))
     return load_network_config(path)
 
 
@@ -326,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("wg-netmanager-helper: must run as root (it changes links and routes)")
         load_trusted_config(Path(args.config))
         return asyncio.run(serve(args))
-    except (ConfigError, InvalidArgs, OSError, DBusError) as e:
-        print(f"wg-netmanager-helper: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, InvalidArgs) as e:  # not configured: systemd does not restart (see the unit)
+        logsetup.fatal("wg-netmanager-helper", str(e))
+        return EXIT_CONFIG
+    except (OSError, DBusError) as e:
+        logsetup.fatal("wg-netmanager-helper", str(e))
+        return 1
     except KeyboardInterrupt:
         return 130
 

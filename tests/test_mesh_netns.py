@@ -4,6 +4,7 @@ helper as root and the controller as user wg-netmanager (slow tier, root)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,13 +254,17 @@ def test_five_boxes_converge():
 def test_check_reports_a_broken_config_with_file_and_line(tmp_path):
     bad = tmp_path / "net.yaml"
     bad.write_text(NET_YAML.replace("subnet: 10.1.1.0/24", "subnet: 10.1.1.0/40"))
+    os.chmod(bad, 0o640)
+    shutil.chown(bad, "root", "wg-netmanager")
     r = subprocess.run([sys.executable, "-m", "wg_netmanager.controller.cli", "check", "-c", str(bad)],
                        capture_output=True, text=True)
-    assert r.returncode == 2
+    assert r.returncode == 6
     assert r.stderr.strip() == f"wg_netmanager: {bad}:3: subnet is not a CIDR " \
                                "('10.1.1.0/40' does not appear to be an IPv4 or IPv6 network)"
     good = tmp_path / "good.yaml"
     good.write_text(NET_YAML)
+    os.chmod(good, 0o640)
+    shutil.chown(good, "root", "wg-netmanager")
     r = subprocess.run([sys.executable, "-m", "wg_netmanager.controller.cli", "check", "-c", str(good)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout
