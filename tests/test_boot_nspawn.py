@@ -99,3 +99,22 @@ def test_restarting_the_helper_unit_keeps_a_ping_flowing(containers):
     assert line.startswith("150 packets transmitted, 150 received"), line
     assert c1.sh("pidof wireguard-go").stdout.strip() == before, "the data plane process lived on"
     assert c1.sh("systemctl is-active wg-netmanager-helper wg-netmanager").stdout.split() == ["active", "active"]
+
+
+def test_a_config_error_stops_the_unit_with_the_message_at_error_priority(containers):
+    """A refused configuration is one line at error priority and exit status 6, on which the
+    unit does not restart; fixed, it starts again."""
+    c3 = containers[NAMES[-1]]
+    c3.sh("cp -p /etc/wg-netmanager/peer.yaml /root/peer.yaml.good"
+          " && echo 'adminport: 5' >> /etc/wg-netmanager/peer.yaml && systemctl restart wg-netmanager", check=False)
+    try:
+        c3.sh("for n in $(seq 50); do systemctl is-failed -q wg-netmanager && exit 0; sleep 0.1; done; exit 1")
+        assert c3.sh("systemctl show -p ExecMainStatus --value wg-netmanager").stdout.strip() == "6"
+        errors = c3.sh("journalctl -p err -u wg-netmanager -o cat --no-pager").stdout
+        assert "peer.yaml:3: unknown key 'adminport' - fix: did you mean 'adminPort'?" in errors, errors
+        c3.sh("sleep 3")  # RestartSec=2: it would have been restarted by now
+        assert c3.sh("systemctl show -p NRestarts --value wg-netmanager").stdout.strip() == "0"
+        assert "Traceback" not in c3.sh("journalctl -u wg-netmanager -o cat --no-pager").stdout
+    finally:
+        c3.sh("cp -p /root/peer.yaml.good /etc/wg-netmanager/peer.yaml && systemctl restart wg-netmanager")
+    assert c3.sh("systemctl is-active wg-netmanager").stdout.strip() == "active"
