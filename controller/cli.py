@@ -1,7 +1,7 @@
 """``wg_netmanager``: run the controller, or inspect a running one.
 
     wg_netmanager -c net.yaml -i wg0 -a 10.1.1.1 -n alice     run the controller (foreground)
-    wg_netmanager init | check | status | nodes | routes | ping NODE | watch | demo
+    wg_netmanager init | check | status | nodes | routes | ping NODE | watch | down | up | demo
 
 User errors are one clear line on stderr and a non-zero exit code, never a traceback.
 """
@@ -365,6 +365,21 @@ def ping(node, count):
             time.sleep(1)
     if lost == count:
         sys.exit(1)
+
+
+@main.command()
+def down():
+    """Leave the mesh (root): every node drops this one at once and lists it as left; then the
+    WireGuard device and routes are removed. `wg_netmanager up` comes back."""
+    (changed,) = asyncio.run(_controller_call("Down", timeout=30))
+    click.echo("left the mesh; the WireGuard device and routes are removed" if changed else "already down")
+
+
+@main.command()
+def up():
+    """Come back into the mesh after `down` (root)."""
+    (changed,) = asyncio.run(_controller_call("Up", timeout=30))
+    click.echo("back in the mesh" if changed else "already up")
 
 
 @main.command()

@@ -78,6 +78,8 @@ class Controller1(ServiceInterface):
     async def ListNodes(self) -> "aa{sv}":
         await self._readers()
         out = []
+        if self.c.is_down:
+            return out
         for n in self.c.core.member_status():
             out.append({
                 "name": Variant("s", n["name"]), "overlay_ip": Variant("s", n["overlay_ip"]),
@@ -88,7 +90,7 @@ class Controller1(ServiceInterface):
                 "link": Variant("s", n["link"] or ""), "endpoint": Variant("s", n["endpoint"]),
                 "last_handshake": Variant("d", float(n["last_handshake"])),
                 "rx_bytes": Variant("t", n["rx_bytes"]), "tx_bytes": Variant("t", n["tx_bytes"]),
-                "static": Variant("b", n["static"]),
+                "static": Variant("b", n["static"]), "left": Variant("b", n["left"]),
             })
         return out
 
@@ -125,6 +127,18 @@ class Controller1(ServiceInterface):
         self.c.pump()
         return ok
 
+    @method()
+    @_guarded
+    async def Down(self) -> "b":
+        await self.auth.require({0}, "take this node out of the mesh (root only)")
+        return await self.c.go_down("wg_netmanager down")
+
+    @method()
+    @_guarded
+    async def Up(self) -> "b":
+        await self.auth.require({0}, "bring this node back into the mesh (root only)")
+        return await self.c.go_up()
+
     @signal()
     def MeshChanged(self) -> "u":
         return self.c.mesh_generation
@@ -152,6 +166,10 @@ class Controller1(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> "s":
         return VERSION
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":
+        return "down" if self.c.is_down else "up"
 
     async def signal_loop(self) -> None:
         """MeshChanged at most about once a second."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 def path_text(node: dict) -> str:
-    """How a node is reached, for people: direct, via relays, or unreachable."""
+    """How a node is reached, for people: direct, via relays, unreachable, or left (it announced
+    its departure)."""
+    if node.get("left"):
+        return "left"
     if not node["reachable"]:
         return "unreachable"
     return "direct" if not node["via"] else "via " + ",".join(node["via"])

@@ -118,6 +118,8 @@ ADDRESS_SCAN = 1.0
 ADDRESS_SCAN_WATCHED = 10.0
 #: changes come in bursts (link down, address gone, address added, routes): look once they settled
 ADDRESS_SETTLE = 0.05
+#: `down`: how long the departure has to reach the mesh (and be flooded) before the data plane goes
+DOWN_GRACE = 0.5
 
 
 def address_monitor() -> socket.socket | None:
@@ -210,6 +212,7 @@ class Controller:
         self.wg_public_key = ""
         self.backend = ""
         self.last_apply: dict = {}
+        self.is_down = False  # `wg_netmanager down`: departed, data plane removed, the core not fed
 
     # ---------------------------------------------------------------- startup
 
@@ -262,17 +265,7 @@ class Controller:
         self.helper = HelperClient(self.bus)
         await self.wait_for_helper()
         await self.ensure_device()
-        seed = load_identity(self.s.state_dir)
-        persisted = load_persisted(self.s.state_dir)
-        statics = await self.resolve_static_peers()
-        net = self.s.network
-        config = CoreConfig(shared_key=net.shared_key, subnet=str(net.subnet), overlay_ip=self.s.address,
-                            name=self.s.name, wg_port=self.s.wg_port, admin_port=self.s.admin_port,
-                            static_peers=statics, link_policy=self.s.link_policy,
-                            idle_timeout=self.s.idle_timeout)
-        lan = await asyncio.to_thread(local_addresses, self.s.interface, net.subnet)
-        self.core = Core(config, seed, base64.b64decode(self.wg_public_key), time.time(),
-                         os.urandom, persisted=persisted, lan_endpoints=lan)
+        statics = await self.make_core()
         await self.open_sockets(loop)
         from .dbus_service import export_controller1  # late: only the daemon needs it
 
@@ -287,6 +280,8 @@ class Controller:
         disconnected = asyncio.create_task(self.bus.wait_for_disconnect())
         stopped = asyncio.create_task(self.stop.wait())
         await asyncio.wait([disconnected, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if stopped.done() and not self.is_down and await self.stopping_for_good():
+            await self.go_down("the unit is stopped")
         for task in tasks:
             task.cancel()
         self.persist(force=True)
@@ -298,6 +293,88 @@ class Controller:
         log.info("stopped; the data plane stays as it is")
         self.bus.disconnect()
         return 0
+
+    async def make_core(self) -> tuple[StaticPeerConfig, ...]:
+        seed = load_identity(self.s.state_dir)
+        persisted = load_persisted(self.s.state_dir)
+        statics = await self.resolve_static_peers()
+        net = self.s.network
+        config = CoreConfig(shared_key=net.shared_key, subnet=str(net.subnet), overlay_ip=self.s.address,
+                            name=self.s.name, wg_port=self.s.wg_port, admin_port=self.s.admin_port,
+                            static_peers=statics, link_policy=self.s.link_policy,
+                            idle_timeout=self.s.idle_timeout)
+        lan = await asyncio.to_thread(local_addresses, self.s.interface, net.subnet)
+        self.core = Core(config, seed, base64.b64decode(self.wg_public_key), time.time(),
+                         os.urandom, persisted=persisted, lan_endpoints=lan)
+        return statics
+
+    # ---------------------------------------------------------------- leave and return
+
+    async def go_down(self, why: str) -> bool:
+        """Leave the mesh: the core's signed departure goes out (every node drops us at once),
+        DOWN_GRACE later the helper removes the device and our routes; until go_up the core is
+        not fed. False if already down."""
+        if self.is_down:
+            return False
+        log.info("leaving the mesh", extra={"why": why})
+        self.core.leave(time.time())
+        self.pump()
+        await asyncio.sleep(DOWN_GRACE)  # (the departure on its way; hubs flood it)
+        self.is_down = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.persist(force=True)
+        try:
+            removed = await self.helper.teardown(self.s.interface)
+            log.info("left the mesh; data plane removed", extra=removed)
+        except (HelperError, DBusError) as e:
+            log.error("Teardown failed", extra={"error": str(e)})
+        self.mesh_generation += 1
+        return True
+
+    async def go_up(self) -> bool:
+        """Come back: the device again, and a new core whose first record supersedes our
+        departure. False if not down."""
+        if not self.is_down:
+            return False
+        await self.ensure_device()
+        await self.make_core()
+        self.applied_version = -1
+        self.is_down = False
+        log.info("back in the mesh")
+        self.mesh_generation += 1
+        self.pump()
+        self.poll_now.set()
+        return True
+
+    async def stopping_for_good(self) -> bool:
+        """Under systemd: is our unit being stopped (systemctl stop, disable --now, shutdown),
+        rather than restarted? A stop leaves the mesh; a restart (or a kill) keeps the data
+        plane as it is (fail-static). Outside systemd: never."""
+        if "INVOCATION_ID" not in os.environ:
+            return False
+        try:
+            unit = await self._systemd_call("/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                                            "GetUnitByPID", "u", [os.getpid()])
+            job = await self._systemd_call(unit[0], "org.freedesktop.DBus.Properties", "Get", "ss",
+                                           ["org.freedesktop.systemd1.Unit", "Job"])
+            job_id, job_path = job[0].value
+            if not job_id:
+                return False
+            kind = await self._systemd_call(job_path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                                            ["org.freedesktop.systemd1.Job", "JobType"])
+            return kind[0].value == "stop"
+        except (DBusError, IndexError, TypeError, ValueError, AttributeError) as e:
+            log.warning("cannot tell a stop from a restart; keeping the data plane", extra={"error": str(e)})
+            return False
+
+    async def _systemd_call(self, path: str, interface: str, member: str, signature: str, body: list) -> list:
+        reply = await self.bus.call(Message(destination="org.freedesktop.systemd1", path=path, interface=interface,
+                                            member=member, signature=signature, body=body))
+        if reply.message_type == MessageType.ERROR:
+            raise DBusError(reply.error_name or "error", str(reply.body))
+        return reply.body
 
     async def wait_for_helper(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -341,6 +418,8 @@ class Controller:
         self.bus.add_message_handler(on_message)
 
     async def helper_restarted(self) -> None:
+        if self.is_down:
+            return
         log.info("helper restarted: ensuring the device and re-applying")
         try:
             await self.ensure_device()
@@ -352,6 +431,8 @@ class Controller:
     # ---------------------------------------------------------------- the core's I/O
 
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.is_down:
+            return
         host = addr[0]
         if host.startswith("::ffff:"):
             host = host[7:]
@@ -359,6 +440,8 @@ class Controller:
         self.pump()
 
     def pump(self) -> None:
+        if self.is_down:
+            return
         core = self.core
         for data, addr in core.take_datagrams():
             transport = self.transports.get(6 if ":" in addr[0] else 4)
@@ -388,6 +471,8 @@ class Controller:
 
     def on_timer(self) -> None:
         self.timer = None
+        if self.is_down:
+            return
         self.core.handle_timer(time.time())
         self.pump()
 
@@ -398,7 +483,7 @@ class Controller:
             self.apply_wanted.clear()
             core = self.core
             version = core.dataplane_version
-            if version == self.applied_version:
+            if version == self.applied_version or self.is_down:
                 continue
             if not core.settled(time.time()):
                 await asyncio.sleep(0.2)  # keep the data plane as it is until the mesh is re-learned
@@ -425,6 +510,9 @@ class Controller:
 
     async def poll_loop(self) -> None:
         while True:
+            if self.is_down:
+                await asyncio.sleep(1.0)
+                continue
             try:
                 key, port, peers = await self.helper.get_state(self.s.interface)
                 self.follow_key(key)
@@ -448,6 +536,8 @@ class Controller:
         last_contact = time.monotonic()
         while True:
             await asyncio.sleep(5)
+            if self.is_down:
+                continue
             tick += 1
             if tick % 12 == 0:
                 statics = await self.resolve_static_peers()
@@ -484,6 +574,8 @@ class Controller:
                 except TimeoutError:
                     pass
                 changed.clear()
+                if self.is_down:
+                    continue
                 try:
                     lan = await asyncio.to_thread(local_addresses, self.s.interface, self.s.network.subnet)
                     self.core.set_lan_endpoints(lan, time.time())

@@ -67,6 +67,7 @@ RECORD_NODE = 0
 EP_STATIC, EP_LAN, EP_REFLEXIVE = 1, 2, 3
 # record flags
 FLAG_STATIC = 1
+FLAG_LEFT = 2  # the node left the mesh (`wg_netmanager down`): drop it now, forget it soon
 # link flags
 LINK_ACTIVE = 1
 
@@ -202,6 +203,10 @@ class NodeInfo:
     @property
     def is_static(self) -> bool:
         return bool(self.flags & FLAG_STATIC)
+
+    @property
+    def is_left(self) -> bool:
+        return bool(self.flags & FLAG_LEFT)
 
     @functools.cached_property
     def lan_addresses(self) -> tuple[str, ...]:

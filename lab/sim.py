@@ -546,6 +546,15 @@ class Sim:
         node.peers.clear()
         node.routes.clear()
 
+    def leave(self, name: str, teardown_after: float = 0.3) -> None:
+        """``wg_netmanager down``: the core announces its departure, and ``teardown_after``
+        seconds later the runtime removes the data plane and stops feeding the core (back:
+        :meth:`restart`)."""
+        node = self.nodes[name]
+        node.core.leave(EPOCH + self.now)
+        self._pump(node)
+        self.schedule(teardown_after, self.stop, name)
+
     def restart(self, name: str, **overrides) -> SimNode:
         """Same identity and WireGuard key, fresh controller state (a reboot)."""
         old = self.nodes[name]

@@ -4,8 +4,10 @@ the CLI, and three containers forming a mesh over WireGuard (boot tier, root).""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,31 @@ def test_a_config_error_stops_the_unit_with_the_message_at_error_priority(contai
     finally:
         c3.sh("cp -p /root/peer.yaml.good /etc/wg-netmanager/peer.yaml && systemctl restart wg-netmanager")
     assert c3.sh("systemctl is-active wg-netmanager").stdout.strip() == "active"
+
+
+def test_stopping_the_unit_leaves_the_mesh_and_restarting_it_does_not(containers):
+    """systemctl stop (and disable --now, shutdown): the node's departure reaches the others at
+    once, and its device goes. systemctl restart: nothing changes for the others (fail-static)."""
+    c1, c3 = containers[NAMES[0]], containers[NAMES[-1]]
+    ip3 = overlay(len(NAMES) - 1)
+
+    def seen_by_c1() -> str:
+        nodes = json.loads(c1.sh("wg_netmanager status --json").stdout)["nodes"]
+        n = next(n for n in nodes if n["overlay_ip"] == ip3)
+        return "left" if n.get("left") else ("reachable" if n["reachable"] else "unreachable")
+    assert seen_by_c1() == "reachable"
+    c3.sh("systemctl restart wg-netmanager")
+    time.sleep(2)
+    assert seen_by_c1() == "reachable"
+    assert c3.sh("ip link show wg0", check=False).returncode == 0
+    c3.sh("systemctl stop wg-netmanager")
+    deadline = time.monotonic() + 3
+    while seen_by_c1() != "left" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen_by_c1() == "left"
+    assert ip3 not in c1.sh("ip route show proto 157").stdout
+    assert c3.sh("ip link show wg0", check=False).returncode != 0, "its device is removed"
+    c3.sh("systemctl start wg-netmanager")
+    ok = c1.sh(f"for n in $(seq 60); do ping -c1 -W1 {ip3} >/dev/null && exit 0; sleep 0.25; done; exit 1",
+               check=False, timeout=90)
+    assert ok.returncode == 0

@@ -268,3 +268,33 @@ def test_check_reports_a_broken_config_with_file_and_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "wg_netmanager.controller.cli", "check", "-c", str(good)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout
+
+
+def test_down_leaves_the_mesh_at_once_and_up_comes_back(mesh):
+    """`wg_netmanager down`: the others list the node as left within a second, with no peer or
+    route for it; its device is gone. `wg_netmanager up`: back, direct, pinging."""
+    _, boxes = mesh
+    assert wait_for(lambda: all_direct(boxes), 20)
+    charlie = boxes["charlie"]
+    charlie_key = charlie.run(["wg", "show", "wg0", "public-key"]).stdout.strip()
+    cli = [sys.executable, "-m", "wg_netmanager.controller.cli"]
+    denied = charlie.run(cli + ["down"], user="wgnm-member", check=False)
+    assert denied.returncode == 4 and "Traceback" not in denied.stderr  # root only
+    started = time.monotonic()
+    r = charlie.run(cli + ["down"])
+    assert "left the mesh" in r.stdout
+
+    def dropped():
+        for name in ("alice", "bob"):
+            box = boxes[name]
+            if paths(box).get("charlie") != "left" or OVERLAY["charlie"] in our_routes(box) \
+                    or charlie_key in wg_peers(box):
+                return False
+        return True
+    assert wait_for(dropped, 5, interval=0.05)
+    assert time.monotonic() - started < 1.0 + 1.5, "(down returns after its 0.5 s grace; then within 1 s)"
+    assert charlie.run(["ip", "link", "show", "wg0"], check=False).returncode != 0, "its device is removed"
+    assert charlie.run(cli + ["down"]).stdout.strip() == "already down"
+    assert "back in the mesh" in charlie.run(cli + ["up"]).stdout
+    assert wait_for(lambda: all_direct(boxes), 20), {n: paths(b) for n, b in boxes.items()}
+    assert every_pair_pings(boxes, OVERLAY) == []

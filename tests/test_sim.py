@@ -7,7 +7,8 @@ import random
 import pytest
 
 from wg_netmanager.controller import wire
-from wg_netmanager.controller.core.membership import Ranges
+from wg_netmanager.controller.core.membership import LEFT_KEEP, Ranges
+from wg_netmanager.controller.core.node import GC_INTERVAL
 from wg_netmanager.lab.sim import EPOCH, Sim, admin_inner
 from wg_netmanager.lab.simnets import original_example, star
 
@@ -449,3 +450,49 @@ def test_ranges_split_the_ids_by_prefix():
     differ = [a != b for a, b in zip(other.buckets(0, 0), ranges.buckets(0, 0), strict=True)]
     assert differ == [j == top for j in range(16)]
     assert ranges.entries(16, int.from_bytes(items[7][0], "big")) == [items[7]]
+
+
+@pytest.mark.parametrize("who", ["delta", "beta"])
+def test_a_node_that_leaves_is_dropped_at_once_and_comes_back(who):
+    """``down``: a signed departure record; every node lists the node as left at once (not
+    after probes time out), with no route or WireGuard peer for it; ``up``: back as before.
+    beta is the static peer (its departure is flooded by nobody: it sends it itself)."""
+    sim = original_example()
+    assert sim.run_until_true(lambda: sim.converged(), 10) is not None
+    gone = sim.nodes[who]
+    others = [n for n in PAIRS if n != who]
+    sim.leave(who)
+    left_at = sim.now
+
+    def dropped():
+        for name in others:
+            node = sim.nodes[name]
+            status = {m["name"]: m for m in node.core.member_status()}
+            if not status[who]["left"] or status[who]["reachable"] or gone.overlay_ip in node.routes \
+                    or gone.wg_key in node.peers:
+                return False
+        return True
+    t = sim.run_until_true(dropped, 5, step=0.01)
+    assert t is not None and t - left_at <= 0.2, t
+    assert all(e[2].data["node"] == who for e in sim.events_of("node_left"))
+    assert len(sim.events_of("node_left")) == len(others)
+    if who != "beta":
+        assert sim.converged(others)
+    downs = len(sim.events_of("link_down"))
+    sim.run_for(5)
+    assert len(sim.events_of("link_down")) == downs  # (its links went with the departure, not by timeouts)
+    sim.restart(who)
+    assert sim.run_until_true(lambda: sim.converged(), 10) is not None
+    assert not any(m["left"] for m in sim.nodes[others[0]].core.member_status())
+
+
+def test_a_departure_is_forgotten_after_a_bounded_time_and_never_brought_back():
+    sim = original_example()
+    assert sim.run_until_true(lambda: sim.converged(), 10) is not None
+    sim.leave("delta")
+    sim.run_for(LEFT_KEEP + GC_INTERVAL + 1)
+    for name in ("alpha", "beta", "charlie"):
+        assert "delta" not in {m["name"] for m in sim.nodes[name].core.member_status()}
+    assert len(sim.events_of("node_forgotten")) == 3
+    sim.run_for(120)  # (anti-entropy brings back no departure: its record is too old for everyone)
+    assert len(sim.events_of("node_forgotten")) == 3 and len(sim.events_of("node_left")) == 3

@@ -93,7 +93,7 @@ class Links:
     # ------------------------------------------------------------------ which links
 
     def wants_link(self, info: NodeInfo, id8: bytes) -> bool:
-        if id8 == self.local.id8:
+        if id8 == self.local.id8 or info.is_left:
             return False
         if self.local.is_static or info.is_static:
             return True
@@ -676,6 +676,15 @@ class Links:
         if link is not None and member is not None and link.state == UP and \
                 now - self.probes.resumed_at < RESUME_WINDOW:
             self.failed(link, member, now, "dropped by the other end")
+
+    def left(self, id8: bytes, now: float) -> None:
+        """The node left the mesh (its signed departure): its link goes now, not after probes."""
+        link = self.links.pop(id8, None)
+        if link is not None:
+            if link.state == UP:
+                self.changed(id8)
+                self.publish(now)
+            self.schedule_paths(now, urgent=True)
 
     def key_rotated(self, id8: bytes, now: float) -> None:
         link = self.links.get(id8)

@@ -22,6 +22,10 @@ from .types import CoreConfig, Counters, EventKind
 MAX_CONFLICTS_REPORTED = 1000
 #: a sender's replay stamp is kept this many replay windows
 REPLAY_KEEP_WINDOWS = 2
+#: a node that left is listed as "left" this long after its departure record (its version is
+#: its time in ms), then forgotten; an older departure record is not taken (every node forgets
+#: it at the same time: no node brings it back to the others)
+LEFT_KEEP = 600.0
 
 
 class Ranges:
@@ -134,9 +138,11 @@ class Membership:
         return member.identity if member is not None else None
 
     def static_known(self, overlay_ip: str) -> bool:
-        """Whether we hold the record of the identity bound to a static peer's address."""
+        """Whether we hold the record of the identity bound to a static peer's address (and it
+        has not left: one that left is asked again, like an unknown one, until it is back)."""
         bound = self.bindings.get(overlay_ip)
-        return bound is not None and bound[:wire.ID8_LEN] in self.members
+        member = self.members.get(bound[:wire.ID8_LEN]) if bound is not None else None
+        return member is not None and not member.info.is_left
 
     # ------------------------------------------------------------------ datagrams
 
@@ -194,6 +200,9 @@ class Membership:
         except ProtocolError as e:
             self.counters.count(f"drop_{e.reason}")
             return None
+        if info.is_left and self.left_expired(record, now):
+            self.counters.count("records_left_expired")
+            return None
         address = self.subnet.host_value(info.overlay_ip)
         refusal = self._refusal(record, info, address, own_wg_key)
         if refusal is not None:
@@ -218,6 +227,10 @@ class Membership:
                                             old.last_reachable if old else now)
         self._ranges = None
         return Admission(member, old, address)
+
+    @staticmethod
+    def left_expired(record: Record, now: float) -> bool:
+        return now * 1000 - record.version > LEFT_KEEP * 1000
 
     def _refusal(self, record: Record, info: NodeInfo, address: int | None,
                  own_wg_key: bytes) -> tuple[str, str] | None:
@@ -289,7 +302,8 @@ class Membership:
                 continue
             if id8 in reachable:
                 member.last_reachable = now
-            elif now - member.last_reachable > self.config.forget_after:
+            elif now - member.last_reachable > self.config.forget_after or (
+                    member.info.is_left and self.left_expired(member.record, now)):
                 del self.members[id8]
                 self.wg_owner.pop(member.info.wg_public_key, None)
                 self._ranges = None

@@ -16,6 +16,7 @@ from ..wire import (
     EP_LAN,
     EP_REFLEXIVE,
     EP_STATIC,
+    FLAG_LEFT,
     FLAG_STATIC,
     Endpoint,
     Identity,
@@ -89,6 +90,7 @@ class Core:
         self.started = now
         persisted = persisted or {}
         self.version = max(int(persisted.get("version", 0)), 0)
+        self.left = False  # leave() was called: our record says so; the runtime stops feeding us
         self.counters = Counters()
         self._events: list[Event] = []
         self.observed: dict[bytes, PeerObservation] = {}  # by WireGuard key
@@ -309,7 +311,7 @@ class Core:
         of our links (see Links._adopt)."""
         state = self.membership.persistent_state(self.version)
         state["links"] = {id8.hex(): link.claimed_rtt for id8, link in sorted(self.links.links.items())
-                          if link.state == UP}
+                          if link.state == UP and not self.left}  # (after leave(): no data plane to adopt)
         return state
 
     @property
@@ -370,7 +372,7 @@ class Core:
                 "link": link.state if link else None, "endpoint": obs.endpoint if obs else "",
                 "last_handshake": obs.last_handshake if obs else 0.0,
                 "rx_bytes": obs.rx_bytes if obs else 0, "tx_bytes": obs.tx_bytes if obs else 0,
-                "static": m.info.is_static,
+                "static": m.info.is_static, "left": m.info.is_left,
             })
         return out
 
@@ -424,7 +426,7 @@ class Core:
         claims = info.link_map
         graph_changed = self.routing.set_claims(id8, claims)
         members = self.membership.members
-        if self.local.is_static and source is not None and (info.links or info.is_static) and (
+        if self.local.is_static and source is not None and (info.links or info.is_static or info.is_left) and (
                 (flood and source == id8) or (source in members and members[source].info.is_static)):
             # (a record without links is of use only to the static peers it connects to: it
             # sends it to them itself, see Links.applied)
@@ -439,7 +441,10 @@ class Core:
                 self.verified.size = max(RECORDS_KEPT_MIN, RECORDS_KEPT_PER_MEMBER * len(self.membership.members))
         elif admission.address_changed:
             self.routing.table.invalidate()
-        if self.id8 in claims_before and self.id8 not in claims:
+        if info.is_left and (old is None or not old.info.is_left):
+            self._emit(EventKind.NODE_LEFT, node=info.name, ip=info.overlay_ip)
+            self.links.left(id8, now)
+        elif self.id8 in claims_before and self.id8 not in claims:
             self.links.dropped_by_peer(id8, now)
         if graph_changed or old is None or admission.address_changed or admission.key_rotated:
             # a change of a link to us completes or breaks an edge the other end already
@@ -540,6 +545,23 @@ class Core:
         due = max(now + (self.config.publish_interval if delay is None else delay), self._last_publish + spacing)
         self.t_publish = min(self.t_publish, due)
 
+    def leave(self, now: float) -> None:
+        """Leave the mesh (``wg_netmanager down``): a last version of our record says so (no
+        links, no endpoints, FLAG_LEFT), sent at once to every node we link to (the static
+        ones flood it) and gossiped; every node drops us on receipt, lists us as left and
+        forgets us after membership.LEFT_KEEP. The runtime then tears the data plane down and
+        stops feeding this core; coming back is a new core, whose record supersedes this one."""
+        neighbours = sorted(i for i, link in self.links.links.items() if link.state == UP)
+        self.left = True
+        self._changed_links.clear()
+        self._publish(now)
+        flagged = wire.body_records([self.membership.get(self.id8).record.raw], wire.RECORDS_FLOOD)
+        for id8 in neighbours:
+            self.transport.send_both(id8, wire.RECORDS, flagged, now)
+        for static in self.local.static_by_ip.values():  # (also those we have no link to)
+            if static.overlay_ip != self.config.overlay_ip:
+                self.transport.send_to_addr((static.host, static.admin_port), wire.RECORDS, flagged, now)
+
     def _announces_links(self) -> bool:
         me = self.membership.get(self.id8)
         return me is not None and bool(me.info.links)
@@ -554,9 +576,11 @@ class Core:
             endpoints.append(Endpoint(EP_STATIC, me.host, me.wg_port))
         links = tuple(LinkClaim(link.peer, link.claimed_rtt, 0)
                       for link in sorted(self.links.links.values(), key=lambda x: x.peer) if link.state == UP)
+        flags = FLAG_STATIC if local.is_static else 0
+        if self.left:
+            flags, endpoints, links = flags | FLAG_LEFT, [], ()
         return NodeInfo(local.wg_public_key, self.config.overlay_ip, local.wg_port, self.config.admin_port,
-                        self.config.name, FLAG_STATIC if local.is_static else 0, tuple(endpoints[:MAX_ENDPOINTS]),
-                        links)
+                        self.config.name, flags, tuple(endpoints[:MAX_ENDPOINTS]), links)
 
     def _publish(self, now: float) -> None:
         self._first_look = False  # (or it took too long: RESTART_FIRST_RECORD_WAIT)
@@ -571,7 +595,7 @@ class Core:
         record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
         self.routing.set_claims(self.id8, info.link_map)
         self.membership.set_own(record, info, self.started, now)
-        if info.links or self.local.is_static:  # (nobody can reach a node without links yet)
+        if info.links or self.local.is_static or self.left:  # (nobody can reach a node without links yet)
             self.gossip.make_hot(self.id8, now, self.config.gossip_interval)
         self._schedule_paths(now, urgent=bool(self._changed_links))
         # a link change matters most to the link's other end: tell it at once; and hand the

@@ -97,6 +97,7 @@ class EventKind(StrEnum):
     NODE_REACHABLE = "node_reachable"
     NODE_UNREACHABLE = "node_unreachable"
     NODE_FORGOTTEN = "node_forgotten"
+    NODE_LEFT = "node_left"
     PATH_CHANGED = "path_changed"
     LINK_ATTEMPT = "link_attempt"
     LINK_UP = "link_up"
