@@ -87,6 +87,11 @@ class NetworkConfig:
     subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
     peers: tuple[StaticPeer, ...]
     warnings: tuple[str, ...] = field(default=())
+    #: expelled nodes (``revoked:``): their identities (Ed25519 public keys) and WireGuard keys
+    revoked_identities: frozenset[bytes] = frozenset()
+    revoked_wg_keys: frozenset[bytes] = frozenset()
+    #: strict mode (``allowed:``): overlay IP -> the identities that may claim it; None = off
+    allowed: dict[str, frozenset[bytes]] | None = None
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -214,7 +219,8 @@ def _port(path: str, m: dict, key: str, default: int | None = None) -> int:
     return value
 
 
-KNOWN_TOP = {"network", "peers"}
+KNOWN_TOP = {"network", "peers", "revoked", "allowed"}
+KNOWN_REVOKED = {"identity", "wgKey", "name"}
 KNOWN_NETWORK = {"sharedKey", "subnet"}
 KNOWN_PEER = {"endPoint", "adminPort", "wgIp"}
 
@@ -268,8 +274,89 @@ def load_network_config(path: str | Path) -> NetworkConfig:
             problems.append(ConfigError(spath, _line(entry, "wgIp"), f"wgIp {peer.wg_ip} is listed twice"))
         seen.add(peer.wg_ip)
         peers.append(peer)
+    revoked_ids, revoked_keys = _revoked(spath, doc, problems)
+    allowed = _allowed(spath, doc, subnet, problems)
     raise_problems(problems)
-    return NetworkConfig(spath, shared_key, subnet, tuple(peers), tuple(warnings))
+    return NetworkConfig(spath, shared_key, subnet, tuple(peers), tuple(warnings), revoked_ids, revoked_keys, allowed)
+
+
+def parse_identity(text: Any) -> bytes:
+    """A node's identity as `wg_netmanager nodes --full` and `revoke` print it: 64 hex digits."""
+    if not isinstance(text, str) or len(text.strip()) != 64:
+        raise ValueError("must be a node identity: 64 hex digits (`wg_netmanager revoke NODE` prints it)")
+    try:
+        return bytes.fromhex(text.strip())
+    except ValueError:
+        raise ValueError("must be 64 hex digits") from None
+
+
+def parse_wg_public_key(text: Any) -> bytes:
+    try:
+        raw = base64.b64decode(str(text).strip(), validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("must be a WireGuard public key: 32 bytes of base64 (`wg_netmanager revoke NODE` prints it)")
+    return raw
+
+
+def _revoked(spath: str, doc: Any, problems: list[ConfigError]) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """``revoked:``: expelled nodes, each an identity and its WireGuard key."""
+    raw = doc.get("revoked")
+    if raw is None:
+        return frozenset(), frozenset()
+    if not isinstance(raw, list):
+        problems.append(ConfigError(spath, _line(doc, "revoked"), "'revoked' must be a list of nodes",
+                                    "`wg_netmanager revoke NODE` prints an entry"))
+        return frozenset(), frozenset()
+    ids, keys = set(), set()
+    for entry in raw:
+        if not isinstance(entry, dict):
+            problems.append(ConfigError(spath, _line(doc, "revoked"), "each revoked node must be a mapping "
+                                        "(identity, wgKey, name)"))
+            continue
+        problems += [_unknown_key(spath, entry, k, KNOWN_REVOKED, "revoked[].") for k in entry
+                     if k not in KNOWN_REVOKED]
+        try:
+            ids.add(parse_identity(_require(spath, entry, "identity", "revoked node")))
+        except ValueError as e:
+            problems.append(ConfigError(spath, _line(entry, "identity"), f"identity {e}"))
+        except ConfigError as e:
+            problems.append(e)
+        if entry.get("wgKey") is not None:
+            try:
+                keys.add(parse_wg_public_key(entry["wgKey"]))
+            except ValueError as e:
+                problems.append(ConfigError(spath, _line(entry, "wgKey"), f"wgKey {e}"))
+    return frozenset(ids), frozenset(keys)
+
+
+def _allowed(spath: str, doc: Any, subnet, problems: list[ConfigError]) -> dict[str, frozenset[bytes]] | None:
+    """``allowed:`` (strict mode): overlay IP -> the identity (or list of identities) that may
+    claim it; a node not listed is refused everywhere."""
+    raw = doc.get("allowed")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        problems.append(ConfigError(spath, _line(doc, "allowed"), "'allowed' must map overlay addresses to "
+                                    "node identities"))
+        return None
+    out = {}
+    for ip_text, ids in raw.items():
+        line = _line(raw, ip_text)
+        try:
+            ip = ipaddress.ip_address(str(ip_text).strip())
+        except ValueError as e:
+            problems.append(ConfigError(spath, line, f"allowed: {e}"))
+            continue
+        if subnet is not None and not is_host_in(ip, subnet):
+            problems.append(ConfigError(spath, line, f"allowed: {ip} is not a host address in {subnet}"))
+            continue
+        try:
+            out[str(ip)] = frozenset(parse_identity(i) for i in (ids if isinstance(ids, list) else [ids]))
+        except ValueError as e:
+            problems.append(ConfigError(spath, line, f"allowed: {ip}: identity {e}"))
+    return out
 
 
 def _static_peer(spath: str, doc: Any, entry: Any, subnet, problems: list[ConfigError]) -> StaticPeer | None:

@@ -1,7 +1,7 @@
 """``wg_netmanager``: run the controller, or inspect a running one.
 
     wg_netmanager -c net.yaml -i wg0 -a 10.1.1.1 -n alice     run the controller (foreground)
-    wg_netmanager init | check | status | nodes | routes | ping NODE | watch | down | up | demo
+    wg_netmanager init | check | status | nodes | routes | ping NODE | watch | down | up | revoke NODE | demo
 
 User errors are one clear line on stderr and a non-zero exit code, never a traceback.
 """
@@ -77,15 +77,19 @@ def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_p
     from .runtime import Controller, settings_from
 
     logsetup.setup(verbose)
-    try:
+
+    def load_settings():
+        """net.yaml, peer.yaml and this command line (again on SIGHUP: systemctl reload)."""
         network = load_network_config(config)
         peer_cfg = load_peer_config(peer) if peer else None
         for warning in network.warnings:
             click.echo(f"wg_netmanager: warning: {warning}", err=True)
-        settings = settings_from(network, peer_cfg, interface=interface, address=address, name=name,
-                                 existing=existing, wg_port=wg_port, admin_port=admin_port,
-                                 port_hopping=port_hopping, state_dir=Path(state_dir), link_policy=link_policy,
-                                 idle_timeout=idle_timeout)
+        return settings_from(network, peer_cfg, interface=interface, address=address, name=name,
+                             existing=existing, wg_port=wg_port, admin_port=admin_port,
+                             port_hopping=port_hopping, state_dir=Path(state_dir), link_policy=link_policy,
+                             idle_timeout=idle_timeout)
+    try:
+        settings = load_settings()
     except ConfigError as e:
         fail(str(e), EXIT_CONFIG)
     if os.geteuid() == 0:
@@ -93,7 +97,7 @@ def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_p
             fail("refusing to run the controller as root: it needs no privilege (the helper applies changes). "
                  "Run it as the 'wg-netmanager' user, or pass --drop-privileges wg-netmanager", EXIT_CONFIG)
         _drop_privileges(drop_privileges, Path(state_dir))
-    controller = Controller(settings)
+    controller = Controller(settings, reload_settings=load_settings)
     if live:
         controller.listeners.append(lambda event: click.echo(f"{time.strftime('%H:%M:%S')} {event}"))
     try:
@@ -115,6 +119,7 @@ async def _run(controller) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(controller.reload()))
     from .helper_client import HelperError
 
     try:
@@ -365,6 +370,27 @@ def ping(node, count):
             time.sleep(1)
     if lost == count:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("node")
+def revoke(node):
+    """Print the net.yaml lines that expel NODE (name or overlay IP) for good.
+
+    Add them to net.yaml on every node (root), then `systemctl reload wg-netmanager`: every
+    controller drops the node and refuses its records, every helper removes its WireGuard peer
+    and refuses to add it again. The node may still hold the shared key: to keep it from
+    joining under a new identity, also run in strict mode (`allowed:`) or rotate the key."""
+    match = [n for n in _nodes() if node in (n["name"], n["overlay_ip"])]
+    if not match:
+        fail(f"no node named {node!r} (wg_netmanager status lists them)")
+    n = match[0]
+    click.echo(f"""# expel {n['name']} ({n['overlay_ip']}): add to net.yaml on every node, then
+# systemctl reload wg-netmanager
+revoked:
+  - name: {n['name']}
+    identity: {n['identity_key']}
+    wgKey: {n['public_key']}""")
 
 
 @main.command()

@@ -83,7 +83,7 @@ class Controller1(ServiceInterface):
         for n in self.c.core.member_status():
             out.append({
                 "name": Variant("s", n["name"]), "overlay_ip": Variant("s", n["overlay_ip"]),
-                "identity": Variant("s", n["identity"]),
+                "identity": Variant("s", n["identity"]), "identity_key": Variant("s", n["identity_key"]),
                 "public_key": Variant("s", _b64(n["wg_public_key"])),
                 "reachable": Variant("b", n["reachable"]), "via": Variant("as", n["via"]),
                 "rtt_ms": Variant("d", float(n["rtt_ms"]) if n["rtt_ms"] is not None else -1.0),

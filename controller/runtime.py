@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -17,6 +18,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,24 @@ class RunSettings:
     state_dir: Path
     link_policy: str = "auto"
     idle_timeout: float = 120.0
+
+
+def reload_refusals(old: RunSettings, new: RunSettings) -> list[str]:
+    """What a reload cannot change while running (each needs a restart)."""
+    out = []
+    if new.network.shared_key != old.network.shared_key:
+        out.append(f"{new.network.path}: sharedKey changed")
+    if new.network.subnet != old.network.subnet:
+        out.append(f"{new.network.path}: subnet changed ({old.network.subnet} -> {new.network.subnet})")
+    for what in ("address", "name", "interface", "admin_port", "existing_interface"):
+        if getattr(new, what) != getattr(old, what):
+            out.append(f"{what} changed ({getattr(old, what)} -> {getattr(new, what)})")
+
+    def is_static(s: RunSettings) -> bool:
+        return any(str(p.wg_ip) == s.address for p in s.network.peers)
+    if is_static(new) != is_static(old):
+        out.append("this node's role as a static peer changed")
+    return out
 
 
 def settings_from(network: NetworkConfig, peer: PeerConfig | None, *, interface: str | None, address: str | None,
@@ -195,8 +215,10 @@ class _Admin(asyncio.DatagramProtocol):
 
 
 class Controller:
-    def __init__(self, settings: RunSettings, bus_address: str | None = None) -> None:
+    def __init__(self, settings: RunSettings, bus_address: str | None = None,
+                 reload_settings: Callable[[], RunSettings] | None = None) -> None:
         self.s = settings
+        self.reload_settings = reload_settings  # net.yaml and peer.yaml again (SIGHUP)
         self.bus_address = bus_address
         self.core: Core | None = None
         self.transports: dict[int, asyncio.DatagramTransport] = {}
@@ -302,11 +324,47 @@ class Controller:
         config = CoreConfig(shared_key=net.shared_key, subnet=str(net.subnet), overlay_ip=self.s.address,
                             name=self.s.name, wg_port=self.s.wg_port, admin_port=self.s.admin_port,
                             static_peers=statics, link_policy=self.s.link_policy,
-                            idle_timeout=self.s.idle_timeout)
+                            idle_timeout=self.s.idle_timeout, allowed_identities=net.allowed,
+                            revoked_identities=net.revoked_identities, revoked_wg_keys=net.revoked_wg_keys)
         lan = await asyncio.to_thread(local_addresses, self.s.interface, net.subnet)
         self.core = Core(config, seed, base64.b64decode(self.wg_public_key), time.time(),
                          os.urandom, persisted=persisted, lan_endpoints=lan)
         return statics
+
+    # ---------------------------------------------------------------- reload
+
+    async def reload(self) -> bool:
+        """SIGHUP (systemctl reload): net.yaml and peer.yaml again, the difference applied live
+        (static peers, the WireGuard port, revocations and strict mode) without touching what
+        still holds; what cannot change live is refused with one error line and the running
+        configuration stays."""
+        if self.reload_settings is None:
+            return False
+        try:
+            new = self.reload_settings()
+        except ConfigError as e:
+            log.error("reload refused; the running configuration stays", extra={"error": str(e)})
+            return False
+        refused = reload_refusals(self.s, new)
+        if refused:
+            log.error("reload refused: " + "; ".join(refused) + " - these need a restart "
+                      "(systemctl restart wg-netmanager); the running configuration stays")
+            return False
+        old, self.s = self.s, dataclasses.replace(self.s, network=new.network, wg_port=new.wg_port)
+        if not self.is_down:
+            statics = await self.resolve_static_peers()
+            now = time.time()
+            self.core.update_static_peers(statics, now)
+            if new.wg_port != old.wg_port:
+                await self.ensure_device()
+                self.core.set_wg_port(new.wg_port, now)
+            net = new.network
+            self.core.set_admission_rules(net.allowed, net.revoked_identities, net.revoked_wg_keys, time.time())
+            self.pump()
+        log.info("configuration reloaded", extra={"static_peers": len(new.network.peers), "wg_port": new.wg_port,
+                                                  "revoked": len(new.network.revoked_identities),
+                                                  "strict": new.network.allowed is not None})
+        return True
 
     # ---------------------------------------------------------------- leave and return
 

@@ -183,8 +183,9 @@ def parse_interface_address(text: object, subnet: IPNetwork) -> ipaddress.IPv4In
 
 
 def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None,
-                own_ip: IPAddress | None = None) -> dict[bytes, PeerSpec]:
-    """D-Bus ``a(ssasu)`` -> validated specs; every rule is checked before anything is applied."""
+                own_ip: IPAddress | None = None, revoked: frozenset[bytes] = frozenset()) -> dict[bytes, PeerSpec]:
+    """D-Bus ``a(ssasu)`` -> validated specs; every rule is checked before anything is applied.
+    ``revoked``: WireGuard keys of nodes expelled in net.yaml (never a peer)."""
     own = f"{own_ip}/{own_ip.max_prefixlen}" if own_ip is not None else None
     if not isinstance(raw, list):
         raise InvalidArgs("peers must be an array")
@@ -203,6 +204,8 @@ def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None,
             raise InvalidArgs(f"peer #{i}: public key {key_text} is listed twice")
         if own_key is not None and key == own_key:
             raise InvalidArgs(f"peer #{i}: public key {key_text} is this device's own key")
+        if key in revoked:
+            raise InvalidArgs(f"peer #{i}: public key {key_text} is revoked in net.yaml")
         if not isinstance(endpoint, str):
             raise InvalidArgs(f"peer #{i}: endpoint must be a string")
         ep = parse_endpoint(endpoint, subnet)

@@ -45,6 +45,7 @@ from wg_netmanager.dbus.compat import (
 from . import device, keys
 from .model import (
     InvalidArgs,
+    PeerOp,
     check_ifname,
     encode_key,
     parse_interface_address,
@@ -105,11 +106,42 @@ class Helper1(ServiceInterface):
         self.interfaces = interfaces
         self.state_dir = state_dir
         self.allowed_uids = allowed_uids
-        self.subnet = load_trusted_config(config_path).subnet
+        config = load_trusted_config(config_path)
+        self.subnet = config.subnet
+        self.revoked_wg_keys = config.revoked_wg_keys
         self.auth = CallerAuth(bus, HelperErrors.NOT_AUTHORIZED)
         self._locks = {name: asyncio.Lock() for name in interfaces}
         self._devices: dict[str, _Device] = {}
         self._routes = RouteTable()
+
+    async def reload(self) -> None:
+        """SIGHUP (systemctl reload): net.yaml again. Peers whose key is now revoked are removed
+        from our devices at once (whatever the controller asks) and refused from then on; a
+        changed subnet needs a restart (the leak guard and every route depend on it): refused,
+        the old configuration stays."""
+        try:
+            config = load_trusted_config(self.config_path)
+        except ConfigError as e:
+            log.error("reload refused; the running configuration stays", extra={"error": str(e)})
+            return
+        if config.subnet != self.subnet:
+            log.error("reload refused: the subnet cannot change while running (systemctl restart); the running "
+                      "configuration stays", extra={"subnet": str(self.subnet), "new_subnet": str(config.subnet)})
+            return
+        self.revoked_wg_keys = config.revoked_wg_keys
+        log.info("configuration reloaded", extra={"revoked": len(self.revoked_wg_keys)})
+        for name in self.interfaces:
+            async with self._locks[name]:
+                try:
+                    dev = await self._device(name)
+                    live = await dev.backend.get()
+                except (device.DeviceError, UapiError, OSError) as e:
+                    log.info("reload: no device to clean", extra={"ifname": name, "error": str(e)})
+                    continue
+                gone = [PeerOp(key, remove=True) for key in live.peers if key in self.revoked_wg_keys]
+                if gone:
+                    await dev.backend.apply(gone)
+                    log.warning("revoked peers removed", extra={"ifname": name, "peers": len(gone)})
 
     # ------------------------------------------------------------ authorization
 
@@ -193,7 +225,7 @@ class Helper1(ServiceInterface):
             live = await dev.backend.get()
             own_key = keys.public_key(live.private_key) if live.private_key else None
             own_ip = ipaddress.ip_address(dev.own_ip) if dev.own_ip else None
-            desired_peers = parse_peers(peers, self.subnet, own_key, own_ip)
+            desired_peers = parse_peers(peers, self.subnet, own_key, own_ip, self.revoked_wg_keys)
             desired_routes = parse_routes(routes, self.subnet, own_ip)
             ops = plan_peers(live.peers, desired_peers)
             live_routes = self._routes.list(dev.index)
@@ -286,6 +318,7 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(helper.reload()))
     disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([disconnected, stopped], return_when=asyncio.FIRST_COMPLETED)

@@ -201,6 +201,10 @@ class Box:
         path = self.dir / f"{key}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def send_signal(self, key: str, sig: int) -> None:
+        """A signal to a daemon that goes on running (SIGHUP: reload)."""
+        os.kill(self.procs[key].pid, sig)
+
     def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(key)
         with contextlib.suppress(ProcessLookupError):

@@ -90,3 +90,40 @@ def test_an_endpoint_the_helper_would_refuse_is_a_config_error(tmp_path, endpoin
     with pytest.raises(ConfigError, match=words) as e:
         load_network_config(path)
     assert f"{path}:5:" in str(e.value)
+
+
+IDENT = "ab" * 32
+WGKEY = "YDUBM6FhERePZ4gPlxzAbCN7K61BPjy7HApWYL+P128="
+
+
+def test_revoked_and_strict_mode_keys(tmp_path):
+    text = EXAMPLE + f"""revoked:
+  - name: mallory
+    identity: {IDENT}
+    wgKey: {WGKEY}
+allowed:
+  10.1.1.1: {"cd" * 32}
+  10.1.1.2: [{IDENT}, {"ef" * 32}]
+"""
+    cfg = load_network_config(write(tmp_path, text))
+    assert cfg.revoked_identities == {bytes.fromhex(IDENT)}
+    assert len(next(iter(cfg.revoked_wg_keys))) == 32
+    assert cfg.allowed == {"10.1.1.1": {bytes.fromhex("cd" * 32)},
+                           "10.1.1.2": {bytes.fromhex(IDENT), bytes.fromhex("ef" * 32)}}
+    assert load_network_config(write(tmp_path, EXAMPLE, "plain.yaml")).allowed is None
+
+
+@pytest.mark.parametrize("extra,line,words", [
+    ("revoked:\n  - identity: abc\n", 9, "identity must be a node identity: 64 hex digits"),
+    (f"revoked:\n  - identity: {IDENT}\n    wgkey: x\n", 10,
+     "unknown key revoked[].'wgkey' - fix: did you mean 'wgKey'?"),
+    (f"revoked:\n  - identity: {IDENT}\n    wgKey: nope\n", 10, "wgKey must be a WireGuard public key"),
+    (f"allowed:\n  10.9.9.9: {IDENT}\n", 9, "allowed: 10.9.9.9 is not a host address in 10.1.1.0/24"),
+    ("allowed:\n  10.1.1.5: zz\n", 9, "allowed: 10.1.1.5: identity must be a node identity"),
+    ("revoked: yes\n", 8, "'revoked' must be a list of nodes"),
+])
+def test_revoked_and_allowed_errors_name_the_line(tmp_path, extra, line, words):
+    path = write(tmp_path, EXAMPLE + extra)
+    with pytest.raises(ConfigError) as e:
+        load_network_config(path)
+    assert f"{path}:{line}: {words}" in str(e.value), str(e.value)

@@ -84,6 +84,8 @@ def test_peer_set_level_refusals():
         parse_peers([[key(1), "", [], 0]] * (MAX_PEERS + 1), SUBNET, None)
     with pytest.raises(InvalidArgs, match="must be"):
         parse_peers([["x"]], SUBNET, None)
+    with pytest.raises(InvalidArgs, match=r"peer #1: public key .* is revoked in net.yaml"):
+        parse_peers([[key(1), "", [], 0], [key(2), "", [], 0]], SUBNET, None, revoked=frozenset({raw(2)}))
 
 
 def test_valid_peers_are_normalized():

@@ -23,6 +23,7 @@ from wg_netmanager.lab.meshlab import (
     every_pair_pings,
     our_routes,
     paths,
+    pings,
     probe,
     status_json,
     wait_for,
@@ -298,3 +299,67 @@ def test_down_leaves_the_mesh_at_once_and_up_comes_back(mesh):
     assert "back in the mesh" in charlie.run(cli + ["up"]).stdout
     assert wait_for(lambda: all_direct(boxes), 20), {n: paths(b) for n, b in boxes.items()}
     assert every_pair_pings(boxes, OVERLAY) == []
+
+
+def _reload(box) -> None:
+    """systemctl reload wg-netmanager: SIGHUP to the controller and (PropagatesReloadTo) the helper."""
+    box.send_signal("controller", signal.SIGHUP)
+    box.send_signal("helper", signal.SIGHUP)
+
+
+def test_reload_under_a_ping_loses_nothing_and_a_refused_one_keeps_the_config(mesh):
+    _, boxes = mesh
+    alice = boxes["alice"]
+    assert wait_for(lambda: all_direct(boxes), 20)
+    cfg = alice.dir / "net.yaml"
+    good = cfg.read_text()
+    mark = len(alice.log("controller"))
+    ping = start_ping(alice, OVERLAY["bob"], count=300, interval=0.01)
+    time.sleep(0.5)
+    _reload(alice)
+    sent, received = ping_loss(ping)
+    assert sent == received == 300
+    assert wait_for(lambda: "configuration reloaded" in alice.log("controller")[mark:], 5)
+    # a change that cannot be made live: refused with one error line, the old configuration stays
+    cfg.write_text(good.replace("subnet: 10.1.1.0/24", "subnet: 10.1.0.0/16"))
+    mark = len(alice.log("controller"))
+    _reload(alice)
+    try:
+        assert wait_for(lambda: "reload refused" in alice.log("controller")[mark:], 5)
+        tail = alice.log("controller")[mark:]
+        assert "subnet changed" in tail and "Traceback" not in tail
+        assert every_pair_pings(boxes, OVERLAY) == []
+    finally:
+        cfg.write_text(good)
+
+
+def test_a_revoked_node_holding_the_shared_key_gets_no_peer_or_route_anywhere(mesh):
+    _, boxes = mesh
+    assert wait_for(lambda: all_direct(boxes), 20)
+    charlie = boxes["charlie"]
+    charlie_key = charlie.run(["wg", "show", "wg0", "public-key"]).stdout.strip()
+    lines = boxes["alice"].run([sys.executable, "-m", "wg_netmanager.controller.cli", "revoke", "charlie"]).stdout
+    assert f"wgKey: {charlie_key}" in lines and "identity: " in lines
+    saved = {}
+    try:
+        for name in ("alice", "bob"):
+            cfg = boxes[name].dir / "net.yaml"
+            saved[name] = cfg.read_text()
+            cfg.write_text(saved[name] + lines + "\n")
+            _reload(boxes[name])
+
+        def expelled():
+            return all(charlie_key not in wg_peers(boxes[n]) and OVERLAY["charlie"] not in our_routes(boxes[n])
+                       and "charlie" not in paths(boxes[n]) for n in ("alice", "bob"))
+        assert wait_for(expelled, 5, interval=0.1), {n: wg_peers(boxes[n]) for n in ("alice", "bob")}
+        assert pings(boxes["alice"], OVERLAY["bob"])
+        # charlie still holds the shared key: a restart of its controller brings it nothing
+        charlie.kill("controller", signal.SIGKILL)
+        charlie.start_controller(charlie.dir / "net.yaml", OVERLAY["charlie"])
+        time.sleep(5)
+        assert expelled()
+        assert not pings(charlie, OVERLAY["bob"], tries=2)
+    finally:
+        for name, text in saved.items():
+            (boxes[name].dir / "net.yaml").write_text(text)
+            _reload(boxes[name])

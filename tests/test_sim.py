@@ -496,3 +496,27 @@ def test_a_departure_is_forgotten_after_a_bounded_time_and_never_brought_back():
     assert len(sim.events_of("node_forgotten")) == 3
     sim.run_for(120)  # (anti-entropy brings back no departure: its record is too old for everyone)
     assert len(sim.events_of("node_forgotten")) == 3 and len(sim.events_of("node_left")) == 3
+
+
+def test_a_revoked_node_is_dropped_everywhere_and_cannot_come_back():
+    """net.yaml's revoked: reloaded on every node: the node loses its links, paths, routes and
+    peers at once, and - holding the shared key still - gets none back after a restart."""
+    sim = original_example()
+    assert sim.run_until_true(lambda: sim.converged(), 10) is not None
+    delta = sim.nodes["delta"]
+    revoked_ids, revoked_keys = frozenset({delta.core.identity.public}), frozenset({delta.wg_key})
+    for name in ("alpha", "beta", "charlie"):
+        sim.nodes[name].core.set_admission_rules(None, revoked_ids, revoked_keys, EPOCH + sim.now)
+        sim._pump(sim.nodes[name])
+    others = ("alpha", "beta", "charlie")
+
+    def expelled():
+        return all(delta.overlay_ip not in sim.nodes[n].routes and delta.wg_key not in sim.nodes[n].peers
+                   and "delta" not in {m["name"] for m in sim.nodes[n].core.member_status()} for n in others)
+    assert sim.run_until_true(expelled, 1, step=0.01) is not None
+    assert len(sim.events_of("node_revoked")) == 3
+    sim.restart("delta")  # it still holds the shared key
+    sim.run_for(10)
+    assert expelled()
+    assert sim.converged(list(others))
+    assert sim.nodes["beta"].core.counters.get("drop_identity_revoked", 0) > 0

@@ -107,6 +107,9 @@ class Membership:
         self.config = config
         self.identity = identity
         self.id8 = identity[:wire.ID8_LEN]
+        self.allowed = config.allowed_identities  # (strict mode; these three change on reload)
+        self.revoked_identities = config.revoked_identities
+        self.revoked_wg_keys = config.revoked_wg_keys
         self.subnet = subnet
         self.counters = counters
         self.emit = emit
@@ -157,9 +160,11 @@ class Membership:
             raise ProtocolError("replay")
         if inner.sender == self.identity:
             raise ProtocolError("own_identity")
-        allowed = self.config.allowed_identities
+        allowed = self.allowed
         if allowed is not None and not any(inner.sender in ids for ids in allowed.values()):
             raise ProtocolError("identity_not_allowed")
+        if inner.sender in self.revoked_identities:
+            raise ProtocolError("identity_revoked")
         self.replay[inner.sender] = stamp
 
     def heard_from(self, sender8: bytes, src: tuple[str, int], now: float) -> None:
@@ -239,7 +244,9 @@ class Membership:
             return "refused_outside_subnet", "outside_subnet"
         if info.overlay_ip == self.config.overlay_ip:
             return "refused_claims_our_address", "claims_our_address"
-        allowed = self.config.allowed_identities
+        if record.identity in self.revoked_identities or info.wg_public_key in self.revoked_wg_keys:
+            return "refused_revoked", "revoked"
+        allowed = self.allowed
         if allowed is not None and record.identity not in allowed.get(info.overlay_ip, frozenset()):
             return "refused_not_allowed", "identity_not_allowed"
         bound = self.bindings.get(info.overlay_ip)
@@ -249,6 +256,29 @@ class Membership:
         if (owner is not None and owner != record.id8) or info.wg_public_key == own_wg_key:
             return "refused_wg_key_taken", "wg_key_taken"
         return None
+
+    def set_rules(self, allowed: Mapping[str, frozenset[bytes]] | None, revoked_identities: frozenset[bytes],
+                  revoked_wg_keys: frozenset[bytes]) -> list[Member]:
+        """New admission rules (net.yaml reloaded): returns the members they now refuse (the
+        caller forgets them)."""
+        self.allowed, self.revoked_identities, self.revoked_wg_keys = allowed, revoked_identities, revoked_wg_keys
+        refused = []
+        for id8, member in list(self.members.items()):
+            if id8 == self.id8:
+                continue
+            info = member.info
+            if member.identity in revoked_identities or info.wg_public_key in revoked_wg_keys or (
+                    allowed is not None and member.identity not in allowed.get(info.overlay_ip, frozenset())):
+                self.forget(id8)
+                refused.append(member)
+        return refused
+
+    def forget(self, id8: bytes) -> Member | None:
+        member = self.members.pop(id8, None)
+        if member is not None:
+            self.wg_owner.pop(member.info.wg_public_key, None)
+            self._ranges = None
+        return member
 
     def set_own(self, record: Record, info: NodeInfo, first_seen: float, now: float) -> None:
         """A new version of our own record."""
@@ -304,9 +334,7 @@ class Membership:
                 member.last_reachable = now
             elif now - member.last_reachable > self.config.forget_after or (
                     member.info.is_left and self.left_expired(member.record, now)):
-                del self.members[id8]
-                self.wg_owner.pop(member.info.wg_public_key, None)
-                self._ranges = None
+                self.forget(id8)
                 gone.append(member)
         cutoff = now * 1000 - self.config.replay_window * 1000 * REPLAY_KEEP_WINDOWS
         for sender, (ts, _) in list(self.replay.items()):

@@ -266,6 +266,24 @@ class Core:
         self.links.static_peers_changed()
         self._schedule_paths(now)
 
+    def set_admission_rules(self, allowed: Mapping[str, frozenset[bytes]] | None,
+                            revoked_identities: frozenset[bytes], revoked_wg_keys: frozenset[bytes],
+                            now: float) -> None:
+        """net.yaml reloaded: strict mode and revocations. A node now refused is dropped at once
+        (its link, paths and WireGuard peer go) and its records are refused from then on."""
+        for member in self.membership.set_rules(allowed, revoked_identities, revoked_wg_keys):
+            self._drop(member, EventKind.NODE_REVOKED, now)
+        self._schedule_paths(now, urgent=True)
+
+    def _drop(self, member: Member, kind: EventKind, now: float) -> None:
+        id8 = member.record.id8
+        self.routing.forget(id8)
+        link = self.links.links.pop(id8, None)
+        if link is not None and link.state == UP:
+            self._changed_links.add(id8)
+            self._schedule_publish(now)
+        self._emit(kind, node=member.info.name, ip=member.info.overlay_ip)
+
     def set_wg_port(self, port: int, now: float) -> None:
         if port != self.local.wg_port:
             self.local.wg_port = port
@@ -367,6 +385,7 @@ class Core:
             via = [members[h].info.name for h in p[1:-1]]
             out.append({
                 "name": m.info.name, "overlay_ip": m.info.overlay_ip, "identity": m.identity.hex()[:16],
+                "identity_key": m.identity.hex(),
                 "wg_public_key": m.info.wg_public_key, "reachable": bool(p), "via": via,
                 "rtt_ms": paths.latency_ms(self.routing.cost[id8], len(p) - 1, self.config.hop_cost_ms) if p else None,
                 "link": link.state if link else None, "endpoint": obs.endpoint if obs else "",

@@ -33,6 +33,9 @@ class CoreConfig:
     static_peers: tuple[StaticPeerConfig, ...]
     #: identities allowed per overlay IP (strict mode); None = first identity seen wins
     allowed_identities: Mapping[str, frozenset[bytes]] | None = None
+    #: expelled nodes (net.yaml ``revoked:``): refused by identity and by WireGuard key
+    revoked_identities: frozenset[bytes] = frozenset()
+    revoked_wg_keys: frozenset[bytes] = frozenset()
     #: auto: every pair tries direct, idle direct links go silent; all: every pair direct and
     #: kept alive (the original); static: direct only to static peers, LAN neighbours, pinned nodes
     link_policy: str = "auto"
@@ -98,6 +101,7 @@ class EventKind(StrEnum):
     NODE_UNREACHABLE = "node_unreachable"
     NODE_FORGOTTEN = "node_forgotten"
     NODE_LEFT = "node_left"
+    NODE_REVOKED = "node_revoked"
     PATH_CHANGED = "path_changed"
     LINK_ATTEMPT = "link_attempt"
     LINK_UP = "link_up"
