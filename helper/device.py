@@ -16,8 +16,12 @@ import os
 import shutil
 import subprocess
 
-from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+try:
+    from pyroute2 import AsyncIPRoute  # pyroute2 0.8 and later
+except ImportError:  # pragma: no cover - Debian bookworm's 0.7 (tested in the boot tier)
+    AsyncIPRoute = None
 
 from .kernel import KernelBackend
 from .uapi import SOCKET_DIR, UapiBackend, socket_path
@@ -32,18 +36,60 @@ class DeviceError(Exception):
     pass
 
 
+class _IPRoute:
+    """The few rtnetlink calls the helper makes: on pyroute2's asyncio API where it has one
+    (0.8 and later), else on the synchronous IPRoute in a worker thread (0.7, the version
+    Debian bookworm packages). Messages are read with ``get_attr``, which both have."""
+
+    async def __aenter__(self) -> _IPRoute:
+        if AsyncIPRoute is not None:
+            self._async = AsyncIPRoute()
+            await self._async.__aenter__()
+        else:
+            from pyroute2 import IPRoute
+
+            self._async = None
+            self._sync = await asyncio.to_thread(IPRoute)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._async is not None:
+            await self._async.__aexit__(*exc)
+        else:
+            await asyncio.to_thread(self._sync.close)
+
+    async def _call(self, name: str, *args, **kwargs) -> list:
+        if self._async is not None:
+            result = await getattr(self._async, name)(*args, **kwargs)
+            if hasattr(result, "__aiter__"):
+                return [x async for x in result]
+            return list(result) if result is not None else []
+        result = await asyncio.to_thread(getattr(self._sync, name), *args, **kwargs)
+        return list(result) if result is not None else []
+
+    async def link_lookup(self, **kwargs) -> list[int]:
+        return await self._call("link_lookup", **kwargs)
+
+    async def link(self, command: str, **kwargs) -> list:
+        return await self._call("link", command, **kwargs)
+
+    async def addr(self, command: str, **kwargs) -> list:
+        return await self._call("addr", command, **kwargs)
+
+
 class NoDevice(DeviceError):
     pass
 
 
 async def link_info(ifname: str) -> tuple[int, str | None] | None:
     """(ifindex, link kind) or None when there is no such link."""
-    async with AsyncIPRoute() as ipr:
+    async with _IPRoute() as ipr:
         found = await ipr.link_lookup(ifname=ifname)
         if not found:
             return None
         (link,) = await ipr.link("get", index=found[0])
-        return found[0], link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+        info = link.get_attr("IFLA_LINKINFO")
+        return found[0], info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
 async def _spawn_userspace(ifname: str) -> str:
@@ -84,7 +130,7 @@ async def open_backend(ifname: str, create: bool) -> tuple[int, KernelBackend | 
         if not create:
             raise NoDevice(f"interface {ifname} does not exist")
         try:
-            async with AsyncIPRoute() as ipr:
+            async with _IPRoute() as ipr:
                 await ipr.link("add", ifname=ifname, kind="wireguard")
             log.info("created kernel wireguard device", extra={"ifname": ifname})
         except NetlinkError as e:
@@ -108,10 +154,12 @@ async def ensure_address(index: int, iface: ipaddress.IPv4Interface | ipaddress.
                          subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
     """Exactly one overlay address from the subnet, noprefixroute; link up. Returns changes made."""
     changes = 0
-    async with AsyncIPRoute() as ipr:
+    async with _IPRoute() as ipr:
         present = False
-        async for a in await ipr.addr("dump", index=index):
-            addr = ipaddress.ip_address(a.get("IFA_ADDRESS"))
+        for a in await ipr.addr("dump", index=index):
+            if a["index"] != index:
+                continue
+            addr = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
             if addr.version != iface.version or addr not in subnet:
                 continue
             if addr == iface.ip and a["prefixlen"] == iface.network.prefixlen:
@@ -166,14 +214,16 @@ def enable_forwarding(ifname: str, index: int, version: int) -> list[str]:
 
 
 async def own_address(index: int, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
-    async with AsyncIPRoute() as ipr:
-        async for a in await ipr.addr("dump", index=index):
-            addr = ipaddress.ip_address(a.get("IFA_ADDRESS"))
+    async with _IPRoute() as ipr:
+        for a in await ipr.addr("dump", index=index):
+            if a["index"] != index:
+                continue
+            addr = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
             if addr.version == subnet.version and addr in subnet:
                 return str(addr)
     return None
 
 
 async def delete_link(index: int) -> None:
-    async with AsyncIPRoute() as ipr:
+    async with _IPRoute() as ipr:
         await ipr.link("del", index=index)
