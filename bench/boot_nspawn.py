@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Boot-to-active of the installed product (root): a systemd-nspawn container from the cached
-rootfs with scripts/install.sh applied, booted on a lab LAN; measures container start until
-`systemctl is-system-running` answers, and `systemctl enable --now wg-netmanager` until both
-units are active (Type=dbus: active = the bus name is owned).
+rootfs with the Debian package installed (scripts/build-deb.sh, dpkg), booted on a lab LAN;
+measures container start until `systemctl is-system-running` answers, and
+`systemctl enable --now wg-netmanager` until both units are active (Type=dbus: active = the bus name is owned).
 Final stdout line: {"boot_s": ..., "enable_to_active_s": ..., "image_build_s": ...}
 """
 

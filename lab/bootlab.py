@@ -1,9 +1,11 @@
 """Booting the installed product in systemd-nspawn containers (for the boot test).
 
-The rootfs (Debian bookworm minbase + systemd, dbus, python3, wireguard-go, ...) is built once
-with debootstrap and cached; the product goes in exactly as README tells a user
-(scripts/install.sh), from wheels built here (the containers have no network). Containers boot
-with --volatile=overlay, so several share one rootfs, each on a veth of a lab segment.
+The rootfs (Debian bookworm minbase + systemd, dbus, wireguard-go and the Debian packages the
+product depends on) is built once with debootstrap and cached; the product goes in as README
+tells a user: the Debian package built here by scripts/build-deb.sh, installed with dpkg (the
+containers have no network; its dependencies are Debian's own, already in the rootfs).
+Containers boot with --volatile=overlay, so several share one rootfs, each on a veth of a lab
+segment.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +23,11 @@ NET_YAML = net_yaml("198.51.100.11:50000", "10.1.1.1")
 
 CACHE = Path(os.environ.get("WGNM_ROOTFS_CACHE", "/var/cache/wg-netmanager-test"))
 ROOTFS = CACHE / "rootfs-bookworm"
-PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "wireguard-go", "wireguard-tools",
-            "iproute2", "iputils-ping", "procps", "passwd", "ca-certificates"]
+PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "wireguard-go", "wireguard-tools",
+            "iproute2", "iputils-ping", "procps", "passwd", "ca-certificates",
+            # the .deb's dependencies, as bookworm packages them
+            "python3-pyroute2", "python3-dbus-fast", "python3-nacl", "python3-yaml", "python3-click",
+            "python3-cffi-backend"]  # (provides what python3-nacl needs; debootstrap resolves no virtual packages)
 MIRROR = "http://deb.debian.org/debian"
 
 
@@ -54,22 +58,16 @@ def build_rootfs() -> Path:
 
 
 def install_product(rootfs: Path, source: Path) -> Path:
-    """Build wheels of the checkout ``source`` here; run its scripts/install.sh inside a copy of
-    the rootfs (chroot)."""
+    """Build the Debian package of the checkout ``source`` here (scripts/build-deb.sh) and
+    install it with dpkg inside a copy of the rootfs (chroot)."""
     image = CACHE / "image"
     if image.exists():
         shutil.rmtree(image)
     run(["cp", "-a", "--reflink=auto", str(rootfs), str(image)])
-    wheels = image / "root/wheels"
-    wheels.mkdir(parents=True)
-    run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(source)], timeout=600)
-    src = image / "root/wg-netmanager-src"
-    shutil.copytree(source, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build"))
-    wheel = next(wheels.glob("wg_netmanager-*.whl"))
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "WGNM_SKIP_APT": "1", "PIP_NO_INDEX": "1",
-           "PIP_FIND_LINKS": "/root/wheels", "PIP_CONFIG_FILE": "/dev/null", "HOME": "/root"}
-    run(["chroot", str(image), "bash", "/root/wg-netmanager-src/scripts/install.sh", f"/root/wheels/{wheel.name}"],
-        env=env, timeout=600)
+    deb = Path(run(["bash", str(source / "scripts/build-deb.sh")], timeout=900).stdout.strip().splitlines()[-1])
+    shutil.copy(deb, image / "root" / deb.name)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"}
+    run(["chroot", str(image), "dpkg", "-i", f"/root/{deb.name}"], env=env, timeout=600)
     return image
 
 

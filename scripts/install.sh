@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Install wg_netmanager on a Debian/Ubuntu box, as root, once:
-#   sudo bash scripts/install.sh [WHEEL]        (default: build from this source tree)
+# Install wg_netmanager from source where there is no Debian package (on Debian and Ubuntu use
+# the package: bash scripts/build-deb.sh, then apt install ./dist/wg-netmanager_*_all.deb).
+# As root, once:   bash scripts/install.sh [WHEEL]      (default: build from this source tree)
+# The package goes into a venv under /opt, the commands into /usr/local/bin, the units into
+# /usr/local/lib/systemd/system (not /etc/systemd/system: that is the admin's, for overrides).
 # Then put net.yaml (and peer.yaml) into /etc/wg-netmanager/ and run
 #   systemctl enable --now wg-netmanager
 set -euo pipefail
@@ -29,8 +32,11 @@ chmod -R a+rX "$PREFIX"
 install -D -m 0644 "$ROOT/dbus/org.wgnetmanager.conf" /usr/share/dbus-1/system.d/org.wgnetmanager.conf
 install -D -m 0644 "$ROOT/dbus/org.wgnetmanager.Helper1.service" \
     /usr/share/dbus-1/system-services/org.wgnetmanager.Helper1.service
-install -D -m 0644 "$ROOT/systemd/wg-netmanager-helper.service" /etc/systemd/system/wg-netmanager-helper.service
-install -D -m 0644 "$ROOT/systemd/wg-netmanager.service" /etc/systemd/system/wg-netmanager.service
+for unit in wg-netmanager-helper.service wg-netmanager.service; do
+    install -d -m 0755 /usr/local/lib/systemd/system
+    sed 's#^ExecStart=/usr/bin/#ExecStart=/usr/local/bin/#' "$ROOT/systemd/$unit" >/usr/local/lib/systemd/system/$unit
+    chmod 0644 /usr/local/lib/systemd/system/$unit
+done
 install -D -m 0644 "$ROOT/systemd/wg-netmanager.sysusers" /usr/lib/sysusers.d/wg-netmanager.conf
 install -D -m 0644 "$ROOT/systemd/wg-netmanager.tmpfiles" /usr/lib/tmpfiles.d/wg-netmanager.conf
 systemd-sysusers /usr/lib/sysusers.d/wg-netmanager.conf

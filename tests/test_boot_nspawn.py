@@ -1,4 +1,4 @@
-"""Installed like a user: the wheel and the system files put in by scripts/install.sh into a
+"""Installed like a user: the Debian package (scripts/build-deb.sh) installed with dpkg into a
 Debian bookworm rootfs, booted with systemd-nspawn; two systemd units, the bus policy, busctl,
 the CLI, and three containers forming a mesh over WireGuard (boot tier, root)."""
 
@@ -40,7 +40,7 @@ def containers():
             box = lab.box(name)
             box.attach(lan, f"198.51.100.{11 + i}/24")
             c = bootlab.Container(image, box)
-            # what README tells a user to do after install.sh
+            # what README tells a user to do after installing the package
             c.sh(f"cat > /etc/wg-netmanager/net.yaml <<'EOF'\n{NET_YAML}EOF\n"
                  f"printf 'name: {name}\\nwgIp: {overlay(i)}\\n' > /etc/wg-netmanager/peer.yaml\n"
                  "chown root:wg-netmanager /etc/wg-netmanager/*.yaml && chmod 0640 /etc/wg-netmanager/*.yaml\n"
@@ -148,3 +148,29 @@ def test_stopping_the_unit_leaves_the_mesh_and_restarting_it_does_not(containers
     ok = c1.sh(f"for n in $(seq 60); do ping -c1 -W1 {ip3} >/dev/null && exit 0; sleep 0.25; done; exit 1",
                check=False, timeout=90)
     assert ok.returncode == 0
+
+
+
+def test_the_package_upgrades_hitless_and_purge_leaves_nothing(containers):
+    """dpkg -i of the same package again (an upgrade): the units restart, the mesh is not
+    disturbed; apt purge: the node leaves, and nothing of ours stays: no files, user, units or
+    interface."""
+    c1, c2 = containers[NAMES[0]], containers[NAMES[1]]
+    ip2 = overlay(1)
+    deb = c2.sh("ls /root/wg-netmanager_*_all.deb").stdout.strip()
+    c2.sh(f"dpkg -i {deb}", timeout=120)
+    assert c2.sh("systemctl is-active wg-netmanager-helper wg-netmanager").stdout.split() == ["active", "active"]
+    ok = c1.sh(f"for n in $(seq 40); do ping -c1 -W1 {ip2} >/dev/null && exit 0; sleep 0.25; done; exit 1",
+               check=False, timeout=60)
+    assert ok.returncode == 0
+    c2.sh("apt-get purge -y -q wg-netmanager", timeout=120)
+    nodes = json.loads(c1.sh("wg_netmanager status --json").stdout)["nodes"]
+    assert next(n for n in nodes if n["overlay_ip"] == ip2)["left"], "the purged node left the mesh"
+    left = c2.sh("ls -d /etc/wg-netmanager /var/lib/wg-netmanager* /var/lib/private/wg-netmanager "
+                 "/usr/lib/python3/dist-packages/wg_netmanager /usr/bin/wg_netmanager /usr/bin/wg-netmanager-helper "
+                 "/lib/systemd/system/wg-netmanager*.service /etc/systemd/system/*/wg-netmanager*.service "
+                 "/usr/share/dbus-1/system.d/org.wgnetmanager.conf 2>/dev/null", check=False).stdout
+    assert left == "", left
+    assert c2.sh("getent passwd wg-netmanager; getent group wg-netmanager", check=False).stdout == ""
+    assert c2.sh("ip link show wg0", check=False).returncode != 0, "no interface"
+    assert c2.sh("pgrep -x wireguard-go", check=False).stdout == "", "no wireguard-go left running"

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason=
 
 def rendered(tmp_path: Path, name: str) -> Path:
     """The unit as the installer writes it, pointing at this environment's binaries."""
-    text = (ROOT / "systemd" / name).read_text().replace("/usr/local/bin/", f"{BIN}/")
+    text = (ROOT / "systemd" / name).read_text().replace("/usr/bin/", f"{BIN}/")
     path = tmp_path / name
     path.write_text(text)
     return path
