@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from wg_netmanager.common import logsetup
+from wg_netmanager.common import VERSION, logsetup
 from wg_netmanager.common.config import (
     EXIT_CONFIG,
     SERVICE_GROUP,
@@ -35,6 +35,7 @@ from wg_netmanager.common.config import (
 
 from .render import path_text
 
+EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 3
 
 
@@ -48,6 +49,7 @@ def fail(message: str, code: int = 1) -> None:
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "-V", "--version", prog_name="wg_netmanager")
 @click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default="/etc/wg-netmanager/net.yaml",
               show_default=True, help="net.yaml (shared by every node)")
 @click.option("-p", "--peer", "peer", type=click.Path(dir_okay=False), help="peer.yaml (this node's settings)")
@@ -151,7 +153,7 @@ def _drop_privileges(user: str, state_dir: Path) -> None:
               help="the first static peer's public host:port")
 @click.option("--force", is_flag=True, help="overwrite an existing file")
 def init(output, subnet, endpoint, force):
-    """Write a new net.yaml with a fresh shared key (mode 0600)."""
+    """Write a new net.yaml with a fresh shared key (root:wg-netmanager 0640 as root, else 0600)."""
     path = Path(output)
     if path.exists() and not force:
         fail(f"{path} exists; not overwriting it (use --force)")
@@ -257,7 +259,14 @@ async def _controller_call(member: str, signature: str = "", body: list | None =
                            tolerate: tuple[str, ...] = ()):
     """Call Controller1; any failure is one line and an exit status, except the named errors in
     ``tolerate`` (then None)."""
-    from wg_netmanager.dbus import CONTROLLER_BUS_NAME, CONTROLLER_INTERFACE, CONTROLLER_OBJECT_PATH
+    from wg_netmanager.dbus import CONTROLLER_INTERFACE
+
+    return await _controller_call_to(CONTROLLER_INTERFACE, member, signature, body, timeout, tolerate)
+
+
+async def _controller_call_to(interface: str, member: str, signature: str = "", body: list | None = None,
+                              timeout: float = 10, tolerate: tuple[str, ...] = ()):
+    from wg_netmanager.dbus import CONTROLLER_BUS_NAME, CONTROLLER_OBJECT_PATH
     from wg_netmanager.dbus.compat import BusType, Message, MessageBus, MessageType
 
     try:
@@ -266,7 +275,7 @@ async def _controller_call(member: str, signature: str = "", body: list | None =
         fail(f"cannot reach the system bus: {e}", EXIT_UNAVAILABLE)
     try:
         reply = await asyncio.wait_for(bus.call(Message(
-            destination=CONTROLLER_BUS_NAME, path=CONTROLLER_OBJECT_PATH, interface=CONTROLLER_INTERFACE,
+            destination=CONTROLLER_BUS_NAME, path=CONTROLLER_OBJECT_PATH, interface=interface,
             member=member, signature=signature, body=body or [])), timeout)
     except TimeoutError:
         fail("the controller did not answer", EXIT_UNAVAILABLE)
@@ -281,13 +290,36 @@ async def _controller_call(member: str, signature: str = "", body: list | None =
             fail("the controller is not running (no org.wgnetmanager.Controller1 on the system bus)",
                  EXIT_UNAVAILABLE)
         if name.endswith("AccessDenied") or name.endswith("NotAuthorized"):
-            fail(f"not allowed: {text.split(',')[0]} (join group 'wg-netmanager' or use sudo)", 4)
-        fail(f"{name}: {text}")
+            fail(f"not allowed: {text.split(',')[0]} (run it as root, or join group 'wg-netmanager' to read)", 4)
+        fail(_error_text(name, text), EXIT_FAILED)
     return reply.body
+
+
+def _error_text(name: str, text: str) -> str:
+    """One friendly line for an error reply (our named errors carry their own sentence)."""
+    from wg_netmanager.dbus import ControllerErrors
+
+    if name == ControllerErrors.INTERNAL:
+        return f"the controller failed: {text}"
+    if name.startswith(ControllerErrors.PREFIX):
+        return text
+    return f"{text} ({name.rsplit('.', 1)[-1]})"
 
 
 def _unvariant(d: dict) -> dict:
     return {k: (v.value if hasattr(v, "value") else v) for k, v in d.items()}
+
+
+def _self() -> dict:
+    """This node, from Controller1's properties."""
+    from wg_netmanager.dbus import CONTROLLER_INTERFACE
+
+    (props,) = asyncio.run(_controller_call_to("org.freedesktop.DBus.Properties", "GetAll", "s",
+                                              [CONTROLLER_INTERFACE]))
+    p = _unvariant(props)
+    return {"name": p.get("Name", ""), "overlay_ip": p.get("OverlayAddress", ""), "identity": p.get("Identity", ""),
+            "public_key": p.get("PublicKey", ""), "interface": p.get("Interface", ""), "state": p.get("State", "up"),
+            "version": p.get("Version", "")}
 
 
 def _nodes() -> list[dict]:
@@ -321,13 +353,15 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json):
     """This node and every other node: path, latency, handshake, traffic."""
+    me = _self()
     nodes = _nodes()
     (routes,) = asyncio.run(_controller_call("ListRoutes"))
     if as_json:
-        click.echo(json.dumps({"nodes": nodes, "routes": [{"destination": d, "gateway": g, "via": v}
-                                                          for d, g, v in routes]}, indent=1))
+        click.echo(json.dumps({"self": me, "nodes": nodes, "routes": [{"destination": d, "gateway": g, "via": v}
+                                                                      for d, g, v in routes]}, indent=1))
         return
-    rows = []
+    rows = [[me["overlay_ip"], me["name"], "(this node)" if me["state"] == "up" else "(this node: down)", "-", "-",
+             "-", "-"]]
     for n in nodes:
         rtt = f"{n['rtt_ms']:.0f} ms" if n["rtt_ms"] >= 0 and n["reachable"] else "-"
         rows.append([n["overlay_ip"], n["name"], path_text(n), rtt, n["endpoint"] or "-", _ago(n["last_handshake"]),
@@ -336,39 +370,68 @@ def status(as_json):
 
 
 @main.command()
-def nodes():
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def nodes(as_json):
     """Known nodes with identity fingerprints and WireGuard keys."""
+    found = _nodes()
+    if as_json:
+        click.echo(json.dumps({"nodes": found}, indent=1))
+        return
     rows = [[n["overlay_ip"], n["name"], n["identity"], n["public_key"], "static" if n["static"] else ""]
-            for n in _nodes()]
+            for n in found]
     click.echo(_table(rows, ["ADDRESS", "NODE", "IDENTITY", "WIREGUARD KEY", ""]))
 
 
 @main.command()
-def routes():
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def routes(as_json):
     """The /32 routes this node installs."""
     (rows,) = asyncio.run(_controller_call("ListRoutes"))
+    if as_json:
+        click.echo(json.dumps({"routes": [{"destination": d, "gateway": g, "via": v} for d, g, v in rows]}, indent=1))
+        return
     click.echo(_table([[d, f"via {v} ({g})" if g else "direct"] for d, g, v in rows], ["DESTINATION", "PATH"]))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def counters(as_json):
+    """The controller's counters: datagrams by type, drops by reason, refusals."""
+    (values,) = asyncio.run(_controller_call("GetCounters"))
+    if as_json:
+        click.echo(json.dumps({"counters": dict(sorted(values.items()))}, indent=1))
+        return
+    click.echo(_table([[k, str(v)] for k, v in sorted(values.items())], ["COUNTER", "VALUE"]))
+
+
+@main.command()
+@click.argument("node")
+def connect(node):
+    """Pin a direct link to NODE (name or overlay IP): attempted now, never idled (root)."""
+    (ok,) = asyncio.run(_controller_call("Connect", "s", [node]))
+    click.echo(f"{node}: direct link attempted" if ok else f"{node}: no direct link possible now (no endpoint known)")
 
 
 @main.command()
 @click.argument("node")
 @click.option("-c", "--count", default=3, show_default=True)
-def ping(node, count):
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (one object at the end)")
+def ping(node, count, as_json):
     """Probe NODE (name or overlay IP) through the mesh: path and round trip."""
-    lost = 0
-    for i in range(count):
-        from wg_netmanager.dbus import ControllerErrors
+    from wg_netmanager.dbus import ControllerErrors
 
+    replies = []
+    for i in range(count):
         answer = asyncio.run(_controller_call("Probe", "s", [node], tolerate=(ControllerErrors.TIMEOUT,)))
         rtt, via = answer if answer is not None else (-1.0, "timeout")
-        if rtt < 0:
-            lost += 1
-            click.echo(f"{node}: no answer ({via})")
-        else:
-            click.echo(f"{node}: {rtt:.1f} ms via {via}")
+        replies.append({"rtt_ms": rtt if rtt >= 0 else None, "via": via})
+        if not as_json:
+            click.echo(f"{node}: no answer ({via})" if rtt < 0 else f"{node}: {rtt:.1f} ms via {via}")
         if i + 1 < count:
             time.sleep(1)
-    if lost == count:
+    if as_json:
+        click.echo(json.dumps({"node": node, "replies": replies}, indent=1))
+    if all(r["rtt_ms"] is None for r in replies):
         sys.exit(1)
 
 

@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-user", action="append", default=None,
                         help=f"system user allowed to call besides root (default {CONTROLLER_USER})")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-V", "--version", action="version", version=f"wg-netmanager-helper {VERSION}")
     args = parser.parse_args(argv)
     args.interface = args.interface or ["wg0"]
     args.allow_user = args.allow_user if args.allow_user is not None else [CONTROLLER_USER]

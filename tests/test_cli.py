@@ -8,6 +8,7 @@ import stat
 import pytest
 from click.testing import CliRunner
 
+from wg_netmanager.common import VERSION
 from wg_netmanager.common.config import EXIT_CONFIG, SERVICE_GROUP, load_network_config
 from wg_netmanager.controller.cli import main
 
@@ -115,3 +116,12 @@ def test_run_form_reports_a_bad_config_with_file_and_line(tmp_path):
     bad.write_text("network:\n  sharedKey: nope\n")
     r = CliRunner().invoke(main, ["-c", str(bad), "-a", "10.1.1.1"])
     assert r.exit_code == EXIT_CONFIG and f"{bad}:2: sharedKey" in r.output
+
+
+def test_version_and_friendly_errors_without_a_controller():
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"wg_netmanager, version {VERSION}"
+    from wg_netmanager.helper.service import main as helper_main
+    with pytest.raises(SystemExit) as e:
+        helper_main(["--version"])
+    assert e.value.code == 0

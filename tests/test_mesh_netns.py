@@ -3,6 +3,7 @@ helper as root and the controller as user wg-netmanager (slow tier, root)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -363,3 +364,25 @@ def test_a_revoked_node_holding_the_shared_key_gets_no_peer_or_route_anywhere(me
         for name, text in saved.items():
             (boxes[name].dir / "net.yaml").write_text(text)
             _reload(boxes[name])
+
+
+
+def test_every_read_command_has_json_and_errors_are_one_friendly_line(mesh):
+    _, boxes = mesh
+    alice = boxes["alice"]
+    cli = [sys.executable, "-m", "wg_netmanager.controller.cli"]
+
+    def js(*args):
+        return json.loads(alice.run(cli + list(args) + ["--json"]).stdout)
+    status = js("status")
+    assert status["self"]["name"] == "alice" and status["self"]["overlay_ip"] == OVERLAY["alice"]
+    assert status["self"]["state"] == "up" and status["self"]["version"]
+    assert {n["name"] for n in js("nodes")["nodes"]} == {"bob", "charlie"}
+    assert {r["destination"] for r in js("routes")["routes"]} == {f"{OVERLAY[n]}/32" for n in ("bob", "charlie")}
+    assert js("counters")["counters"]["tx_probe"] > 0
+    ping = js("ping", "bob", "-c", "1")
+    assert ping["node"] == "bob" and ping["replies"][0]["rtt_ms"] > 0
+    assert "(this node)" in alice.run(cli + ["status"]).stdout
+    r = alice.run(cli + ["ping", "nobody", "-c", "1"], check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "wg_netmanager: no node named 'nobody'", r.stderr
+    assert "org.wgnetmanager" not in r.stderr
