@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from wg_netmanager.common import keyfile
 from wg_netmanager.common.config import (
     ConfigError,
     NetworkConfig,
@@ -102,20 +103,17 @@ def settings_from(network: NetworkConfig, peer: PeerConfig | None, *, interface:
 
 
 def load_identity(state_dir: Path) -> bytes:
-    """The node's Ed25519 identity seed: created once (0600), then reused."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """The node's Ed25519 identity seed: created once, then reused (common.keyfile's rules)."""
     path = state_dir / "identity.key"
     try:
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise ConfigError(path, None, "identity key is corrupt (not 32 bytes); move it away to create a new one")
-        return seed
-    except FileNotFoundError:
-        seed = os.urandom(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(seed)
-        return seed
+        keyfile.secure_dir(state_dir)
+        seed = keyfile.read_key(path)
+        if seed is None:
+            seed = os.urandom(32)
+            keyfile.write_key(path, seed)
+    except keyfile.KeyFileError as e:
+        raise ConfigError(path, None, str(e)) from None
+    return seed
 
 
 def load_persisted(state_dir: Path) -> dict:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from wg_netmanager.common import VERSION, logsetup
+from wg_netmanager.common import VERSION, keyfile, logsetup
 from wg_netmanager.common.config import EXIT_CONFIG, ConfigError, load_network_config, raise_problems, trust_problems
 from wg_netmanager.dbus import (
     CONTROLLER_USER,
@@ -85,7 +85,7 @@ def _guarded(fn):
             raise DBusError(HelperErrors.INVALID_ARGS, str(e)) from None
         except device.NoDevice as e:
             raise DBusError(HelperErrors.NO_DEVICE, str(e)) from None
-        except (device.DeviceError, UapiError, RouteError) as e:
+        except (device.DeviceError, UapiError, RouteError, keyfile.KeyFileError) as e:
             log.error("backend failure", extra={"method": name, "error": str(e)})
             raise DBusError(HelperErrors.BACKEND_FAILED, str(e)) from None
         except Exception as e:
