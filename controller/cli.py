@@ -69,10 +69,12 @@ def fail(message: str, code: int = 1) -> None:
               default=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/wg-netmanager"),
               show_default="$STATE_DIRECTORY or /var/lib/wg-netmanager")
 @click.option("--drop-privileges", metavar="USER", help="when started as root: switch to USER before running")
+@click.option("--metrics", "metrics_at", metavar="HOST:PORT",
+              help="serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9586)")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_port, port_hopping, live,
-         link_policy, idle_timeout, state_dir, drop_privileges, verbose):
+         link_policy, idle_timeout, state_dir, drop_privileges, metrics_at, verbose):
     """WireGuard mesh manager. Without a command: run the controller in the foreground."""
     if ctx.invoked_subcommand is not None:
         return
@@ -100,6 +102,8 @@ def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_p
                  "Run it as the 'wg-netmanager' user, or pass --drop-privileges wg-netmanager", EXIT_CONFIG)
         _drop_privileges(drop_privileges, Path(state_dir))
     controller = Controller(settings, reload_settings=load_settings)
+    if metrics_at:
+        controller.metrics_address = _metrics_address(metrics_at)
     if live:
         controller.listeners.append(lambda event: click.echo(f"{time.strftime('%H:%M:%S')} {event}"))
     try:
@@ -113,6 +117,21 @@ def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_p
         fail(f"cannot start: {e}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    """--metrics HOST:PORT, on a loopback address only (the metrics name every node)."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        if not ipaddress.ip_address(host).is_loopback or not 1 <= int(port) <= 65535:
+            raise ValueError
+        import prometheus_client  # noqa: F401 - needed to serve them
+    except ValueError:
+        fail(f"--metrics {text!r}: give a loopback address and port, e.g. 127.0.0.1:9586", EXIT_CONFIG)
+    except ImportError:
+        fail("--metrics needs prometheus-client (Debian: apt install python3-prometheus-client)", EXIT_CONFIG)
+    return host, int(port)
 
 
 async def _run(controller) -> int:
@@ -405,6 +424,13 @@ def counters(as_json):
 
 
 @main.command()
+def metrics():
+    """This node's metrics in Prometheus' text format (what --metrics serves)."""
+    (text,) = asyncio.run(_controller_call("GetMetrics"))
+    click.echo(text, nl=False)
+
+
+@main.command()
 @click.argument("node")
 def connect(node):
     """Pin a direct link to NODE (name or overlay IP): attempted now, never idled (root)."""
@@ -472,20 +498,53 @@ def up():
 
 
 @main.command()
-@click.option("--interval", default=1.0, show_default=True)
-def watch(interval):
-    """Live view of the mesh (replaces the original's TUI). Ctrl-C to leave."""
+@click.option("--refresh", default=30.0, show_default=True, metavar="SECONDS",
+              help="redraw at least this often (handshake ages) when nothing changes")
+def watch(refresh):
+    """Live view of the mesh, redrawn when it changes (Controller1's MeshChanged signal, no
+    polling). Without a terminal: one block per change. Ctrl-C to leave."""
+    try:
+        asyncio.run(_watch(refresh))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _watch(refresh: float) -> None:
+    from wg_netmanager.dbus import CONTROLLER_INTERFACE
+    from wg_netmanager.dbus.compat import BusType, Message, MessageBus, MessageType
+
+    try:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except Exception as e:  # noqa: BLE001 - any failure to reach the bus is one message
+        fail(f"cannot reach the system bus: {e}", EXIT_UNAVAILABLE)
+    changed = asyncio.Event()
+
+    def on_message(msg):
+        if msg.message_type == MessageType.SIGNAL and msg.member == "MeshChanged" \
+                and msg.interface == CONTROLLER_INTERFACE:
+            changed.set()
+    bus.add_message_handler(on_message)
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                           body=[f"type='signal',interface='{CONTROLLER_INTERFACE}',member='MeshChanged'"]))
+    tty = sys.stdout.isatty()
     try:
         while True:
-            nodes = _nodes()
+            (raw,) = await _controller_call("ListNodes")
+            nodes = [_unvariant(n) for n in raw]
             rows = [[n["overlay_ip"], n["name"], path_text(n),
                      f"{n['rtt_ms']:.0f} ms" if n["rtt_ms"] >= 0 and n["reachable"] else "-",
                      _ago(n["last_handshake"])] for n in nodes]
-            click.echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S") + f"  {len(nodes)} other node(s)\n")
-            click.echo(_table(rows, ["ADDRESS", "NODE", "PATH", "RTT", "HANDSHAKE"]))
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
+            head = time.strftime("%H:%M:%S") + f"  {len(nodes)} other node(s)"
+            click.echo(("\x1b[2J\x1b[H" if tty else "") + head + "\n"
+                       + _table(rows, ["ADDRESS", "NODE", "PATH", "RTT", "HANDSHAKE"]) + ("" if tty else "\n"))
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), refresh)
+            except TimeoutError:
+                pass
+    finally:
+        bus.disconnect()
 
 
 @main.command()

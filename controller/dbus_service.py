@@ -129,6 +129,18 @@ class Controller1(ServiceInterface):
 
     @method()
     @_guarded
+    async def GetMetrics(self) -> "s":
+        await self._readers()
+        try:
+            from . import metrics
+
+            return metrics.render(self.c.metric_families()).decode()
+        except ImportError:
+            raise DBusError(ControllerErrors.INTERNAL, "metrics need prometheus-client "
+                            "(Debian: apt install python3-prometheus-client)") from None
+
+    @method()
+    @_guarded
     async def Down(self) -> "b":
         await self.auth.require({0}, "take this node out of the mesh (root only)")
         return await self.c.go_down("wg_netmanager down")

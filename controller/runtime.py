@@ -233,6 +233,8 @@ class Controller:
         self.backend = ""
         self.last_apply: dict = {}
         self.is_down = False  # `wg_netmanager down`: departed, data plane removed, the core not fed
+        self.apply_stats = {"count": 0, "seconds": 0.0, "changes": 0}  # (metrics)
+        self.metrics_address: tuple[str, int] | None = None  # --metrics: served on localhost
 
     # ---------------------------------------------------------------- startup
 
@@ -290,6 +292,10 @@ class Controller:
         from .dbus_service import export_controller1  # late: only the daemon needs it
 
         await export_controller1(self)
+        if self.metrics_address is not None:
+            from . import metrics
+
+            self.metrics_server = await metrics.serve(self, *self.metrics_address)
         await self.watch_helper()
         log.info("controller running", extra={"node": self.s.name, "address": self.s.address,
                                               "identity": self.core.identity.public.hex()[:16],
@@ -328,6 +334,17 @@ class Controller:
         self.core = Core(config, seed, base64.b64decode(self.wg_public_key), time.time(),
                          os.urandom, persisted=persisted, lan_endpoints=lan)
         return statics
+
+    def metric_families(self) -> list:
+        from wg_netmanager.common import VERSION
+
+        from . import metrics
+
+        nodes = [] if self.is_down else self.core.member_status()
+        counters = {} if self.core is None else self.core.counter_values()
+        info = {"name": self.s.name, "overlay_ip": self.s.address, "version": VERSION,
+                "state": "down" if self.is_down else "up"}
+        return metrics.families(counters, nodes, info, self.apply_stats)
 
     # ---------------------------------------------------------------- reload
 
@@ -508,7 +525,8 @@ class Controller:
             level = logging.WARNING if event.kind in ("claim_refused", "link_down") else logging.INFO
             log.log(level, event.kind, extra=fields(event.data))
             changed |= event.kind in ("link_up", "link_down", "path_changed", "node_reachable",
-                                      "node_unreachable", "node_discovered")
+                                      "node_unreachable", "node_discovered", "node_left", "node_revoked",
+                                      "node_forgotten")
             if event.kind == "probe_result":
                 for fut in self.probe_waiters.pop(event.data["node"], []):
                     if not fut.done():
@@ -556,6 +574,9 @@ class Controller:
                 continue
             self.applied_version = version
             self.last_apply = summary
+            self.apply_stats["count"] += 1
+            self.apply_stats["seconds"] += time.monotonic() - started
+            self.apply_stats["changes"] += int(summary.get("changes", 0))
             if summary.get("changes"):
                 log.info("applied", extra={"version": version, "ms": round((time.monotonic() - started) * 1000, 1),
                                            **{k: v for k, v in summary.items() if v}})

@@ -386,3 +386,51 @@ def test_every_read_command_has_json_and_errors_are_one_friendly_line(mesh):
     r = alice.run(cli + ["ping", "nobody", "-c", "1"], check=False)
     assert r.returncode == 1 and r.stderr.strip() == "wg_netmanager: no node named 'nobody'", r.stderr
     assert "org.wgnetmanager" not in r.stderr
+
+
+def test_metrics_endpoint_and_command_parse_as_prometheus_text(mesh):
+    """--metrics serves the text format on a loopback address; `wg_netmanager metrics` prints
+    the same families (Controller1.GetMetrics); both parse with the Prometheus text parser."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    _, boxes = mesh
+    alice = boxes["alice"]
+    assert wait_for(lambda: all_direct(boxes), 20)
+    alice.kill("controller", signal.SIGTERM)
+    alice.start_controller(alice.dir / "net.yaml", OVERLAY["alice"], extra=["--metrics", "127.0.0.1:9586"])
+    assert wait_for(lambda: set(paths(alice).values()) == {"direct"} and len(paths(alice)) == 2, 20)
+    fetch = ("import urllib.request; "
+             "print(urllib.request.urlopen('http://127.0.0.1:9586/metrics', timeout=5).read().decode())")
+    scraped = alice.run([sys.executable, "-c", fetch]).stdout
+    printed = alice.run([sys.executable, "-m", "wg_netmanager.controller.cli", "metrics"]).stdout
+    for text in (scraped, printed):
+        families = {f.name: f for f in parser.text_string_to_metric_families(text)}
+        reach = {s.labels["node"]: s.value for s in families["wg_netmanager_node_reachable"].samples}
+        assert reach == {"bob": 1, "charlie": 1}
+        assert {s.labels["node"] for s in families["wg_netmanager_node_rtt_seconds"].samples} == {"bob", "charlie"}
+        assert families["wg_netmanager_helper_applies"].samples[0].value >= 1
+        assert families["wg_netmanager_info"].samples[0].labels["name"] == "alice"
+    bad = alice.run([sys.executable, "-m", "wg_netmanager.controller.cli", "-c", str(alice.dir / "net.yaml"),
+                     "-a", OVERLAY["alice"], "--metrics", "0.0.0.0:9586"], user="wg-netmanager", check=False)
+    assert bad.returncode == 6 and "loopback" in bad.stderr
+
+
+def test_watch_follows_mesh_changed_without_a_terminal(mesh):
+    """watch redraws on Controller1's MeshChanged signal (not by polling): without a TTY, one
+    block per change; a node going down shows as a new block within seconds."""
+    _, boxes = mesh
+    alice, charlie = boxes["alice"], boxes["charlie"]
+    assert wait_for(lambda: all_direct(boxes), 20)
+    out = alice.dir / "watch.out"
+    with open(out, "w") as f:
+        proc = subprocess.Popen(alice._enter() + [sys.executable, "-m", "wg_netmanager.controller.cli", "watch",
+                                                  "--refresh", "600"], stdout=f, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: out.read_text().count("other node(s)") == 1, 10), out.read_text()
+        charlie.run([sys.executable, "-m", "wg_netmanager.controller.cli", "down"])
+        assert wait_for(lambda: "left" in out.read_text(), 10), out.read_text()
+        assert "\x1b[2J" not in out.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        charlie.run([sys.executable, "-m", "wg_netmanager.controller.cli", "up"])
+        assert wait_for(lambda: all_direct(boxes), 20)

@@ -520,3 +520,26 @@ def test_a_revoked_node_is_dropped_everywhere_and_cannot_come_back():
     assert expelled()
     assert sim.converged(list(others))
     assert sim.nodes["beta"].core.counters.get("drop_identity_revoked", 0) > 0
+
+
+def test_metrics_from_a_core_parse_as_prometheus_text():
+    """The families the --metrics endpoint and `wg_netmanager metrics` serve, from a core's
+    state, read back with the Prometheus text parser."""
+    prometheus = pytest.importorskip("prometheus_client.parser")
+    from wg_netmanager.controller import metrics
+    sim = original_example()
+    assert sim.run_until_true(lambda: sim.converged(), 10) is not None
+    core = sim.nodes["alpha"].core
+    text = metrics.render(metrics.families(core.counter_values(), core.member_status(),
+                                           {"name": "alpha", "overlay_ip": "10.1.0.1", "version": "0.1.0"},
+                                           {"count": 3, "seconds": 0.012, "changes": 7})).decode()
+    parsed = {f.name: f for f in prometheus.text_string_to_metric_families(text)}
+    reach = {s.labels["node"]: s.value for s in parsed["wg_netmanager_node_reachable"].samples}
+    assert reach == {"beta": 1, "charlie": 1, "delta": 1}
+    hops = {s.labels["node"]: s.value for s in parsed["wg_netmanager_node_path_hops"].samples}
+    assert all(h >= 1 for h in hops.values()) and hops["beta"] == 1
+    sent = {s.labels["type"]: s.value for s in parsed["wg_netmanager_admin_datagrams_sent"].samples}
+    assert sent["probe"] == core.counters["tx_probe"]
+    assert parsed["wg_netmanager_helper_applies"].samples[0].value == 3
+    assert parsed["wg_netmanager_info"].samples[0].labels["name"] == "alpha"
+    assert all(f.type in ("counter", "gauge") for f in parsed.values())
