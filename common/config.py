@@ -92,6 +92,8 @@ class NetworkConfig:
     revoked_wg_keys: frozenset[bytes] = frozenset()
     #: strict mode (``allowed:``): overlay IP -> the identities that may claim it; None = off
     allowed: dict[str, frozenset[bytes]] | None = None
+    #: node names resolve as <name>.<domain> (``network.domain``)
+    domain: str = "mesh.internal"
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -221,7 +223,8 @@ def _port(path: str, m: dict, key: str, default: int | None = None) -> int:
 
 KNOWN_TOP = {"network", "peers", "revoked", "allowed"}
 KNOWN_REVOKED = {"identity", "wgKey", "name"}
-KNOWN_NETWORK = {"sharedKey", "subnet"}
+KNOWN_NETWORK = {"sharedKey", "subnet", "domain"}
+DEFAULT_DOMAIN = "mesh.internal"  # .internal: the top-level domain reserved for private use
 KNOWN_PEER = {"endPoint", "adminPort", "wgIp"}
 
 
@@ -235,7 +238,7 @@ def load_network_config(path: str | Path) -> NetworkConfig:
     problems: list[ConfigError] = []
     warnings: list[str] = []
     problems += [_unknown_key(spath, doc, key, KNOWN_TOP) for key in doc if key not in KNOWN_TOP]
-    shared_key, subnet = b"", None
+    shared_key, subnet, domain = b"", None, DEFAULT_DOMAIN
     try:
         network = _require(spath, doc, "network", "top level")
         if not isinstance(network, dict):
@@ -252,6 +255,11 @@ def load_network_config(path: str | Path) -> NetworkConfig:
             subnet = parse_subnet(_require(spath, network, "subnet", "network"), warnings)
         except ValueError as e:
             problems.append(ConfigError(spath, _line(network, "subnet"), f"subnet {e}"))
+        if network.get("domain") is not None:
+            try:
+                domain = parse_domain(network["domain"])
+            except ValueError as e:
+                problems.append(ConfigError(spath, _line(network, "domain"), f"domain {e}"))
     except ConfigError as e:
         problems.append(e)
 
@@ -277,7 +285,25 @@ def load_network_config(path: str | Path) -> NetworkConfig:
     revoked_ids, revoked_keys = _revoked(spath, doc, problems)
     allowed = _allowed(spath, doc, subnet, problems)
     raise_problems(problems)
-    return NetworkConfig(spath, shared_key, subnet, tuple(peers), tuple(warnings), revoked_ids, revoked_keys, allowed)
+    return NetworkConfig(spath, shared_key, subnet, tuple(peers), tuple(warnings), revoked_ids, revoked_keys, allowed,
+                         domain)
+
+
+def is_dns_label(text: str) -> bool:
+    """A DNS label as host names use them (RFC 1123): letters, digits, inner hyphens, 1-63."""
+    return (1 <= len(text) <= 63 and text.isascii() and text[0] != "-" and text[-1] != "-"
+            and all(c.isalnum() or c == "-" for c in text))
+
+
+def parse_domain(text: Any) -> str:
+    """The mesh's DNS domain, e.g. mesh.internal (lower case, no trailing dot)."""
+    if not isinstance(text, str):
+        raise ValueError("must be a domain name such as mesh.internal")
+    name = text.strip().rstrip(".").lower()
+    labels = name.split(".")
+    if not name or len(name) > 200 or not all(is_dns_label(label) for label in labels):
+        raise ValueError(f"{text!r} is not a domain name (letters, digits, hyphens; e.g. mesh.internal)")
+    return name
 
 
 def parse_identity(text: Any) -> bytes:

@@ -69,12 +69,14 @@ def fail(message: str, code: int = 1) -> None:
               default=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/wg-netmanager"),
               show_default="$STATE_DIRECTORY or /var/lib/wg-netmanager")
 @click.option("--drop-privileges", metavar="USER", help="when started as root: switch to USER before running")
+@click.option("--dns-port", type=click.IntRange(0, 65535), default=53535, show_default=True,
+              help="answer <name>.<domain> on this UDP port of the overlay address (0: no names)")
 @click.option("--metrics", "metrics_at", metavar="HOST:PORT",
               help="serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9586)")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_port, port_hopping, live,
-         link_policy, idle_timeout, state_dir, drop_privileges, metrics_at, verbose):
+         link_policy, idle_timeout, state_dir, drop_privileges, dns_port, metrics_at, verbose):
     """WireGuard mesh manager. Without a command: run the controller in the foreground."""
     if ctx.invoked_subcommand is not None:
         return
@@ -102,6 +104,7 @@ def main(ctx, config, peer, interface, address, name, existing, wg_port, admin_p
                  "Run it as the 'wg-netmanager' user, or pass --drop-privileges wg-netmanager", EXIT_CONFIG)
         _drop_privileges(drop_privileges, Path(state_dir))
     controller = Controller(settings, reload_settings=load_settings)
+    controller.dns_port = dns_port
     if metrics_at:
         controller.metrics_address = _metrics_address(metrics_at)
     if live:
@@ -338,7 +341,7 @@ def _self() -> dict:
     p = _unvariant(props)
     return {"name": p.get("Name", ""), "overlay_ip": p.get("OverlayAddress", ""), "identity": p.get("Identity", ""),
             "public_key": p.get("PublicKey", ""), "interface": p.get("Interface", ""), "state": p.get("State", "up"),
-            "version": p.get("Version", "")}
+            "version": p.get("Version", ""), "domain": p.get("Domain", ""), "names": p.get("Names", "")}
 
 
 def _nodes() -> list[dict]:
@@ -386,6 +389,10 @@ def status(as_json):
         rows.append([n["overlay_ip"], n["name"], path_text(n), rtt, n["endpoint"] or "-", _ago(n["last_handshake"]),
                      f"{_bytes(n['rx_bytes'])} / {_bytes(n['tx_bytes'])}"])
     click.echo(_table(rows, ["ADDRESS", "NODE", "PATH", "RTT", "ENDPOINT", "HANDSHAKE", "RX / TX"]))
+    if me["names"] == "resolved":
+        click.echo(f"\nnames: <node>.{me['domain']} (e.g. {me['name']}.{me['domain']}) through systemd-resolved")
+    else:
+        click.echo(f"\nnames: {me['names'] or 'off'} - use the addresses above")
 
 
 @main.command()
@@ -530,6 +537,7 @@ async def _watch(refresh: float) -> None:
     tty = sys.stdout.isatty()
     try:
         while True:
+            changed.clear()  # (before reading: a change while we read is drawn next round)
             (raw,) = await _controller_call("ListNodes")
             nodes = [_unvariant(n) for n in raw]
             rows = [[n["overlay_ip"], n["name"], path_text(n),
@@ -538,7 +546,6 @@ async def _watch(refresh: float) -> None:
             head = time.strftime("%H:%M:%S") + f"  {len(nodes)} other node(s)"
             click.echo(("\x1b[2J\x1b[H" if tty else "") + head + "\n"
                        + _table(rows, ["ADDRESS", "NODE", "PATH", "RTT", "HANDSHAKE"]) + ("" if tty else "\n"))
-            changed.clear()
             try:
                 await asyncio.wait_for(changed.wait(), refresh)
             except TimeoutError:

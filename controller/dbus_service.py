@@ -180,6 +180,14 @@ class Controller1(ServiceInterface):
         return VERSION
 
     @dbus_property(access=PropertyAccess.READ)
+    def Domain(self) -> "s":
+        return self.c.s.network.domain
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Names(self) -> "s":
+        return self.c.names
+
+    @dbus_property(access=PropertyAccess.READ)
     def State(self) -> "s":
         return "down" if self.c.is_down else "up"
 

@@ -20,6 +20,7 @@ SIGNATURES = {
     "Apply": "sa(ssasu)a(ss)",
     "GetState": "s",
     "Teardown": "s",
+    "SetDNS": "sss",
 }
 
 
@@ -74,6 +75,10 @@ class HelperClient:
     async def teardown(self, ifname: str) -> dict[str, int]:
         (summary,) = await self.call("Teardown", ifname)
         return summary
+
+    async def set_dns(self, ifname: str, server: str, domain: str) -> str:
+        (how,) = await self.call("SetDNS", ifname, server, domain)
+        return how
 
     def disconnect(self) -> None:
         self.bus.disconnect()

@@ -136,6 +136,8 @@ ADDRESS_SCAN = 1.0
 ADDRESS_SCAN_WATCHED = 10.0
 #: changes come in bursts (link down, address gone, address added, routes): look once they settled
 ADDRESS_SETTLE = 0.05
+#: the controller's DNS server for the mesh domain, on its own overlay address
+DNS_PORT = 53535
 #: `down`: how long the departure has to reach the mesh (and be flooded) before the data plane goes
 DOWN_GRACE = 0.5
 
@@ -212,6 +214,30 @@ class _Admin(asyncio.DatagramProtocol):
         log.debug("admin socket error", extra={"error": str(exc)})
 
 
+class _Names(asyncio.DatagramProtocol):
+    """The DNS socket: each query answered from the core (controller.dns)."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        c = self.controller
+        if c.core is None or c.is_down:
+            return
+        from . import dns
+
+        reply = dns.answer(data, c.s.network.domain, c.core.addresses_of)
+        if reply is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DNS socket error", extra={"error": str(exc)})
+
+
 class Controller:
     def __init__(self, settings: RunSettings, bus_address: str | None = None,
                  reload_settings: Callable[[], RunSettings] | None = None) -> None:
@@ -235,6 +261,9 @@ class Controller:
         self.is_down = False  # `wg_netmanager down`: departed, data plane removed, the core not fed
         self.apply_stats = {"count": 0, "seconds": 0.0, "changes": 0}  # (metrics)
         self.metrics_address: tuple[str, int] | None = None  # --metrics: served on localhost
+        self.dns_port = DNS_PORT  # names: <name>.<domain> answered on our overlay address (0: off)
+        self.dns_transport: asyncio.DatagramTransport | None = None
+        self.names = "off"  # how names resolve here: "resolved", or why not (status shows it)
 
     # ---------------------------------------------------------------- startup
 
@@ -268,6 +297,34 @@ class Controller:
         log.info("device ready", extra={"ifname": self.s.interface, "backend": self.backend,
                                         "port": self.s.wg_port, "public_key": self.wg_public_key})
         self.follow_key(self.wg_public_key)
+        await self.configure_names()
+
+    async def configure_names(self) -> None:
+        """Answer <name>.<domain> on our overlay address, and have the helper point
+        systemd-resolved at it for the mesh domain (after every EnsureDevice: a new device is a
+        new resolved link)."""
+        if not self.dns_port:
+            return
+        if self.dns_transport is None:
+            loop = asyncio.get_running_loop()
+            family = socket.AF_INET6 if ":" in self.s.address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND: the address may come and go with the device
+            try:
+                sock.bind((self.s.address, self.dns_port))
+            except OSError as e:
+                sock.close()
+                self.names = f"no DNS server: {e.strerror}"
+                log.warning("cannot answer names", extra={"port": self.dns_port, "error": e.strerror})
+                return
+            self.dns_transport, _ = await loop.create_datagram_endpoint(lambda: _Names(self), sock=sock)
+        server = f"[{self.s.address}]:{self.dns_port}" if ":" in self.s.address else \
+            f"{self.s.address}:{self.dns_port}"
+        try:
+            self.names = await self.helper.set_dns(self.s.interface, server, self.s.network.domain)
+        except (HelperError, DBusError) as e:
+            self.names = f"not through the system resolver: {getattr(e, 'message', None) or e}"
+            log.warning("names resolve only in `wg_netmanager status`", extra={"reason": str(e)})
 
     def follow_key(self, key_b64: str) -> None:
         """The device's WireGuard key is what we announce: when it changed under us (the helper
@@ -313,6 +370,8 @@ class Controller:
         self.persist(force=True)
         for transport in self.transports.values():
             transport.close()
+        if self.dns_transport is not None:
+            self.dns_transport.close()
         if disconnected.done():
             log.error("system bus connection lost")
             return 1

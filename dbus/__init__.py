@@ -32,6 +32,7 @@ class HelperErrors:
     NOT_MANAGED = PREFIX + "NotManaged"
     NO_DEVICE = PREFIX + "NoDevice"
     BACKEND_FAILED = PREFIX + "BackendFailed"
+    NO_RESOLVER = PREFIX + "NoResolver"
     INTERNAL = PREFIX + "Internal"
 
 

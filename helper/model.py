@@ -230,6 +230,22 @@ def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None,
     return peers
 
 
+def parse_dns_server(text: object, own_ip: str | None) -> tuple[IPAddress, int]:
+    """SetDNS's server: ``ip:port`` / ``[ip6]:port`` on the device's own overlay address."""
+    if not isinstance(text, str) or ":" not in text:
+        raise InvalidArgs("server must be ip:port")
+    host, _, port = text.rpartition(":")
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise InvalidArgs(f"server {text!r} is not ip:port") from None
+    if own_ip is None or address != ipaddress.ip_address(own_ip):
+        raise InvalidArgs(f"server {text!r} is not this device's own overlay address ({own_ip})")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise InvalidArgs(f"server {text!r}: port must be 1..65535")
+    return address, int(port)
+
+
 def parse_routes(raw: object, subnet: IPNetwork, own_ip: IPAddress | None) -> dict[str, RouteSpec]:
     """D-Bus ``a(ss)`` (destination, gateway or "") -> validated specs."""
     if not isinstance(raw, list):

@@ -35,7 +35,9 @@ from wg_netmanager.dbus.compat import (
     LIBRARY,
     BusType,
     DBusError,
+    Message,
     MessageBus,
+    MessageType,
     PropertyAccess,
     ServiceInterface,
     dbus_property,
@@ -48,6 +50,7 @@ from .model import (
     PeerOp,
     check_ifname,
     encode_key,
+    parse_dns_server,
     parse_interface_address,
     parse_peers,
     parse_routes,
@@ -108,6 +111,7 @@ class Helper1(ServiceInterface):
         self.allowed_uids = allowed_uids
         config = load_trusted_config(config_path)
         self.subnet = config.subnet
+        self.domain = config.domain
         self.revoked_wg_keys = config.revoked_wg_keys
         self.auth = CallerAuth(bus, HelperErrors.NOT_AUTHORIZED)
         self._locks = {name: asyncio.Lock() for name in interfaces}
@@ -254,6 +258,32 @@ class Helper1(ServiceInterface):
         peers = [[encode_key(p.public_key), p.endpoint or "", float(p.last_handshake), p.rx_bytes, p.tx_bytes,
                   sorted(p.allowed_ips), p.keepalive] for p in live.peers.values()]
         return [pub, live.listen_port, peers]
+
+    @method()
+    @_guarded
+    async def SetDNS(self, ifname: "s", server: "s", domain: "s") -> "s":
+        """systemd-resolved sends <domain>'s queries to the controller's server on the device."""
+        self._managed(ifname)
+        dev = await self._device(ifname)
+        address, port = parse_dns_server(server, dev.own_ip)
+        if domain != self.domain:
+            raise InvalidArgs(f"domain {domain!r} is not net.yaml's ({self.domain!r})")
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        calls = [("SetLinkDNSEx", "ia(iayqs)", [dev.index, [[family, address.packed, port, ""]]]),
+                 ("SetLinkDomains", "ia(sb)", [dev.index, [[domain, True]]]),
+                 ("SetLinkDefaultRoute", "ib", [dev.index, False])]
+        for member, signature, body in calls:
+            reply = await self.bus.call(Message(
+                destination="org.freedesktop.resolve1", path="/org/freedesktop/resolve1",
+                interface="org.freedesktop.resolve1.Manager", member=member, signature=signature, body=body))
+            if reply.message_type == MessageType.ERROR:
+                text = reply.body[0] if reply.body else reply.error_name
+                if (reply.error_name or "").endswith(("ServiceUnknown", "NameHasNoOwner")):
+                    raise DBusError(HelperErrors.NO_RESOLVER, "systemd-resolved is not running: names resolve "
+                                    "only in `wg_netmanager status`")
+                raise DBusError(HelperErrors.BACKEND_FAILED, f"systemd-resolved refused {member}: {text}")
+        log.info("names via systemd-resolved", extra={"ifname": ifname, "server": server, "domain": domain})
+        return "resolved"
 
     @method()
     @_guarded

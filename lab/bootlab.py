@@ -24,10 +24,11 @@ NET_YAML = net_yaml("198.51.100.11:50000", "10.1.1.1")
 CACHE = Path(os.environ.get("WGNM_ROOTFS_CACHE", "/var/cache/wg-netmanager-test"))
 ROOTFS = CACHE / "rootfs-bookworm"
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "wireguard-go", "wireguard-tools",
-            "iproute2", "iputils-ping", "procps", "passwd", "ca-certificates",
-            # the .deb's dependencies, as bookworm packages them
+            "iproute2", "iputils-ping", "procps", "passwd", "ca-certificates", "systemd-resolved",
+            # the .deb's dependencies, as bookworm packages them (python3-cffi-backend provides what
+            # python3-nacl needs: debootstrap resolves no virtual packages)
             "python3-pyroute2", "python3-dbus-fast", "python3-nacl", "python3-yaml", "python3-click",
-            "python3-cffi-backend"]  # (provides what python3-nacl needs; debootstrap resolves no virtual packages)
+            "python3-dnslib", "python3-cffi-backend"]
 MIRROR = "http://deb.debian.org/debian"
 
 
@@ -81,6 +82,7 @@ class Container:
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-D", str(image), "--volatile=overlay", "--boot", "--register=no", "--keep-unit",
              "--console=passive", f"--network-namespace-path=/run/netns/{box.ns}", "--bind=/dev/net/tun",
+             "--resolv-conf=off",  # (the container's own: systemd-resolved's stub)
              "--capability=CAP_NET_ADMIN", f"--machine={box.ns}", "--quiet"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         box.lab._procs.append(self.proc)

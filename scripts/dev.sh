@@ -14,7 +14,7 @@ VENV_NEXT="$DEV/venv-next"  # dbus-next only: the D-Bus tests run a second time 
 VENV_DEBIAN="$DEV/venv-debian"  # Debian's own python3-* packages (what the .deb depends on)
 APT_PACKAGES=(python3 python3-venv python3-pip wireguard-go wireguard-tools dbus iproute2 iputils-ping
               nftables procps util-linux psmisc systemd-container debootstrap
-              python3-pyroute2 python3-dbus-fast python3-nacl python3-yaml python3-click python3-pytest python3-prometheus-client
+              python3-pyroute2 python3-dbus-fast python3-nacl python3-yaml python3-click python3-pytest python3-prometheus-client python3-dnslib
               build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian)
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -46,7 +46,7 @@ setup() {
     "$VENV_NEXT/bin/pip" install -q --upgrade pip setuptools wheel
     "$VENV/bin/pip" install -q "$ROOT[test]"
     "$VENV/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT" "$ROOT/lab"
-    "$VENV_NEXT/bin/pip" install -q dbus-next pyroute2 pyyaml pynacl click pytest hypothesis prometheus-client
+    "$VENV_NEXT/bin/pip" install -q dbus-next pyroute2 pyyaml pynacl click dnslib pytest hypothesis prometheus-client
     "$VENV_NEXT/bin/pip" uninstall -q -y dbus-fast 2>/dev/null || true
     "$VENV_NEXT/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT" "$ROOT/lab"
     # Debian bookworm's versions (pyroute2 0.7.2, dbus-fast 1.84, pynacl 1.5, click 8.1.3, PyYAML 6.0,

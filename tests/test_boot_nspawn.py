@@ -90,6 +90,29 @@ def test_three_containers_form_a_mesh_and_ping(containers):
                 assert ok.returncode == 0, f"{src} -> {overlay(j)}"
 
 
+def test_names_resolve_through_systemd_resolved_and_follow_a_rename(containers):
+    """ping <name>.mesh.internal works in booted containers: the helper pointed systemd-resolved
+    at the controller's DNS server for the mesh domain; a renamed node resolves under its new
+    name within seconds (and its old name goes)."""
+    c1, c3 = containers[NAMES[0]], containers[NAMES[-1]]
+    assert json.loads(c1.sh("wg_netmanager status --json").stdout)["self"]["names"] == "resolved"
+    for name in NAMES[1:]:
+        ok = c1.sh(f"for n in $(seq 20); do ping -c1 -W1 {name}.mesh.internal >/dev/null && exit 0; sleep 0.25; "
+                   "done; exit 1", check=False, timeout=60)
+        assert ok.returncode == 0, c1.sh(f"resolvectl query {name}.mesh.internal", check=False)
+    assert c1.sh("resolvectl query nobody.mesh.internal", check=False).returncode != 0
+    c3.sh("sed -i 's/^name: .*/name: renamed/' /etc/wg-netmanager/peer.yaml && systemctl restart wg-netmanager")
+    try:
+        found = c1.sh("for n in $(seq 40); do getent hosts renamed.mesh.internal && exit 0; sleep 0.25; done; exit 1",
+                      check=False, timeout=60)
+        assert found.returncode == 0 and overlay(len(NAMES) - 1) in found.stdout
+        gone = c1.sh(f"sleep 6; getent hosts {NAMES[-1]}.mesh.internal", check=False)
+        assert gone.returncode != 0, gone.stdout
+    finally:
+        c3.sh(f"sed -i 's/^name: .*/name: {NAMES[-1]}/' /etc/wg-netmanager/peer.yaml && "
+              "systemctl restart wg-netmanager")
+
+
 def test_restarting_the_helper_unit_keeps_a_ping_flowing(containers):
     c1 = containers["c1"]
     before = c1.sh("pidof wireguard-go").stdout.strip()

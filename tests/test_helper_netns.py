@@ -154,6 +154,11 @@ def test_callers_root_and_controller_user_allowed_others_refused(mesh):
 
 BAD = [
     ("Apply", ["wg0", [["AAAA", "", [], 0]], []], HelperErrors.INVALID_ARGS, "not 32"),
+    ("SetDNS", ["wg0", "10.1.1.99:53535", "mesh.internal"], HelperErrors.INVALID_ARGS, "own overlay address"),
+    ("SetDNS", ["wg0", "nonsense", "mesh.internal"], HelperErrors.INVALID_ARGS, "ip:port"),
+    ("SetDNS", ["wg0", "10.1.1.1:70000", "mesh.internal"], HelperErrors.INVALID_ARGS, "port must be"),
+    ("SetDNS", ["wg0", "10.1.1.1:53535", "other.internal"], HelperErrors.INVALID_ARGS, "not net.yaml's"),
+    ("SetDNS", ["wg0", "10.1.1.1:53535", "mesh.internal"], HelperErrors.NO_RESOLVER, "systemd-resolved is not"),
     ("Apply", ["wg0", [], [["10.1.1.0/24", ""]]], HelperErrors.INVALID_ARGS, "not a host route"),
     ("Apply", ["wg0", [], [["0.0.0.0/0", ""]]], HelperErrors.INVALID_ARGS, "not a host route"),
     ("Apply", ["wg0", [], [["192.168.7.7/32", ""]]], HelperErrors.INVALID_ARGS, "outside the managed subnet"),

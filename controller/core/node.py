@@ -354,6 +354,13 @@ class Core:
     def find(self, target: str) -> Member | None:
         return self.membership.find(target)
 
+    def addresses_of(self, name: str) -> list[str]:
+        """The overlay IPs of the nodes (this one included) whose accepted record carries this
+        name, compared without case; a node that left has none (for DNS: see controller.dns)."""
+        name = name.lower()
+        return sorted(m.info.overlay_ip for m in self.membership.members.values()
+                      if m.info.name.lower() == name and not m.info.is_left)
+
     def path(self, id8: bytes) -> list[bytes]:
         return self.routing.path(id8)
 
