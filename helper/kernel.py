@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import socket
 
 from .model import DeviceState, PeerOp, PeerState
@@ -18,6 +19,17 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str | bytes) -> bytes:
     return base64.b64decode(text) if isinstance(text, (str, bytes)) and len(text) == 44 else bytes(text)
+
+
+def _ip_text(family: int, addr: str | bytes) -> str:
+    """An allowed IP as pyroute2 gives it - raw bytes, text, or (0.7, Debian bookworm's) the
+    bytes as colon-separated hex ("0a:01:01:02") - as text ("10.1.1.2")."""
+    if isinstance(addr, bytes):
+        return socket.inet_ntop(family, addr)
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        return socket.inet_ntop(family, bytes.fromhex(addr.replace(":", "")))
 
 
 class KernelBackend:
@@ -53,10 +65,7 @@ class KernelBackend:
                     peer.tx_bytes = int(p.get_attr("WGPEER_A_TX_BYTES") or 0)
                     ips = set(peer.allowed_ips)
                     for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or []:
-                        fam = a.get_attr("WGALLOWEDIP_A_FAMILY")
-                        addr = a.get_attr("WGALLOWEDIP_A_IPADDR")
-                        if isinstance(addr, bytes):
-                            addr = socket.inet_ntop(fam, addr)
+                        addr = _ip_text(a.get_attr("WGALLOWEDIP_A_FAMILY"), a.get_attr("WGALLOWEDIP_A_IPADDR"))
                         ips.add(f"{addr}/{a.get_attr('WGALLOWEDIP_A_CIDR_MASK')}")
                     peer.allowed_ips = frozenset(ips)
                     dev.peers[key] = peer

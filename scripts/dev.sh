@@ -15,7 +15,8 @@ VENV_DEBIAN="$DEV/venv-debian"  # Debian's own python3-* packages (what the .deb
 APT_PACKAGES=(python3 python3-venv python3-pip wireguard-go wireguard-tools dbus iproute2 iputils-ping
               nftables procps util-linux psmisc systemd-container debootstrap
               python3-pyroute2 python3-dbus-fast python3-nacl python3-yaml python3-click python3-pytest python3-prometheus-client python3-dnslib
-              build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian)
+              build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian
+              qemu-system-x86 busybox-static cpio kmod e2fsprogs)
 
 log() { printf '\n== %s\n' "$*" >&2; }
 

@@ -167,3 +167,13 @@ def test_route_plan():
     assert [r.dst for r in replace] == ["10.1.1.3/32"]
     assert delete == ["10.1.1.9/32"]
     assert plan_routes({"10.1.1.2/32": None}, {"10.1.1.2/32": RouteSpec("10.1.1.2/32", None)}) == ([], [], [])
+
+
+def test_kernel_backend_reads_allowed_ips_in_every_form_pyroute2_gives():
+    import socket
+
+    from wg_netmanager.helper.kernel import _ip_text
+    assert _ip_text(socket.AF_INET, "0a:01:01:02") == "10.1.1.2"  # pyroute2 0.7 (Debian bookworm)
+    assert _ip_text(socket.AF_INET, bytes([10, 1, 1, 2])) == "10.1.1.2"
+    assert _ip_text(socket.AF_INET, "10.1.1.2") == "10.1.1.2"
+    assert _ip_text(socket.AF_INET6, ":".join(["fd", "00"] + ["00"] * 13 + ["01"])) == "fd00::1"
