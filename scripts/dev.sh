@@ -4,7 +4,8 @@
 #   sudo bash scripts/dev.sh test [pytest args]   install what is needed, run every test tier
 #   sudo bash scripts/dev.sh setup                only install (system packages, users, venvs)
 #   sudo bash scripts/dev.sh clean                remove leftover lab namespaces and processes
-# Fast pure-Python tier alone, after setup:  /opt/wg-netmanager-dev/venv/bin/pytest -m "not netns" tests
+# Fast pure-Python tier alone, after setup:
+#   /opt/wg-netmanager-dev/venv/bin/pytest -m "not netns and not boot and not kernel" tests
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
