@@ -56,13 +56,18 @@ class KernelBackend:
                     if ep and ep.get("addr") and ep.get("port"):
                         peer.endpoint = f"[{ep['addr']}]:{ep['port']}" if ":" in ep["addr"] else \
                             f"{ep['addr']}:{ep['port']}"
-                    peer.keepalive = int(p.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0)
+                    # (a peer with many allowed IPs continues in the next message of the dump,
+                    # which carries only its key and more IPs: keep what the first one said)
+                    keepalive = p.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL")
+                    if keepalive is not None:
+                        peer.keepalive = int(keepalive)
                     hs = p.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
                     if hs:
                         sec = hs.get("tv_sec", 0)
                         peer.last_handshake = sec + hs.get("tv_nsec", 0) / 1e9 if sec else 0.0
-                    peer.rx_bytes = int(p.get_attr("WGPEER_A_RX_BYTES") or 0)
-                    peer.tx_bytes = int(p.get_attr("WGPEER_A_TX_BYTES") or 0)
+                    for attr, field in (("WGPEER_A_RX_BYTES", "rx_bytes"), ("WGPEER_A_TX_BYTES", "tx_bytes")):
+                        if p.get_attr(attr) is not None:
+                            setattr(peer, field, int(p.get_attr(attr)))
                     ips = set(peer.allowed_ips)
                     for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or []:
                         addr = _ip_text(a.get_attr("WGALLOWEDIP_A_FAMILY"), a.get_attr("WGALLOWEDIP_A_IPADDR"))

@@ -138,9 +138,9 @@ for m in {modules}; do modprobe "$m" 2>/dev/null || echo "guest: no module $m"; 
 mkdir -p /run/dbus
 cd /wgnm
 echo "guest: kernel $(uname -r), wireguard $(cat /sys/module/wireguard/version 2>/dev/null)"
-# the pytest arguments come base64-encoded on the kernel command line (wgnm=...)
-args=$(tr ' ' '\\n' </proc/cmdline | sed -n 's/^wgnm=//p' | base64 -d)
-eval "python3 -m pytest -p no:cacheprovider -o addopts= $args"
+# the command comes base64-encoded on the kernel command line (wgnm=...)
+cmd=$(tr ' ' '\\n' </proc/cmdline | sed -n 's/^wgnm=//p' | base64 -d)
+eval "$cmd"
 echo "{mark} $?"
 sync
 poweroff -f
@@ -150,7 +150,7 @@ poweroff -f
 def _tree_digest(source: Path) -> str:
     """A hash of what goes into the image: the product, its package, the lab and the tests."""
     h = hashlib.sha256()
-    for part in ("controller", "helper", "common", "dbus", "systemd", "debian", "lab", "tests", "scripts",
+    for part in ("controller", "helper", "common", "dbus", "systemd", "debian", "lab", "tests", "bench", "scripts",
                  "pyproject.toml"):
         for path in sorted((source / part).rglob("*")) if (source / part).is_dir() else [source / part]:
             if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path):
@@ -186,6 +186,7 @@ def image(source: Path) -> tuple[Path, Path, Path]:
     (tree / "wgnm-init").write_text(_GUEST_INIT.format(modules=" ".join(LAB_MODULES), mark=MARK))
     os.chmod(tree / "wgnm-init", 0o755)
     shutil.copytree(source / "tests", tree / "wgnm/tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(source / "bench", tree / "wgnm/bench", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(source / "pyproject.toml", tree / "wgnm/pyproject.toml")
     for user in ("wgnm-other", "wgnm-member"):
         run(["chroot", tree, "useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
@@ -204,8 +205,16 @@ def run_guest(source: Path, pytest_args: list[str], timeout: float = 600, memory
               ) -> tuple[int, str, float]:
     """Boot the guest, run ``pytest pytest_args`` (paths relative to the checkout) inside it:
     (pytest's exit status, the console output, wall seconds of the boot and run)."""
+    return run_in_guest(source, ["python3", "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=",
+                                 *pytest_args], timeout, memory_mb)
+
+
+def run_in_guest(source: Path, argv: list[str], timeout: float = 600, memory_mb: int = 2048
+                 ) -> tuple[int, str, float]:
+    """Boot the guest and run ``argv`` in /wgnm (the checkout's tests/ and bench/): (its exit
+    status, the console output, wall seconds)."""
     vmlinuz, initrd, disk = image(source)
-    encoded = base64.b64encode(shlex.join(pytest_args).encode()).decode()
+    encoded = base64.b64encode(shlex.join(argv).encode()).decode()
     cmd = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max",
            "-smp", str(min(4, os.cpu_count() or 2)), "-m", str(memory_mb), "-nographic", "-no-reboot",
            "-kernel", vmlinuz, "-initrd", initrd,

@@ -145,6 +145,21 @@ def test_a_config_error_stops_the_unit_with_the_message_at_error_priority(contai
     assert c3.sh("systemctl is-active wg-netmanager").stdout.strip() == "active"
 
 
+def test_systemctl_reload_under_a_10ms_ping_loses_nothing(containers):
+    """systemctl reload wg-netmanager (the controller, and the helper by PropagatesReloadTo)
+    re-reads the configuration and changes nothing that holds: a 10 ms ping loses nothing."""
+    c1, c2 = containers[NAMES[0]], containers[NAMES[1]]
+    ping = subprocess.Popen(["nsenter", "-t", str(c1.pid), "-a", "--", "ping", "-n", "-q", "-i", "0.01", "-c", "300",
+                             "-W", "1", overlay(1)], stdout=subprocess.PIPE, text=True)
+    c2.sh("sleep 0.5; systemctl reload wg-netmanager")
+    out, _ = ping.communicate(timeout=30)
+    line = next(x for x in out.splitlines() if "packets transmitted" in x)
+    assert line.startswith("300 packets transmitted, 300 received"), line
+    journal = c2.sh("journalctl -u wg-netmanager -u wg-netmanager-helper -o cat --no-pager").stdout
+    assert journal.count("configuration reloaded") >= 2, journal[-2000:]  # both daemons
+    assert c2.sh("systemctl is-active wg-netmanager-helper wg-netmanager").stdout.split() == ["active", "active"]
+
+
 def test_stopping_the_unit_leaves_the_mesh_and_restarting_it_does_not(containers):
     """systemctl stop (and disable --now, shutdown): the node's departure reaches the others at
     once, and its device goes. systemctl restart: nothing changes for the others (fail-static)."""
