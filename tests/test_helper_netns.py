@@ -199,7 +199,7 @@ def test_a_large_apply_is_idempotent(mesh):
     import base64
 
     _, boxes, helpers, _ = mesh
-    helpers["c"].ensure("10.1.1.33/24", ifname="wg9")
+    helpers["c"].ensure("10.1.1.33/24", port=51821, ifname="wg9")
     peers, routes = [], []
     for i in range(200):
         ip = f"10.1.1.{40 + i}"
