@@ -29,6 +29,15 @@ def overlay(i: int) -> str:
     return f"10.1.1.{i + 1}"
 
 
+def ping_while(c, address: str, count: int, interval: float, action) -> str:
+    """ping's summary line for ``count`` pings from container ``c`` while ``action()`` runs."""
+    ping = subprocess.Popen(["nsenter", "-t", str(c.pid), "-a", "--", "ping", "-n", "-q", "-i", str(interval),
+                             "-c", str(count), "-W", "1", address], stdout=subprocess.PIPE, text=True)
+    action()
+    out, _ = ping.communicate(timeout=30)
+    return next(x for x in out.splitlines() if "packets transmitted" in x)
+
+
 @pytest.fixture(scope="module")
 def containers():
     image = bootlab.install_product(bootlab.build_rootfs(), Path(__file__).resolve().parent.parent)
@@ -116,11 +125,7 @@ def test_names_resolve_through_systemd_resolved_and_follow_a_rename(containers):
 def test_restarting_the_helper_unit_keeps_a_ping_flowing(containers):
     c1 = containers["c1"]
     before = c1.sh("pidof wireguard-go").stdout.strip()
-    ping = subprocess.Popen(["nsenter", "-t", str(c1.pid), "-a", "--", "ping", "-n", "-q", "-i", "0.02", "-c", "150",
-                             "-W", "1", overlay(1)], stdout=subprocess.PIPE, text=True)
-    c1.sh("sleep 0.5; systemctl restart wg-netmanager-helper")
-    out, _ = ping.communicate(timeout=30)
-    line = next(x for x in out.splitlines() if "packets transmitted" in x)
+    line = ping_while(c1, overlay(1), 150, 0.02, lambda: c1.sh("sleep 0.5; systemctl restart wg-netmanager-helper"))
     assert line.startswith("150 packets transmitted, 150 received"), line
     assert c1.sh("pidof wireguard-go").stdout.strip() == before, "the data plane process lived on"
     assert c1.sh("systemctl is-active wg-netmanager-helper wg-netmanager").stdout.split() == ["active", "active"]
@@ -149,11 +154,7 @@ def test_systemctl_reload_under_a_10ms_ping_loses_nothing(containers):
     """systemctl reload wg-netmanager (the controller, and the helper by PropagatesReloadTo)
     re-reads the configuration and changes nothing that holds: a 10 ms ping loses nothing."""
     c1, c2 = containers[NAMES[0]], containers[NAMES[1]]
-    ping = subprocess.Popen(["nsenter", "-t", str(c1.pid), "-a", "--", "ping", "-n", "-q", "-i", "0.01", "-c", "300",
-                             "-W", "1", overlay(1)], stdout=subprocess.PIPE, text=True)
-    c2.sh("sleep 0.5; systemctl reload wg-netmanager")
-    out, _ = ping.communicate(timeout=30)
-    line = next(x for x in out.splitlines() if "packets transmitted" in x)
+    line = ping_while(c1, overlay(1), 300, 0.01, lambda: c2.sh("sleep 0.5; systemctl reload wg-netmanager"))
     assert line.startswith("300 packets transmitted, 300 received"), line
     journal = c2.sh("journalctl -u wg-netmanager -u wg-netmanager-helper -o cat --no-pager").stdout
     assert journal.count("configuration reloaded") >= 2, journal[-2000:]  # both daemons
