@@ -25,7 +25,7 @@ import time
 
 from wg_netmanager.controller.helper_client import HelperClient
 from wg_netmanager.dbus.compat import LIBRARY
-from wg_netmanager.lab.netlab import Lab, net_yaml
+from wg_netmanager.lab.netlab import Lab, kernel_wireguard, net_yaml
 
 NET = net_yaml("198.51.100.1:51820", "10.1.0.1", subnet="10.1.0.0/16")
 
@@ -71,15 +71,6 @@ async def measure(box, n: int, rounds: int, backend: str) -> dict:
             "remove_1000_s": round(statistics.median(empty), 4), "peers": n, "rounds": rounds,
             "apply_min_s": round(min(cold), 4), "apply_max_s": round(max(cold), 4),
             "reapply_max_s": round(max(again), 4), "dbus": LIBRARY, "backend": backend}
-
-
-def kernel_wireguard() -> bool:
-    import subprocess
-
-    r = subprocess.run(["ip", "link", "add", "wgnm-kprobe0", "type", "wireguard"], capture_output=True)
-    if r.returncode == 0:
-        subprocess.run(["ip", "link", "del", "wgnm-kprobe0"], capture_output=True)
-    return r.returncode == 0
 
 
 def run_box(n: int, rounds: int, backend: str) -> dict:

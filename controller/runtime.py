@@ -433,7 +433,7 @@ class Controller:
                 await self.ensure_device()
                 self.core.set_wg_port(new.wg_port, now)
             net = new.network
-            self.core.set_admission_rules(net.allowed, net.revoked_identities, net.revoked_wg_keys, time.time())
+            self.core.set_admission_rules(net.allowed, net.revoked_identities, net.revoked_wg_keys, now)
             self.pump()
         log.info("configuration reloaded", extra={"static_peers": len(new.network.peers), "wg_port": new.wg_port,
                                                   "revoked": len(new.network.revoked_identities),

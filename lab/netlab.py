@@ -12,6 +12,7 @@ by :meth:`Lab.close`, and :func:`sweep` removes leftovers of crashed runs by nam
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -131,6 +132,21 @@ class Segment:
                                text=True, capture_output=True)
         if r.returncode != 0:
             raise LabError(f"segment {self.name}: nft: {r.stderr.strip()}")
+
+
+@functools.cache
+def kernel_wireguard() -> bool:
+    """Whether this kernel has WireGuard (link kind 'wireguard'): probed in a namespace of its
+    own, so nothing is ever added to the root namespace. Needs root (False without)."""
+    if os.geteuid() != 0:
+        return False
+    ns = f"wgnm-kprobe-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], capture_output=True)
+    try:
+        r = subprocess.run(["ip", "-n", ns, "link", "add", "wgk", "type", "wireguard"], capture_output=True)
+        return r.returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 class Box:

@@ -3,11 +3,8 @@ per box, real routes and pings, in network namespaces (slow tier, root)."""
 
 from __future__ import annotations
 
-import functools
-import os
 import signal
 import stat
-import subprocess
 import sys
 import time
 
@@ -15,7 +12,7 @@ import pytest
 
 from wg_netmanager.dbus import HELPER_INTERFACE, HELPER_XML, HelperErrors, contract_file, contract_structure
 from wg_netmanager.lab.helperlab import NET_YAML, OPEN_POLICY, Helper, call_as, ping_loss, start_ping
-from wg_netmanager.lab.netlab import Lab
+from wg_netmanager.lab.netlab import Lab, kernel_wireguard
 
 pytestmark = pytest.mark.netns
 
@@ -316,24 +313,11 @@ def test_helper_refuses_a_config_others_can_write(mesh):
 
 
 def expected_backend() -> str:
-    return "kernel" if _kernel_wireguard_available() else "wireguard-go"
-
-
-@functools.cache
-def _kernel_wireguard_available() -> bool:
-    if os.geteuid() != 0:
-        return False
-    ns = f"wgnm-kprobe-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], capture_output=True)
-    try:
-        r = subprocess.run(["ip", "-n", ns, "link", "add", "wgk", "type", "wireguard"], capture_output=True)
-        return r.returncode == 0
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    return "kernel" if kernel_wireguard() else "wireguard-go"
 
 
 @pytest.mark.kernel_wg
-@pytest.mark.skipif(not _kernel_wireguard_available(), reason="no kernel WireGuard (link kind 'wireguard') here")
+@pytest.mark.skipif(not kernel_wireguard(), reason="no kernel WireGuard (link kind 'wireguard') here")
 def test_kernel_backend_two_boxes_ping():
     with Lab() as lab:
         lan = lab.segment("lan")

@@ -3,24 +3,14 @@ where Debian's stock kernel has the module; skipped anywhere without link kind '
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from wg_netmanager.lab import topologies
 from wg_netmanager.lab.meshlab import all_paths, every_pair_pings, wait_for, wg_peers
-from wg_netmanager.lab.netlab import Lab
-
-
-def _kernel_wireguard() -> bool:
-    r = subprocess.run(["ip", "link", "add", "wgnm-kprobe0", "type", "wireguard"], capture_output=True)
-    if r.returncode == 0:
-        subprocess.run(["ip", "link", "del", "wgnm-kprobe0"], capture_output=True)
-    return r.returncode == 0
-
+from wg_netmanager.lab.netlab import Lab, kernel_wireguard
 
 pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(not _kernel_wireguard(), reason="no kernel WireGuard here (the kernel tier's guest)")]
+              pytest.mark.skipif(not kernel_wireguard(), reason="no kernel WireGuard here (the kernel tier's guest)")]
 
 
 def kind(box) -> str:
