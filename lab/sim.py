@@ -555,6 +555,15 @@ class Sim:
         self._pump(node)
         self.schedule(teardown_after, self.stop, name)
 
+    def come_back(self, name: str) -> None:
+        """``wg_netmanager up`` after :meth:`leave`: the runtime brings the device back and
+        starts a new core from the state the departed one saved (its departure's version)."""
+        node = self.nodes[name]
+        state = node.core.persistent_state()
+        node.alive = True
+        self._start_controller(name, state)
+        self.schedule(self.rng.random(), self._wg_tick, name)
+
     def restart(self, name: str, **overrides) -> SimNode:
         """Same identity and WireGuard key, fresh controller state (a reboot)."""
         old = self.nodes[name]

@@ -134,10 +134,11 @@ class Core:
         self._last_recompute = -INFINITY
         self._last_jump = -INFINITY
         kept = persisted.get("links")
-        if isinstance(kept, dict) and self.version:
+        if isinstance(kept, dict) and kept and self.version:
             # a restart: our last record claimed links the data plane may still have. Our first
             # record waits for the first look at the data plane (its live sessions are adopted)
-            # rather than tell the mesh that we have no links
+            # rather than tell the mesh that we have no links. (With none to adopt - after
+            # ``down`` - our first record comes at once: it supersedes our departure)
             self.links.kept_claims = _kept_claims(kept)
             self._first_look = True
             self.t_publish = now + RESTART_FIRST_RECORD_WAIT
@@ -536,9 +537,12 @@ class Core:
         self.gossip.on_request(inner.body, src, now, inner.sender)
 
     def _on_connect(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
-        if sender8 not in self.membership.members:
-            # its next CONNECT finds us ready (without this a rebooted static peer stayed alone)
-            self.counters.count("drop_connect_unknown")
+        member = self.membership.get(sender8)
+        if member is None or member.info.is_left:
+            # its next CONNECT finds us ready (without this a rebooted static peer stayed alone).
+            # One we list as left speaks again: it came back (``up``); its new record supersedes
+            # the departure
+            self.counters.count("drop_connect_unknown" if member is None else "drop_connect_left")
             self._ask_for_record(inner, sender8, src, now)
             return
         self.links.on_connect(sender8, *wire.parse_connect(inner.body), src, now)
