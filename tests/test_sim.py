@@ -7,6 +7,7 @@ import random
 import pytest
 
 from wg_netmanager.controller import wire
+from wg_netmanager.controller.core.link import QUIET_PROBE, QUIET_PROBE_STATIC
 from wg_netmanager.controller.core.membership import LEFT_KEEP, Ranges
 from wg_netmanager.controller.core.node import GC_INTERVAL
 from wg_netmanager.lab.sim import EPOCH, Sim, admin_inner
@@ -232,16 +233,40 @@ def test_wireguard_key_rotation_under_the_same_identity():
 
 
 def test_idle_policy_silences_idle_direct_links():
-    def keepalives(policy):
+    """auto: an idle direct link between two non-static nodes carries nothing of ours at all
+    (no probe, no keepalive) yet stays configured; all: it stays alive with a proof of life
+    every QUIET_PROBE (a quiet link; see the next test)."""
+    def lan_link_tx(policy):
         sim = original_example(link_policy=policy, idle_timeout=30)
         sim.run_for(40)
-        before = sum(n.stats.get("wg_keepalive", 0) + n.stats.get("admin_tx", 0) for n in sim.nodes.values())
+        charlie, delta = sim.nodes["charlie"], sim.nodes["delta"]
+        before = charlie.peers[delta.wg_key].tx + delta.peers[charlie.wg_key].tx
         sim.run_for(100)
-        after = sum(n.stats.get("wg_keepalive", 0) + n.stats.get("admin_tx", 0) for n in sim.nodes.values())
+        after = charlie.peers[delta.wg_key].tx + delta.peers[charlie.wg_key].tx
         assert all(v == [] for v in all_pairs(sim, PAIRS).values()), "direct paths stay configured"
-        return (after - before) / 100
-    busy, quiet = keepalives("all"), keepalives("auto")
-    assert quiet < busy * 0.75, (quiet, busy)
+        return after - before
+    assert lan_link_tx("auto") == 0
+    kept = lan_link_tx("all")
+    assert 0 < kept <= 2 * (100 / QUIET_PROBE + 1) * 200, kept  # (a probe and its answer, ~150 B each)
+
+
+def test_a_quiet_link_is_probed_rarely():
+    """Static links nobody uses: a probe every QUIET_PROBE_STATIC rather than every second, which
+    keeps the NAT mappings too (WireGuard's 25 s keepalive is never due). When traffic starts,
+    a dead link is found as fast as a busy one (test_faults_sim: an idle link fails over)."""
+    sim = original_example()
+    sim.run_for(60)
+
+    def totals():
+        return (sum(n.core.counters.get("tx_probe", 0) for n in sim.nodes.values()),
+                sum(n.stats.get("wg_keepalive", 0) for n in sim.nodes.values()))
+    probes, keepalives = totals()
+    sim.run_for(QUIET_PROBE * 3)
+    # (3 static links, a probe each per QUIET_PROBE_STATIC; the other links are idle: silent)
+    assert totals()[0] - probes <= 3 * (QUIET_PROBE * 3 / QUIET_PROBE_STATIC + 2)  # (every second: 180)
+    assert totals()[1] == keepalives
+    assert all(v == [] for v in all_pairs(sim, PAIRS).values())
+    assert sim.ping("alpha", sim.nodes["delta"].overlay_ip) is not None
 
 
 def test_idle_link_comes_back_on_traffic():

@@ -33,11 +33,12 @@ BOOTSTRAP_IDLE_FACTOR = 10
 class Gossip:
     def __init__(self, local: LocalNode, members: Membership, routing: Routing, links: Mapping,
                  transport: Transport, rand_unit: Callable[[], float], wake: Callable[[float], None],
-                 fanout: int, rounds: int, digest_leaf: int) -> None:
+                 fanout: int, rounds: int, digest_leaf: int, active: Callable[[object, float], bool]) -> None:
         self.local = local
         self.members = members
         self.routing = routing
         self.links = links  # id8 -> Link (read-only here)
+        self.active = active  # whether a link is kept alive (an idle one is not woken for anti-entropy)
         self.transport = transport
         self.rand_unit = rand_unit
         self.wake = wake  # run tick() no later than the given time
@@ -136,8 +137,8 @@ class Gossip:
         node knows reaches every node, neighbour by neighbour): one tunnel hop, no relay, and
         the pair's MAC rather than a signature. A node with no direct neighbour yet picks any
         node it has a path to."""
-        targets = [i for i, link in self.links.items() if link.state == UP and self.routing.direct(i)] \
-            or self.routing.targets
+        targets = [i for i, link in self.links.items()
+                   if link.state == UP and self.routing.direct(i) and self.active(link, now)] or self.routing.targets
         if not targets:
             return
         target = targets[int(self.rand_unit() * len(targets))]

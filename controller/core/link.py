@@ -30,6 +30,18 @@ FIRST_LINKS_WAIT = 0.3
 PROBE_ALIGN = 0.25
 #: the answering end probes itself once the other end's probes stopped this many intervals
 PROBE_TAKEOVER = 2.5
+#: a link whose users sent nothing over it this long is quiet: it is asked for a proof of life
+#: (a probe answered, anything received from the other end) every QUIET_PROBE rather than every
+#: probe interval; a link to a static peer every QUIET_PROBE_STATIC (a static peer that
+#: restarted knows only who speaks to it). Both are below WireGuard's 25 s keepalive, so the
+#: probe keeps a NAT mapping too. An ask not answered is repeated every QUIET_CHECK_PACE, and
+#: the link is down QUIET_GRACE after the ask. Traffic ends quiet at once (and a link that
+#: carries traffic is watched as ever). BFD's idea again: probe fast only where it matters
+QUIET_AFTER = 10.0
+QUIET_PROBE = 20.0
+QUIET_PROBE_STATIC = 5.0
+QUIET_CHECK_PACE = 0.5
+QUIET_GRACE = 1.5
 #: an untranslated end waits this long before it sends towards a NATed one (see holds_back)
 HOLD_BACK = 1.0
 #: a CONNECT not acknowledged is sent again after this long; a static end's "ready" each second
@@ -99,6 +111,8 @@ class Link:
     retry_at: float = 0.0
     pinned: bool = False
     last_traffic: float = 0.0
+    silenced: bool = False  # idle (see Links.active): no keepalive, no probes
+    woke_at: float = 0.0  # traffic ended its quiet (see QUIET_AFTER): the usual grace counts from here
     admin_bytes: int = 0  # our admin traffic over this link in the current traffic window
     admin_tx: int = 0  # what we sent since the last observation
     window_bytes: int = 0  # WireGuard rx + tx in the current traffic window
@@ -197,6 +211,12 @@ class Link:
         self.last_ack = now
         self.suspect_since = 0.0
         self.rtt = rtt_ms if self.rtt == 0 else (1 - RTT_GAIN) * self.rtt + RTT_GAIN * rtt_ms
+
+    def quiet(self, now: float) -> bool:
+        return not self.pinned and now - self.last_traffic >= QUIET_AFTER and now - self.up_since >= QUIET_AFTER
+
+    def quiet_interval(self) -> float:
+        return QUIET_PROBE_STATIC if self.static else QUIET_PROBE
 
     def suspect_grace(self) -> float:
         """How long a suspect link has to answer: SUSPECT_GRACE, or three RTTs on a long one."""

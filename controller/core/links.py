@@ -35,6 +35,8 @@ from .link import (
     NO_CANDIDATE_RETRY,
     PROBE_ALIGN,
     PROBE_TAKEOVER,
+    QUIET_CHECK_PACE,
+    QUIET_GRACE,
     READY_REPEAT,
     READY_WAIT,
     RESUME_WINDOW,
@@ -349,7 +351,12 @@ class Links:
             link.window_bytes += drx + dtx
             if now - link.window_start >= TRAFFIC_WINDOW:
                 if link.window_bytes > link.admin_bytes * 2 + TRAFFIC_SLACK:
+                    if link.quiet(now):  # (quiet's silence is not held against it now: see woke_at)
+                        link.woke_at = now
                     link.last_traffic = now
+                    if link.silenced:  # (an idle link used again: kept alive again)
+                        link.silenced = False
+                        self.schedule_paths(now)
                     self.busy_until = max(self.busy_until, now + BUSY_WATCH)
                 link.window_bytes = link.admin_bytes = 0
                 link.window_start = now
@@ -494,10 +501,17 @@ class Links:
             link.used_since = now
         if not self.active(link, now):
             link.used_since = 0.0
+            if not link.silenced:  # it just went idle: its persistent keepalive goes too
+                link.silenced = True
+                self.schedule_paths(now)
             return INFINITY
+        link.silenced = False
         alive_since = max(link.last_ack, link.last_probe_rx, link.used_since, link.last_rx_progress,
-                          link.up_since if not direct else 0, self.probes.resumed_at)
+                          link.up_since if not direct else 0, self.probes.resumed_at, link.woke_at)
         grace = self.config.attempt_timeout * 2 if not direct else self.config.link_down_after
+        quiet = link.quiet(now) and link.last_ack >= self.probes.resumed_at  # (after our clock jumped: ask now)
+        if quiet:
+            grace = link.quiet_interval() + QUIET_GRACE
         if now - alive_since > grace:
             self.failed(link, member, now, "probes unanswered")
             return INFINITY
@@ -511,6 +525,18 @@ class Links:
                 self.probes.send(link.peer, now)
             return min(link.next_probe, deadline)
         link.suspect_since = 0.0
+        if quiet:
+            # nobody uses it: a proof of life now and then is enough (see QUIET_PROBE). Silence
+            # counts from the proof's due time; until an answer comes, asks are repeated
+            due = alive_since + link.quiet_interval()
+            if now < due - 0.001:
+                return due
+            if link.initiator or now - due > QUIET_CHECK_PACE:
+                if now >= link.next_probe - 0.001:
+                    link.next_probe = now + QUIET_CHECK_PACE
+                    self.probes.send(link.peer, now)
+                return link.next_probe
+            return due + QUIET_CHECK_PACE + 0.001
         # one end probes (the initiator); the other answers, and probes itself only when the
         # other end's probes stop coming (it may have died, or gone idle)
         if link.initiator or now - link.last_probe_rx > PROBE_TAKEOVER * interval:

@@ -64,6 +64,11 @@ PLANES_KEPT = 16
 MAX_ENDPOINTS = 16
 #: anti-entropy rounds are spread over [0.75, 1.25] sync intervals (nodes do not fall into step)
 SYNC_JITTER = 0.5
+#: anti-entropy repairs what gossip lost while records change: at the configured interval for
+#: SYNC_CALM_AFTER after the last change we saw, then every SYNC_CALM_INTERVAL (a calm mesh is
+#: quiet; a change, ours or another's, brings the fast pace back at once)
+SYNC_CALM_AFTER = 30.0
+SYNC_CALM_INTERVAL = 30.0
 #: how often the data plane should be observed: while handshakes are awaited, while links
 #: carry traffic, otherwise
 OBSERVE_FAST = 0.1
@@ -110,7 +115,7 @@ class Core:
                            self._changed_links.add, self._announces_links, links, now)
         self.gossip = Gossip(self.local, self.membership, self.routing, links, self.transport, self._rand_unit,
                              self._wake_gossip, config.gossip_fanout, config.gossip_rounds,
-                             config.digest_leaf)
+                             config.digest_leaf, self.links.active)
         self._handlers: dict[int, Callable[[wire.Inner, bytes, tuple[str, int], float], None]] = {
             wire.RECORDS: self._on_records, wire.PROBE: self._on_probe, wire.PROBE_ACK: self._on_probe_ack,
             wire.SYNC: self._on_sync, wire.DIGEST: self._on_digest, wire.REQUEST: self._on_request,
@@ -133,6 +138,7 @@ class Core:
         self._last_publish = -INFINITY
         self._last_recompute = -INFINITY
         self._last_jump = -INFINITY
+        self._last_change = now  # (the last record we took or published: see SYNC_CALM_AFTER)
         kept = persisted.get("links")
         if isinstance(kept, dict) and kept and self.version:
             # a restart: our last record claimed links the data plane may still have. Our first
@@ -176,7 +182,9 @@ class Core:
             self.t_gossip = now + cfg.gossip_interval if self.gossip.hot else INFINITY
         if now >= self.t_sync:
             self.gossip.sync(now)
-            self.t_sync = now + cfg.sync_interval * (1 - SYNC_JITTER / 2 + SYNC_JITTER * self._rand_unit())
+            calm = now - self._last_change >= SYNC_CALM_AFTER
+            interval = SYNC_CALM_INTERVAL if calm else cfg.sync_interval
+            self.t_sync = now + interval * (1 - SYNC_JITTER / 2 + SYNC_JITTER * self._rand_unit())
         if now >= self.t_gc:
             self._gc(now)
             self.t_gc = now + GC_INTERVAL
@@ -446,6 +454,7 @@ class Core:
         admission = self.membership.admit(record, self.local.wg_public_key, now)
         if admission is None:
             return False
+        self._membership_changed(now)
         id8, info, old = record.id8, admission.member.info, admission.old
         if admission.key_rotated:
             self.links.key_rotated(id8, now)
@@ -625,6 +634,7 @@ class Core:
         record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
         self.routing.set_claims(self.id8, info.link_map)
         self.membership.set_own(record, info, self.started, now)
+        self._membership_changed(now)
         if info.links or self.local.is_static or self.left:  # (nobody can reach a node without links yet)
             self.gossip.make_hot(self.id8, now, self.config.gossip_interval)
         self._schedule_paths(now, urgent=bool(self._changed_links))
@@ -697,8 +707,15 @@ class Core:
 
     # ========================================================================= housekeeping
 
+    def _membership_changed(self, now: float) -> None:
+        """A record came or went: anti-entropy at its fast pace again (see SYNC_CALM_AFTER)."""
+        self._last_change = now
+        if self.t_sync > now + self.config.sync_interval:
+            self.t_sync = now + self.config.sync_interval
+
     def _gc(self, now: float) -> None:
         for member in self.membership.collect(now, self.routing.hops):
+            self._membership_changed(now)
             id8 = member.record.id8
             self.routing.forget(id8)
             self.links.links.pop(id8, None)
