@@ -56,7 +56,7 @@ def setup(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # library chatter stays out unless asked for
-    for noisy in ("pyroute2", "dbus_fast", "dbus_next", "asyncio"):
+    for noisy in ("dbus_fast", "dbus_next", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

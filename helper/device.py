@@ -16,19 +16,12 @@ import os
 import shutil
 import subprocess
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-try:
-    from pyroute2 import AsyncIPRoute  # pyroute2 0.8 and later
-except ImportError:  # pragma: no cover - Debian bookworm's 0.7 (tested in the boot tier)
-    AsyncIPRoute = None
-
 from .kernel import KernelBackend
+from .rtnl import IFA_F_NOPREFIXROUTE, IFF_UP, Rtnl, RtnlError
 from .uapi import SOCKET_DIR, UapiBackend, socket_path
 
 log = logging.getLogger("wg_netmanager.helper")
 
-IFA_F_NOPREFIXROUTE = 0x200
 USERSPACE_IMPLEMENTATIONS = ("wireguard-go", "boringtun-cli", "boringtun")
 
 
@@ -36,60 +29,15 @@ class DeviceError(Exception):
     pass
 
 
-class _IPRoute:
-    """The few rtnetlink calls the helper makes: on pyroute2's asyncio API where it has one
-    (0.8 and later), else on the synchronous IPRoute in a worker thread (0.7, the version
-    Debian bookworm packages). Messages are read with ``get_attr``, which both have."""
-
-    async def __aenter__(self) -> _IPRoute:
-        if AsyncIPRoute is not None:
-            self._async = AsyncIPRoute()
-            await self._async.__aenter__()
-        else:
-            from pyroute2 import IPRoute
-
-            self._async = None
-            self._sync = await asyncio.to_thread(IPRoute)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self._async is not None:
-            await self._async.__aexit__(*exc)
-        else:
-            await asyncio.to_thread(self._sync.close)
-
-    async def _call(self, name: str, *args, **kwargs) -> list:
-        if self._async is not None:
-            result = await getattr(self._async, name)(*args, **kwargs)
-            if hasattr(result, "__aiter__"):
-                return [x async for x in result]
-            return list(result) if result is not None else []
-        result = await asyncio.to_thread(getattr(self._sync, name), *args, **kwargs)
-        return list(result) if result is not None else []
-
-    async def link_lookup(self, **kwargs) -> list[int]:
-        return await self._call("link_lookup", **kwargs)
-
-    async def link(self, command: str, **kwargs) -> list:
-        return await self._call("link", command, **kwargs)
-
-    async def addr(self, command: str, **kwargs) -> list:
-        return await self._call("addr", command, **kwargs)
-
-
 class NoDevice(DeviceError):
     pass
 
 
-async def link_info(ifname: str) -> tuple[int, str | None] | None:
+def link_info(ifname: str) -> tuple[int, str | None] | None:
     """(ifindex, link kind) or None when there is no such link."""
-    async with _IPRoute() as ipr:
-        found = await ipr.link_lookup(ifname=ifname)
-        if not found:
-            return None
-        (link,) = await ipr.link("get", index=found[0])
-        info = link.get_attr("IFLA_LINKINFO")
-        return found[0], info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    with Rtnl() as rtnl:
+        link = rtnl.link(ifname)
+    return None if link is None else (link[0], link[2])
 
 
 async def _spawn_userspace(ifname: str) -> str:
@@ -125,21 +73,21 @@ async def _spawn_userspace(ifname: str) -> str:
 
 async def open_backend(ifname: str, create: bool) -> tuple[int, KernelBackend | UapiBackend]:
     """Find (or create) the device and return (ifindex, backend)."""
-    info = await link_info(ifname)
+    info = link_info(ifname)
     if info is None:
         if not create:
             raise NoDevice(f"interface {ifname} does not exist")
         try:
-            async with _IPRoute() as ipr:
-                await ipr.link("add", ifname=ifname, kind="wireguard")
+            with Rtnl() as rtnl:
+                rtnl.add_link(ifname, "wireguard")
             log.info("created kernel wireguard device", extra={"ifname": ifname})
-        except NetlinkError as e:
+        except RtnlError as e:
             # no kernel module (EOPNOTSUPP), or not allowed to load it (EPERM, e.g. in a container)
             if e.code not in (errno.EOPNOTSUPP, errno.ENODEV, errno.EINVAL, errno.EPERM):
                 raise DeviceError(f"cannot create {ifname}: {e}") from None
             impl = await _spawn_userspace(ifname)
             log.info("started userspace wireguard", extra={"ifname": ifname, "impl": impl})
-        info = await link_info(ifname)
+        info = link_info(ifname)
         if info is None:
             raise DeviceError(f"{ifname} vanished right after creation")
     index, kind = info
@@ -150,30 +98,26 @@ async def open_backend(ifname: str, create: bool) -> tuple[int, KernelBackend | 
     raise DeviceError(f"interface {ifname} exists but is not a WireGuard device (kind {kind or 'unknown'})")
 
 
-async def ensure_address(index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
-                         subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+def ensure_address(index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                   subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
     """Exactly one overlay address from the subnet, noprefixroute; link up. Returns changes made."""
     changes = 0
-    async with _IPRoute() as ipr:
+    with Rtnl() as rtnl:
         present = False
-        for a in await ipr.addr("dump", index=index):
-            if a["index"] != index:
+        for have in rtnl.addresses(index):
+            if have.version != iface.version or have.ip not in subnet:
                 continue
-            addr = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
-            if addr.version != iface.version or addr not in subnet:
-                continue
-            if addr == iface.ip and a["prefixlen"] == iface.network.prefixlen:
+            if have == iface:
                 present = True
             else:  # a stale overlay address (the node was renumbered)
-                await ipr.addr("del", index=index, address=str(addr), prefixlen=a["prefixlen"])
+                rtnl.delete_address(index, have)
                 changes += 1
         if not present:
-            await ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                           IFA_FLAGS=IFA_F_NOPREFIXROUTE)
+            rtnl.add_address(index, iface, IFA_F_NOPREFIXROUTE)
             changes += 1
-        (link,) = await ipr.link("get", index=index)
-        if not link["flags"] & 1:  # IFF_UP
-            await ipr.link("set", index=index, state="up")
+        link = rtnl.link(index=index)
+        if link is not None and not link[1] & IFF_UP:
+            rtnl.set_up(index)
             changes += 1
     return changes
 
@@ -213,17 +157,14 @@ def enable_forwarding(ifname: str, index: int, version: int) -> list[str]:
         return [f"{path}: {e.strerror}"]
 
 
-async def own_address(index: int, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
-    async with _IPRoute() as ipr:
-        for a in await ipr.addr("dump", index=index):
-            if a["index"] != index:
-                continue
-            addr = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
-            if addr.version == subnet.version and addr in subnet:
-                return str(addr)
+def own_address(index: int, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
+    with Rtnl() as rtnl:
+        for have in rtnl.addresses(index):
+            if have.version == subnet.version and have.ip in subnet:
+                return str(have.ip)
     return None
 
 
-async def delete_link(index: int) -> None:
-    async with _IPRoute() as ipr:
-        await ipr.link("del", index=index)
+def delete_link(index: int) -> None:
+    with Rtnl() as rtnl:
+        rtnl.delete_link(index)

@@ -1,52 +1,43 @@
-"""Host routes on the WireGuard device, in batches over a raw NETLINK_ROUTE socket.
+"""Host routes on the WireGuard device, in batches over rtnetlink (helper.rtnl).
 
-pyroute2 is used for links and addresses; for the route set (up to thousands of /32s)
-we encode the fixed-shape messages ourselves and send them in batches, which is two
-orders of magnitude faster than one pyroute2 call per route (see BENCHMARKS.md).
-Every route we install carries our own protocol number, so a dump tells exactly which
-routes are ours: routes of other origin are never deleted.
+The route set (up to thousands of /32s) goes in batches of fixed-shape messages, two orders
+of magnitude faster than one library call per route (see BENCHMARKS.md). Every route we
+install carries our own protocol number, so a dump tells exactly which routes are ours:
+routes of other origin are never deleted.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import struct
 
 from .model import RouteSpec
+from .rtnl import F_ACK, F_CREATE, F_DUMP, F_REPLACE, F_REQUEST, HDR, IFINFO, RTM_SETLINK, Rtnl, RtnlError, attr
+from .rtnl import parse_attrs as _parse_attrs
 
 RTPROT_WGNM = 157  # our rtm_protocol; `ip route show proto 157`
 RT_TABLE_MAIN = 254
 
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _RTM_NEWROUTE, _RTM_DELROUTE, _RTM_GETROUTE = 24, 25, 26
-_F_REQUEST, _F_ACK, _F_REPLACE, _F_CREATE, _F_DUMP = 0x1, 0x4, 0x100, 0x400, 0x300
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_PRIORITY, _RTA_PREFSRC, _RTA_TABLE = 1, 4, 5, 6, 7, 15
 _SCOPE_UNIVERSE, _SCOPE_LINK = 0, 253
 _RTN_UNICAST, _RTN_UNREACHABLE = 1, 7
 #: the leak guard's metric: the last resort, below every other route to the same prefix
 GUARD_METRIC = 0xFFFFFFFF
 _RTNH_F_ONLINK = 4
-_HDR = struct.Struct("=IHHII")
+_HDR = HDR
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RTA = struct.Struct("=HH")
-_BATCH = 256
-
-
-class RouteError(Exception):
-    pass
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    data = _RTA.pack(4 + len(payload), kind) + payload
-    return data + b"\0" * (-len(data) % 4)
+_attr = attr
+#: a route change the kernel refused (its errno in ``code``)
+RouteError = RtnlError
 
 
 def _route_message(seq: int, cmd: int, body: bytes) -> bytes:
     """An RTM_NEWROUTE (create or replace) or RTM_DELROUTE request, acknowledged."""
-    nl_flags = _F_REQUEST | _F_ACK | (_F_CREATE | _F_REPLACE if cmd == _RTM_NEWROUTE else 0)
+    nl_flags = F_REQUEST | F_ACK | (F_CREATE | F_REPLACE if cmd == _RTM_NEWROUTE else 0)
     return _HDR.pack(_HDR.size + len(body), cmd, nl_flags, seq, 0) + body
 
 
@@ -107,7 +98,7 @@ def parse_route_dump(data: bytes, oif: int) -> tuple[dict[str, str | None], bool
             return routes, True
         if kind == _NLMSG_ERROR:
             (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-            raise RouteError(f"route dump failed: {os.strerror(-err)}")
+            raise RouteError(-err, "route dump")
         if kind == _RTM_NEWROUTE:
             family, dst_len, _s, _t, table, proto, _sc, _ty, _fl = _RTMSG.unpack_from(data, off + _HDR.size)
             if proto == RTPROT_WGNM:
@@ -124,22 +115,8 @@ def parse_route_dump(data: bytes, oif: int) -> tuple[dict[str, str | None], bool
     return routes, False
 
 
-def _parse_attrs(buf: bytes) -> dict[int, bytes]:
-    attrs: dict[int, bytes] = {}
-    off = 0
-    while off + _RTA.size <= len(buf):
-        length, kind = _RTA.unpack_from(buf, off)
-        if length < _RTA.size:
-            break
-        attrs[kind & 0x3FFF] = buf[off + _RTA.size: off + length]
-        off += (length + 3) & ~3
-    return attrs
-
-
-_RTM_SETLINK = 19
 _IFLA_AF_SPEC = 26
 _IFLA_INET_CONF = 1
-_IFINFO = struct.Struct("=BxHiII")
 IPV4_DEVCONF_FORWARDING = 1
 IPV4_DEVCONF_ACCEPT_REDIRECTS = 4  # (linux/ip.h: FORWARDING 1, MC_FORWARDING, PROXY_ARP, ACCEPT_REDIRECTS)
 IPV4_DEVCONF_SEND_REDIRECTS = 6
@@ -149,28 +126,19 @@ def encode_ipv4_devconf(seq: int, index: int, values: dict[int, int]) -> bytes:
     """RTM_SETLINK setting per-interface IPv4 sysctls (net.ipv4.conf.<if>.*) without /proc."""
     conf = b"".join(_attr(key, struct.pack("=I", value)) for key, value in sorted(values.items()))
     af_inet = _attr(socket.AF_INET, _attr(_IFLA_INET_CONF, conf))
-    body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + _attr(_IFLA_AF_SPEC, af_inet)
-    return _HDR.pack(_HDR.size + len(body), _RTM_SETLINK, _F_REQUEST | _F_ACK, seq, 0) + body
+    body = IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + _attr(_IFLA_AF_SPEC, af_inet)
+    return _HDR.pack(_HDR.size + len(body), RTM_SETLINK, F_REQUEST | F_ACK, seq, 0) + body
 
 
-class RouteTable:
-    """Synchronous and fast; the kernel answers netlink immediately."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
+class RouteTable(Rtnl):
+    """Our routes on a device, and its IPv4 settings."""
 
     def list(self, oif: int) -> dict[str, str | None]:
         routes: dict[str, str | None] = {}
         for family in (socket.AF_INET, socket.AF_INET6):
-            self.seq += 1
+            seq = self.next_seq()
             req = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-            self.sock.send(_HDR.pack(_HDR.size + len(req), _RTM_GETROUTE, _F_REQUEST | _F_DUMP, self.seq, 0) + req)
+            self.sock.send(_HDR.pack(_HDR.size + len(req), _RTM_GETROUTE, F_REQUEST | F_DUMP, seq, 0) + req)
             while True:
                 part, done = parse_route_dump(self.sock.recv(1 << 20), oif)
                 routes.update(part)
@@ -178,52 +146,28 @@ class RouteTable:
                     break
         return routes
 
-    def _batch(self, messages: list[tuple[int, bytes]], ignore: set[int]) -> None:
-        failures: list[str] = []
-        for start in range(0, len(messages), _BATCH):
-            chunk = messages[start:start + _BATCH]
-            self.sock.send(b"".join(m for _, m in chunk))
-            pending = {seq for seq, _ in chunk}
-            while pending:
-                data = self.sock.recv(1 << 20)
-                off = 0
-                while off + _HDR.size <= len(data):
-                    length, kind, _f, seq, _p = _HDR.unpack_from(data, off)
-                    if kind == _NLMSG_ERROR and seq in pending:
-                        pending.discard(seq)
-                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        if err and -err not in ignore:
-                            failures.append(os.strerror(-err))
-                    off += (length + 3) & ~3
-        if failures:
-            raise RouteError(f"{len(failures)} route change(s) failed: {failures[0]}")
-
-    def _next(self) -> int:
-        self.seq += 1
-        return self.seq
-
     def add_or_replace(self, oif: int, routes: list[RouteSpec], prefsrc: str | None) -> None:
         msgs = []
         for r in routes:
-            seq = self._next()
+            seq = self.next_seq()
             msgs.append((seq, encode_route(seq, _RTM_NEWROUTE, oif, r.dst, r.gateway, prefsrc)))
-        self._batch(msgs, set())
+        self.batch(msgs, set(), "route change(s)")
 
     def set_ipv4_devconf(self, index: int, values: dict[int, int]) -> None:
-        seq = self._next()
-        self._batch([(seq, encode_ipv4_devconf(seq, index, values))], set())
+        seq = self.next_seq()
+        self.batch([(seq, encode_ipv4_devconf(seq, index, values))], set(), "setting IPv4 sysctls")
 
     def set_guard(self, subnet: str) -> None:
-        seq = self._next()
-        self._batch([(seq, encode_guard(seq, _RTM_NEWROUTE, subnet))], set())
+        seq = self.next_seq()
+        self.batch([(seq, encode_guard(seq, _RTM_NEWROUTE, subnet))], set(), "adding the leak guard")
 
     def remove_guard(self, subnet: str) -> None:
-        seq = self._next()
-        self._batch([(seq, encode_guard(seq, _RTM_DELROUTE, subnet))], {errno.ESRCH})
+        seq = self.next_seq()
+        self.batch([(seq, encode_guard(seq, _RTM_DELROUTE, subnet))], {errno.ESRCH}, "removing the leak guard")
 
     def delete(self, oif: int, dsts: list[str]) -> None:
         msgs = []
         for d in dsts:
-            seq = self._next()
+            seq = self.next_seq()
             msgs.append((seq, encode_route(seq, _RTM_DELROUTE, oif, d, None, None)))
-        self._batch(msgs, {errno.ESRCH})
+        self.batch(msgs, {errno.ESRCH}, "route removal(s)")

@@ -175,7 +175,7 @@ class Helper1(ServiceInterface):
         if dev is None or dev.index != index:
             index, backend = await device.open_backend(ifname, create=False)
             dev = _Device(ifname, index, backend)
-            dev.own_ip = await device.own_address(index, self.subnet)
+            dev.own_ip = device.own_address(index, self.subnet)
             self._devices[ifname] = dev
         return dev
 
@@ -205,7 +205,7 @@ class Helper1(ServiceInterface):
                     private = None
             port = listen_port if listen_port and listen_port != live.listen_port else None
             await backend.set_device(private_key=private, listen_port=port)
-            changes = await device.ensure_address(index, iface, self.subnet)
+            changes = device.ensure_address(index, iface, self.subnet)
             for problem in device.enable_forwarding(ifname, index, iface.version):
                 log.warning("cannot enable relaying on the interface", extra={"ifname": ifname, "error": problem})
             self.set_leak_guard()
@@ -301,7 +301,7 @@ class Helper1(ServiceInterface):
             dev = self._devices.pop(ifname, None)
             if dev is not None:
                 await dev.backend.close()
-            await device.delete_link(index)
+            device.delete_link(index)
             log.info("teardown", extra={"ifname": ifname, "routes_removed": len(ours)})
             return {"routes_removed": len(ours), "device_removed": 1}
 

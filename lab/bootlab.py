@@ -27,7 +27,7 @@ PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "wireguard-go", "wireg
             "iproute2", "iputils-ping", "procps", "passwd", "ca-certificates", "systemd-resolved",
             # the .deb's dependencies, as bookworm packages them (python3-cffi-backend provides what
             # python3-nacl needs: debootstrap resolves no virtual packages)
-            "python3-pyroute2", "python3-dbus-fast", "python3-nacl", "python3-yaml", "python3-click",
+            "python3-dbus-fast", "python3-nacl", "python3-yaml", "python3-click",
             "python3-dnslib", "python3-cffi-backend",
             # the kernel tier's guest runs the namespace lab and its tests on this rootfs too
             "kmod", "nftables", "python3-pytest", "psmisc", "util-linux"]

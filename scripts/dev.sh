@@ -15,7 +15,7 @@ VENV_NEXT="$DEV/venv-next"  # dbus-next only: the D-Bus tests run a second time 
 VENV_DEBIAN="$DEV/venv-debian"  # Debian's own python3-* packages (what the .deb depends on)
 APT_PACKAGES=(python3 python3-venv python3-pip wireguard-go wireguard-tools dbus iproute2 iputils-ping
               nftables procps util-linux psmisc systemd-container debootstrap
-              python3-pyroute2 python3-dbus-fast python3-nacl python3-yaml python3-click python3-pytest python3-prometheus-client python3-dnslib
+              python3-dbus-fast python3-nacl python3-yaml python3-click python3-pytest python3-prometheus-client python3-dnslib
               build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian
               qemu-system-x86 busybox-static cpio kmod e2fsprogs)
 
@@ -48,10 +48,10 @@ setup() {
     "$VENV_NEXT/bin/pip" install -q --upgrade pip setuptools wheel
     "$VENV/bin/pip" install -q "$ROOT[test]"
     "$VENV/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT" "$ROOT/lab"
-    "$VENV_NEXT/bin/pip" install -q dbus-next pyroute2 pyyaml pynacl click dnslib pytest hypothesis prometheus-client
+    "$VENV_NEXT/bin/pip" install -q dbus-next pyyaml pynacl click dnslib pytest hypothesis prometheus-client
     "$VENV_NEXT/bin/pip" uninstall -q -y dbus-fast 2>/dev/null || true
     "$VENV_NEXT/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT" "$ROOT/lab"
-    # Debian bookworm's versions (pyroute2 0.7.2, dbus-fast 1.84, pynacl 1.5, click 8.1.3, PyYAML 6.0,
+    # Debian bookworm's versions (dbus-fast 1.84, pynacl 1.5, click 8.1.3, PyYAML 6.0,
     # pytest 7.2) from the system's dist-packages; only our own two distributions are added
     [ -x "$VENV_DEBIAN/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$VENV_DEBIAN"
     "$VENV_DEBIAN/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$ROOT" "$ROOT/lab"
@@ -82,7 +82,7 @@ run_tests() {
     "$VENV_NEXT/bin/python" -m pytest -m "netns and not boot" -q -p no:cacheprovider \
         --deselect tests/test_chaos_netns.py "$@"
     log "helper and mesh on real parts again with Debian's python3-* packages"
-    "$VENV_DEBIAN/bin/python" -c 'import pyroute2, dbus_fast; assert pyroute2.__file__.startswith("/usr/lib/python3/")'
+    "$VENV_DEBIAN/bin/python" -c 'import dbus_fast, nacl; assert dbus_fast.__file__.startswith("/usr/lib/python3/")'
     "$VENV_DEBIAN/bin/python" -m pytest -q -p no:cacheprovider tests/test_helper_netns.py tests/test_mesh_netns.py "$@"
 }
 

@@ -81,3 +81,26 @@ def test_a_device_route_of_an_older_version_is_reported_for_replacement():
     assert routes == {"10.1.1.2/32": LEGACY_DEVICE_ROUTE}
     add, replace, delete = plan_routes(routes, {"10.1.1.2/32": RouteSpec("10.1.1.2/32", None)})
     assert (add, delete) == ([], []) and replace == [RouteSpec("10.1.1.2/32", None)]
+
+
+def test_rtnl_reads_links_and_addresses_and_names_the_kernels_errors():
+    """The helper's own rtnetlink (helper.rtnl), read-only here: the loopback link and its
+    address as iproute2 shows them; a missing link is None; a refused request carries errno.
+    (Creating, addressing and removing a WireGuard link: tests/test_helper_netns.py.)"""
+    import errno
+    import ipaddress
+    import socket
+
+    import pytest
+
+    from wg_netmanager.helper.rtnl import IFF_UP, Rtnl, RtnlError
+
+    with Rtnl() as rtnl:
+        index, flags, kind = rtnl.link("lo")
+        assert index == socket.if_nametoindex("lo") and flags & IFF_UP and kind is None
+        assert rtnl.link(index=index)[0] == index
+        assert rtnl.link("wgnm-nosuch") is None
+        assert ipaddress.ip_interface("127.0.0.1/8") in rtnl.addresses(index)
+        with pytest.raises(RtnlError) as refused:
+            rtnl.delete_link(2**31 - 1)  # (no such index)
+        assert refused.value.code in (errno.ENODEV, errno.EPERM) and "deleting the link" in str(refused.value)

@@ -169,11 +169,37 @@ def test_route_plan():
     assert plan_routes({"10.1.1.2/32": None}, {"10.1.1.2/32": RouteSpec("10.1.1.2/32", None)}) == ([], [], [])
 
 
-def test_kernel_backend_reads_allowed_ips_in_every_form_pyroute2_gives():
-    import socket
+def test_kernel_backend_messages_round_trip_and_split_where_wg_would():
+    """WireGuard's generic netlink messages (helper.kernel), as the kernel would read them back:
+    changes of many peers share a request; a peer whose allowed IPs do not fit continues in
+    the next one with its key alone (the kernel adds to what the first part set). Against the
+    kernel itself: tests/test_kernel_guest.py."""
+    from wg_netmanager.helper.kernel import (
+        WGDEVICE_A_PEERS,
+        decode_endpoint,
+        encode_endpoint,
+        encode_peer_ops,
+        nested,
+        parse_device,
+    )
+    from wg_netmanager.helper.model import DeviceState, PeerOp
 
-    from wg_netmanager.helper.kernel import _ip_text
-    assert _ip_text(socket.AF_INET, "0a:01:01:02") == "10.1.1.2"  # pyroute2 0.7 (Debian bookworm)
-    assert _ip_text(socket.AF_INET, bytes([10, 1, 1, 2])) == "10.1.1.2"
-    assert _ip_text(socket.AF_INET, "10.1.1.2") == "10.1.1.2"
-    assert _ip_text(socket.AF_INET6, ":".join(["fd", "00"] + ["00"] * 13 + ["01"])) == "fd00::1"
+    for ep in ("198.51.100.7:51820", "[2001:db8::1]:443"):
+        assert decode_endpoint(encode_endpoint(ep)) == ep
+    ops = [PeerOp(bytes([i]) * 32, new=True, endpoint=f"198.51.100.{i}:51820", keepalive=25, replace_allowed_ips=True,
+                  allowed_ips=(f"10.1.1.{i}/32",)) for i in range(1, 40)]
+    big = [f"10.2.{i // 250}.{i % 250}/32" for i in range(2000)]
+    ops.append(PeerOp(b"\xee" * 32, new=True, endpoint="[2001:db8::9]:51820", replace_allowed_ips=True,
+                      allowed_ips=tuple(big)))
+    requests = encode_peer_ops(ops)
+    assert len(requests) == 4 and all(len(r) <= 16384 for r in requests)  # (2000 IPs: 48 KB)
+    dev = DeviceState()
+    parse_device([nested(WGDEVICE_A_PEERS, r) for r in requests], dev)
+    assert len(dev.peers) == 40
+    assert dev.peers[bytes([7]) * 32].endpoint == "198.51.100.7:51820"
+    assert dev.peers[bytes([7]) * 32].keepalive == 25
+    assert dev.peers[bytes([7]) * 32].allowed_ips == {"10.1.1.7/32"}
+    assert dev.peers[b"\xee" * 32].allowed_ips == set(big)
+    assert dev.peers[b"\xee" * 32].endpoint == "[2001:db8::9]:51820"
+    removal = encode_peer_ops([PeerOp(b"\x01" * 32, remove=True)])
+    assert len(removal) == 1 and len(removal[0]) < 64
