@@ -39,7 +39,7 @@ PROBE_TAKEOVER = 2.5
 #: carries traffic is watched as ever). BFD's idea again: probe fast only where it matters
 QUIET_AFTER = 10.0
 QUIET_PROBE = 20.0
-QUIET_PROBE_STATIC = 5.0
+QUIET_PROBE_STATIC = 10.0
 QUIET_CHECK_PACE = 0.5
 QUIET_GRACE = 1.5
 #: an untranslated end waits this long before it sends towards a NATed one (see holds_back)

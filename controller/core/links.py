@@ -528,7 +528,11 @@ class Links:
         if quiet:
             # nobody uses it: a proof of life now and then is enough (see QUIET_PROBE). Silence
             # counts from the proof's due time; until an answer comes, asks are repeated
-            due = alive_since + link.quiet_interval()
+            # (due from the last probe exchange, which both ends see within an RTT of each
+            # other, rather than from what each observed of the data plane: else the answering
+            # end, observing a second late, would take over)
+            exchange = max(link.last_ack, link.last_probe_rx, link.up_since, link.woke_at, self.probes.resumed_at)
+            due = exchange + link.quiet_interval()
             if now < due - 0.001:
                 return due
             if link.initiator or now - due > QUIET_CHECK_PACE:
