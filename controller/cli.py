@@ -1,7 +1,7 @@
 """``wg_netmanager``: run the controller, or inspect a running one.
 
     wg_netmanager -c net.yaml -i wg0 -a 10.1.1.1 -n alice     run the controller (foreground)
-    wg_netmanager init | check | status | nodes | routes | ping NODE | watch | down | up | revoke NODE | demo
+    wg_netmanager init | check | status | nodes | routes | ping NODE | why NODE | watch | down | up | revoke NODE | demo
 
 User errors are one clear line on stderr and a non-zero exit code, never a traceback.
 """
@@ -275,6 +275,40 @@ def check(config, peer, interface, no_files):
 
 
 # ------------------------------------------------------------------------------ talking to Controller1
+
+
+@main.command()
+@click.argument("node")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (Controller1.Explain's object)")
+def why(node, as_json):
+    """Why the path to NODE is what it is: its direct link's state, failures, next attempt and
+    last transitions, from the controller's state (not from logs)."""
+    from wg_netmanager.dbus import ControllerErrors
+
+    answer = asyncio.run(_controller_call("Explain", "s", [node], tolerate=(ControllerErrors.UNKNOWN_NODE,)))
+    if answer is None:
+        fail(f"no node named {node!r} (wg_netmanager status lists them)")
+    report = json.loads(answer[0])
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    click.echo(f"{report['name']} ({report['overlay_ip']}): {report['reason']}")
+    link = report["link"]
+    if report["endpoints"]:
+        click.echo(f"  offers:      {', '.join(report['endpoints'])}")
+    if link is None:
+        return
+    role = "static peer link" if link["static"] else ("we start attempts" if link["initiator"] else
+                                                    "the other end starts attempts")
+    click.echo(f"  direct link: {link['state']} via {link['endpoint'] or '-'} ({link['endpoint_kind'] or '-'}; {role})")
+    if link["failures"]:
+        click.echo(f"  failures:    {link['failures']} (last: {link['last_failure']})")
+    if link["next_attempt_in_s"] is not None:
+        click.echo(f"  next try:    in {link['next_attempt_in_s']:.0f} s")
+    if link["rtt_ms"] is not None:
+        click.echo(f"  rtt:         {link['rtt_ms']} ms measured, {link['claimed_rtt_ms']} ms claimed")
+    for h in link["history"]:
+        click.echo(f"  {h['ago_s']:>8.1f} s ago  {h['what']}" + (f": {h['detail']}" if h["detail"] else ""))
 
 
 async def _controller_call(member: str, signature: str = "", body: list | None = None, timeout: float = 10,

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import functools
 import grp
+import json
 import logging
 import os
 import pwd
@@ -126,6 +127,15 @@ class Controller1(ServiceInterface):
         ok = self.c.core.connect(node, time.time())
         self.c.pump()
         return ok
+
+    @method()
+    @_guarded
+    async def Explain(self, node: "s") -> "s":
+        await self._readers()
+        report = None if self.c.is_down else self.c.core.explain(node, time.time())
+        if report is None:
+            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {node!r}")
+        return json.dumps(report)
 
     @method()
     @_guarded

@@ -35,6 +35,18 @@ class InvalidArgs(ValueError):
     """Caller input outside the rules; the message is safe to return to the caller."""
 
 
+#: how much of a refused value an error quotes (a 1 MB string is not echoed back, nor logged)
+QUOTE_MAX = 64
+
+
+def quote(value: object) -> str:
+    """A refused value for an error message: repr'd, at most QUOTE_MAX characters of it."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    return f"{text[:QUOTE_MAX]!r}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class PeerSpec:
     public_key: bytes
@@ -88,7 +100,7 @@ def check_ifname(name: object) -> str:
     if not isinstance(name, str) or not 1 <= len(name) <= IFNAME_MAX:
         raise InvalidArgs(f"interface name must be 1..{IFNAME_MAX} characters")
     if name in (".", "..") or any(c in name for c in "/ \t\n:") or not name.isprintable():
-        raise InvalidArgs(f"interface name {name!r} is not valid")
+        raise InvalidArgs(f"interface name {quote(name)} is not valid")
     return name
 
 
@@ -98,9 +110,9 @@ def decode_key(text: object, what: str = "public key") -> bytes:
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidArgs(f"{what} {text[:60]!r} is not valid base64") from None
+        raise InvalidArgs(f"{what} {quote(text)} is not valid base64") from None
     if len(raw) != 32:
-        raise InvalidArgs(f"{what} {text[:60]!r} decodes to {len(raw)} bytes, not 32")
+        raise InvalidArgs(f"{what} {quote(text)} decodes to {len(raw)} bytes, not 32")
     return raw
 
 
@@ -129,20 +141,20 @@ def parse_endpoint(text: str, subnet: IPNetwork) -> str | None:
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
-            raise InvalidArgs(f"endpoint {text!r}: an IPv6 endpoint is written [addr]:port")
+            raise InvalidArgs(f"endpoint {quote(text)}: an IPv6 endpoint is written [addr]:port")
     else:
         host, sep, port = text.rpartition(":")
         if not sep or ":" in host:
-            raise InvalidArgs(f"endpoint {text!r} must be ip:port or [ipv6]:port")
+            raise InvalidArgs(f"endpoint {quote(text)} must be ip:port or [ipv6]:port")
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise InvalidArgs(f"endpoint {text!r}: {host!r} is not an IP address (resolve names first)") from None
+        raise InvalidArgs(f"endpoint {quote(text)}: {quote(host)} is not an IP address (resolve names first)") from None
     if not (port.isascii() and port.isdigit()):
-        raise InvalidArgs(f"endpoint {text!r}: port must be 1..65535 in ASCII digits")
+        raise InvalidArgs(f"endpoint {quote(text)}: port must be 1..65535 in ASCII digits")
     problem = endpoint_refusal(addr, int(port), subnet)
     if problem is not None:
-        raise InvalidArgs(f"endpoint {text!r}: {problem}")
+        raise InvalidArgs(f"endpoint {quote(text)}: {problem}")
     return f"[{addr}]:{int(port)}" if addr.version == 6 else f"{addr}:{int(port)}"
 
 
@@ -153,14 +165,14 @@ def parse_host_route(text: object, subnet: IPNetwork, what: str) -> str:
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError:
-        raise InvalidArgs(f"{what} {text!r} is not an address or prefix") from None
+        raise InvalidArgs(f"{what} {quote(text)} is not an address or prefix") from None
     if net.prefixlen != net.max_prefixlen:
-        raise InvalidArgs(f"{what} {text!r} is not a host route (/{net.max_prefixlen}); refused")
+        raise InvalidArgs(f"{what} {quote(text)} is not a host route (/{net.max_prefixlen}); refused")
     addr = net.network_address
     if addr.version != subnet.version or addr not in subnet:
-        raise InvalidArgs(f"{what} {text!r} is outside the managed subnet {subnet}; refused")
+        raise InvalidArgs(f"{what} {quote(text)} is outside the managed subnet {subnet}; refused")
     if subnet.num_addresses > 2 and addr in (subnet.network_address, subnet.broadcast_address):
-        raise InvalidArgs(f"{what} {text!r} is the network or broadcast address of {subnet}")
+        raise InvalidArgs(f"{what} {quote(text)} is the network or broadcast address of {subnet}")
     return str(net)
 
 
@@ -170,15 +182,15 @@ def parse_interface_address(text: object, subnet: IPNetwork) -> ipaddress.IPv4In
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError:
-        raise InvalidArgs(f"address {text!r} is not addr/prefix") from None
+        raise InvalidArgs(f"address {quote(text)} is not addr/prefix") from None
     if "/" not in text:
         iface = ipaddress.ip_interface(f"{iface.ip}/{subnet.prefixlen}")
     if iface.version != subnet.version or iface.ip not in subnet:
-        raise InvalidArgs(f"address {text!r} is outside the managed subnet {subnet}")
+        raise InvalidArgs(f"address {quote(text)} is outside the managed subnet {subnet}")
     if iface.network.prefixlen not in (subnet.prefixlen, iface.max_prefixlen):
-        raise InvalidArgs(f"address {text!r}: prefix must be /{subnet.prefixlen} (the subnet's) or a host prefix")
+        raise InvalidArgs(f"address {quote(text)}: prefix must be /{subnet.prefixlen} (the subnet's) or a host prefix")
     if subnet.num_addresses > 2 and iface.ip in (subnet.network_address, subnet.broadcast_address):
-        raise InvalidArgs(f"address {text!r} is the network or broadcast address")
+        raise InvalidArgs(f"address {quote(text)} is the network or broadcast address")
     return iface
 
 
@@ -238,11 +250,11 @@ def parse_dns_server(text: object, own_ip: str | None) -> tuple[IPAddress, int]:
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        raise InvalidArgs(f"server {text!r} is not ip:port") from None
+        raise InvalidArgs(f"server {quote(text)} is not ip:port") from None
     if own_ip is None or address != ipaddress.ip_address(own_ip):
-        raise InvalidArgs(f"server {text!r} is not this device's own overlay address ({own_ip})")
+        raise InvalidArgs(f"server {quote(text)} is not this device's own overlay address ({own_ip})")
     if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-        raise InvalidArgs(f"server {text!r}: port must be 1..65535")
+        raise InvalidArgs(f"server {quote(text)}: port must be 1..65535")
     return address, int(port)
 
 

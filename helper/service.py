@@ -56,6 +56,7 @@ from .model import (
     parse_routes,
     plan_peers,
     plan_routes,
+    quote,
     summarize,
 )
 from .routes import RouteError, RouteTable
@@ -161,7 +162,7 @@ class Helper1(ServiceInterface):
         check_ifname(ifname)
         if ifname not in self.interfaces:
             raise DBusError(HelperErrors.NOT_MANAGED,
-                            f"interface {ifname!r} is not managed by this helper (managed: "
+                            f"interface {quote(ifname)} is not managed by this helper (managed: "
                             f"{', '.join(self.interfaces)})")
         return ifname
 
@@ -267,7 +268,7 @@ class Helper1(ServiceInterface):
         dev = await self._device(ifname)
         address, port = parse_dns_server(server, dev.own_ip)
         if domain != self.domain:
-            raise InvalidArgs(f"domain {domain!r} is not net.yaml's ({self.domain!r})")
+            raise InvalidArgs(f"domain {quote(domain)} is not net.yaml's ({self.domain!r})")
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         calls = [("SetLinkDNSEx", "ia(iayqs)", [dev.index, [[family, address.packed, port, ""]]]),
                  ("SetLinkDomains", "ia(sb)", [dev.index, [[domain, True]]]),

@@ -266,6 +266,32 @@ def test_state_stays_bounded_under_churn():
     assert len(hub.links.probes.pending) <= 16 and len(hub._planes) <= 16
 
 
+def test_a_flood_of_fresh_identities_within_one_window_is_capped():
+    """A holder of the shared key sends signed probes from 20 000 fresh identities within a few
+    seconds (inside one replay window, so pruning by age cannot help): what the core keeps of
+    strangers stays under STRANGERS_MAX; the members' state is untouched."""
+    from wg_netmanager.controller.core.membership import STRANGERS_MAX
+
+    p = Pair()
+    _link_up(p)
+    hub = p.hub
+    members = len(hub.members)
+    for k in range(20_000):
+        stranger = wire.Identity(k.to_bytes(4, "big") * 8)
+        sealed = wire.seal(hub.transport.key, bytes(24), stranger, wire.PROBE, int(p.now * 1000), 1,
+                           wire.body_probe(k))
+        hub.datagram_received(sealed, (f"198.51.100.{k % 250 + 1}", 40000 + k % 1000), p.now)
+        if k % 1000 == 0:
+            hub.take_datagrams()
+    hub.take_datagrams()
+    m = hub.membership
+    assert len(m.replay) <= members + STRANGERS_MAX + 1
+    assert len(m.underlay_seen) <= members + STRANGERS_MAX + 1 and len(m.underlay_addr) <= members + STRANGERS_MAX + 1
+    assert sum(len(v) for v in m.by_public_ip.values()) <= members + STRANGERS_MAX + 1
+    assert hub.counters.get("strangers_evicted", 0) > 0
+    assert p.leaf.identity.public in m.replay  # (members are never evicted)
+
+
 def test_a_damaged_saved_state_does_not_stop_the_controller():
     persisted = {"version": 5, "links": {"zz" * 8: 3, "ab" * 8: True, "cd" * 8: -1, "ef" * 8: 10**9, 7: 3,
                                          "0123456789abcdef": 12}}

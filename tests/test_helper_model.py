@@ -203,3 +203,18 @@ def test_kernel_backend_messages_round_trip_and_split_where_wg_would():
     assert dev.peers[b"\xee" * 32].endpoint == "[2001:db8::9]:51820"
     removal = encode_peer_ops([PeerOp(b"\x01" * 32, remove=True)])
     assert len(removal) == 1 and len(removal[0]) < 64
+
+
+def test_a_refused_value_is_quoted_short_never_echoed_whole():
+    """A 1 MB string as an address, an endpoint or an interface name: the error (returned on the
+    bus and logged) quotes at most QUOTE_MAX characters of it and says how long it was."""
+    from wg_netmanager.helper.model import QUOTE_MAX, check_ifname, parse_endpoint, parse_interface_address
+
+    huge = "1" * 1_000_000
+    subnet = ipaddress.ip_network("10.1.1.0/24")
+    for call in (lambda: parse_interface_address(huge, subnet), lambda: parse_endpoint(huge, subnet),
+                 lambda: check_ifname(huge)):
+        with pytest.raises(InvalidArgs) as refused:
+            call()
+        message = str(refused.value)
+        assert len(message) < QUOTE_MAX + 150, message[:300]  # (the address says "... (1000000 characters)")

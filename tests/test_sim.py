@@ -589,3 +589,64 @@ def test_metrics_from_a_core_parse_as_prometheus_text():
     assert parsed["wg_netmanager_helper_applies"].samples[0].value == 3
     assert parsed["wg_netmanager_info"].samples[0].labels["name"] == "alpha"
     assert all(f.type in ("counter", "gauge") for f in parsed.values())
+
+
+def test_why_a_pair_is_relayed_is_told_from_the_links_state():
+    """`wg_netmanager why` (Core.explain): behind symmetric NAT the direct attempts fail and the
+    pair stays relayed; the report says so, with the failures, the next attempt and the last
+    transitions. A LAN pair is direct; a node not known is None."""
+    sim = original_example(nat="symmetric")
+    sim.run_for(30)
+    now = EPOCH + sim.now
+    relayed = sim.nodes["alpha"].core.explain("charlie", now)
+    assert relayed["via"] == ["beta"] and relayed["reachable"]
+    assert relayed["reason"].startswith("relayed via beta: direct link ")
+    link = relayed["link"]
+    assert link["failures"] >= 1 and link["last_failure"] == "no handshake"
+    assert link["state"] == "attempting" or link["next_attempt_in_s"] is not None
+    assert {h["what"] for h in link["history"]} >= {"attempt", "attempt failed"}
+    assert len(link["history"]) <= 6
+    direct = sim.nodes["charlie"].core.explain("10.1.0.4", now)
+    assert direct["via"] == [] and direct["link"]["state"] == "up" and direct["link"]["endpoint_kind"] == "LAN"
+    assert direct["reason"].startswith("direct link up")
+    assert sim.nodes["charlie"].core.explain("nobody", now) is None
+    assert sim.nodes["charlie"].core.explain("charlie", now) is None
+    static = original_example(link_policy="static")
+    static.run_for(10)
+    report = static.nodes["alpha"].core.explain("charlie", EPOCH + static.now)
+    assert report["link"] is None and "link policy 'static'" in report["reason"]
+
+
+def test_no_amplification_towards_an_address_that_has_not_shown_it_receives_there():
+    """Address validation (core/validation.py, as QUIC does it): a DIGEST, SYNC or REQUEST from
+    a fresh identity at a forged source draws at most 3x its bytes (a challenge, not the mesh's
+    records); once an address echoes the challenge, the held message is answered in full."""
+    sim = star(60, seed=2, hubs=3, link_policy="static")
+    assert sim.run_until_true(lambda: sim.converged(sample=100), 10) is not None
+    hub = sim.nodes["hub0"].core
+    now = EPOCH + sim.now
+    key = hub.transport.key
+    for k, (mtype, body) in enumerate([
+            (wire.DIGEST, wire.body_digest([])),
+            (wire.SYNC, wire.body_sync(0, bytes(16))),
+            (wire.REQUEST, wire.body_request([m.record.id8 for m in list(hub.members.values())[:50]]))]):
+        stranger = wire.Identity(bytes([200 + k]) * 32)
+        victim = (f"203.0.113.{200 + k}", 40000)
+        sealed = wire.seal(key, bytes(24), stranger, mtype, int(now * 1000), 1, body)
+        hub.take_datagrams()
+        hub.datagram_received(sealed, victim, now)
+        out = [d for d, addr in hub.take_datagrams() if addr == victim]
+        assert sum(map(len, out)) <= 3 * len(sealed), (wire.TYPE_NAMES[mtype], sum(map(len, out)), len(sealed))
+        assert [hub.transport.open(d).type for d in out] == [wire.PROBE]  # the challenge alone
+    # the real owner of an address answers the challenge: its held DIGEST is answered in full
+    newcomer = wire.Identity(bytes([250]) * 32)
+    home = ("203.0.113.250", 41000)
+    hub.datagram_received(wire.seal(key, bytes(24), newcomer, wire.DIGEST, int(now * 1000), 1,
+                                    wire.body_digest([])), home, now)
+    (challenge,) = [hub.transport.open(d) for d, addr in hub.take_datagrams() if addr == home]
+    probe_id = wire.parse_probe(challenge.body)
+    hub.datagram_received(wire.seal(key, bytes(24), newcomer, wire.PROBE_ACK, int(now * 1000), 2,
+                                    wire.body_probe_ack(probe_id, home, None)), home, now)
+    answer = [hub.transport.open(d).type for d, addr in hub.take_datagrams() if addr == home]
+    assert answer.count(wire.RECORDS) >= 5, answer  # (60 records: the whole mesh)
+    assert hub.counters.get("addresses_validated", 0) >= 1

@@ -5,6 +5,8 @@ controller per box. Each test asserts the final path of every pair and that ever
 from __future__ import annotations
 
 import itertools
+import json
+import sys
 import time
 
 import pytest
@@ -100,6 +102,14 @@ def test_nat_mapping_and_short_conntrack_timeouts(mapping):
         if mapping == "symmetric":
             log = boxes["dave"].log("controller") + boxes["carol"].log("controller")
             assert log.count("path_changed") <= 2, "flapping"  # at most the first relay->... switch
+            # `why` tells the relayed pair's reason from the controller's state (issue 17)
+            cli = [sys.executable, "-m", "wg_netmanager.controller.cli"]
+            report = json.loads(boxes["carol"].run(cli + ["why", "dave", "--json"]).stdout)
+            assert report["via"] == ["beta"] and report["reason"].startswith("relayed via beta: ")
+            link = report["link"]
+            assert link is not None and link["failures"] >= 1 and link["last_failure"], report
+            text = boxes["carol"].run(cli + ["why", "dave"]).stdout
+            assert "relayed via beta" in text and "failures:" in text and "Traceback" not in text
         time.sleep(15)
         assert every_pair_pings(boxes, mesh.overlay) == []
 

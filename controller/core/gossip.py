@@ -24,6 +24,8 @@ FLOOD_BATCH_MAX = 0.1
 FLOOD_BATCH_NEIGHBOURS = 200
 #: how many nodes behind one public address a static peer introduces to a newcomer
 MAX_INTRODUCTIONS = 64
+#: introductions waiting for the newcomer's address to be validated
+MAX_INTRODUCTIONS_HELD = 1024
 #: ids per REQUEST datagram
 REQUEST_CHUNK = 1000
 #: once every static peer is known, the bootstrap check runs this many times less often
@@ -33,12 +35,14 @@ BOOTSTRAP_IDLE_FACTOR = 10
 class Gossip:
     def __init__(self, local: LocalNode, members: Membership, routing: Routing, links: Mapping,
                  transport: Transport, rand_unit: Callable[[], float], wake: Callable[[float], None],
-                 fanout: int, rounds: int, digest_leaf: int, active: Callable[[object, float], bool]) -> None:
+                 fanout: int, rounds: int, digest_leaf: int, active: Callable[[object, float], bool],
+                 validated: Callable[[tuple[str, int]], bool]) -> None:
         self.local = local
         self.members = members
         self.routing = routing
         self.links = links  # id8 -> Link (read-only here)
         self.active = active  # whether a link is kept alive (an idle one is not woken for anti-entropy)
+        self.validated = validated  # whether an underlay address showed it receives there
         self.transport = transport
         self.rand_unit = rand_unit
         self.wake = wake  # run tick() no later than the given time
@@ -48,6 +52,7 @@ class Gossip:
         self.hot: dict[bytes, int] = {}  # records still gossiped -> rounds left
         self._flood: dict[bytes, bytes | None] = {}  # hubs: new records -> who sent them (None: ours)
         self._bootstrap_turn = -1
+        self._introductions_held: dict[tuple[str, int], bytes] = {}  # address not validated -> newcomer
 
     # ------------------------------------------------------------------ what to spread
 
@@ -182,6 +187,12 @@ class Gossip:
 
     # ------------------------------------------------------------------ introductions
 
+    def validated_addr(self, addr: tuple[str, int], now: float) -> None:
+        """An address showed it receives there: an introduction held for it goes now."""
+        id8 = self._introductions_held.pop(addr, None)
+        if id8 is not None and self.members.underlay_addr.get(id8) == addr:
+            self.introduce(id8, now)
+
     def introduce(self, id8: bytes, now: float) -> None:
         """A static peer introduces nodes that speak from the same public address (behind one
         NAT: likely on one LAN) to each other as they arrive: their records reach each other at
@@ -195,7 +206,12 @@ class Gossip:
                   if i != id8 and (m := self.members.get(i)) is not None and not m.info.is_static][:MAX_INTRODUCTIONS]
         if not others:
             return
-        self.transport.send_records(addr, [m.record.raw for m in others], now, "introduce", newcomer.identity)
+        if self.validated(addr):
+            self.transport.send_records(addr, [m.record.raw for m in others], now, "introduce", newcomer.identity)
+        elif len(self._introductions_held) < MAX_INTRODUCTIONS_HELD:
+            # its address has not shown it receives there yet (see core.validation): the
+            # newcomer's half waits for that
+            self._introductions_held[addr] = id8
         for member in others:
             there = self.transport.underlay_of(member.record.id8, now)
             if there is not None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ..wire import EP_LAN
+from ..wire import EP_LAN, EP_REFLEXIVE, EP_STATIC
 
 
 class LinkState(StrEnum):
@@ -18,6 +19,8 @@ ATTEMPTING, UP, DOWN = LinkState.ATTEMPTING, LinkState.UP, LinkState.DOWN
 #: a candidate kind of our own (never on the wire): a LAN address of a node behind the same
 #: public address as ours that is not on any of our LANs - NAT behind NAT, routed subnets
 EP_NEARBY = 0x80
+ENDPOINT_KINDS = {EP_STATIC: "static endpoint", EP_LAN: "LAN", EP_REFLEXIVE: "NAT-mapped endpoint",
+                  EP_NEARBY: "LAN behind the same NAT"}
 #: an RTT claim that moved waits this long before it is published: a link's first measurement
 #: replaces a placeholder, and its neighbours' often follow; one record version carries them all
 RTT_PUBLISH_DELAY = 1.0
@@ -75,6 +78,8 @@ SUSPECT_PROBE = 0.1
 SUSPECT_GRACE = 0.5
 #: a WireGuard keepalive (an empty transport message): not traffic that expects an answer
 KEEPALIVE_BYTES = 32
+#: what `wg_netmanager why` shows of a link's past: its last few transitions
+HISTORY = 6
 #: the weight of a new RTT sample in a link's moving average
 RTT_GAIN = 0.2
 #: a new attempt is checked again this soon; a retry waiting for its time at least this late;
@@ -134,6 +139,9 @@ class Link:
     peer_ready: bool = False  # the other end has us configured (static links)
     removal_applied: bool = True  # after a failure: the data plane no longer has the peer
     lost: bool = False  # it went down while up (silence): retried as soon as the other end speaks
+    last_failure: str = ""  # why it last went down or an attempt failed
+    #: (when, what, detail) of its last transitions, for `wg_netmanager why`
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     # ------------------------------------------------------------------ transitions
 
@@ -158,6 +166,9 @@ class Link:
         self.held_back_done = False
         self.endpoint = endpoint
         self.endpoint_kind = kind
+
+    def note(self, now: float, what: str, detail: str = "") -> None:
+        self.history.append((now, what, detail))
 
     def went_up(self, now: float) -> None:
         self.state = UP

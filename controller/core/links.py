@@ -23,6 +23,7 @@ from .link import (
     ATTEMPTING,
     CONNECT_RETRY,
     DOWN,
+    ENDPOINT_KINDS,
     EP_NEARBY,
     FIRST_LINKS_WAIT,
     FIRST_LINKS_WINDOW,
@@ -204,6 +205,8 @@ class Links:
         # "starting over": one that still has us configured answers "ready" at once
         body = wire.body_connect(attempt, None, None) if link.static else wire.body_connect(attempt, mine, reach)
         link.begin_attempt(now, fmt_ep(reach), kind, body)
+        link.note(now, "attempt", f"{link.endpoint} ({ENDPOINT_KINDS.get(kind, kind)}, candidate "
+                                  f"{link.candidate_index + 1} of {len(link.candidates)})")
         self.attempting = True
         self.emit(EventKind.LINK_ATTEMPT, node=member.info.name, endpoint=link.endpoint, role="initiator")
         self.schedule_paths(now)
@@ -211,6 +214,8 @@ class Links:
     def failed(self, link: Link, member: Member, now: float, why: str) -> None:
         was_up = link.state == UP
         link.went_down(now, self.config.retry_max)
+        link.last_failure = why
+        link.note(now, "down" if was_up else "attempt failed", why)
         if was_up:
             self.emit(EventKind.LINK_DOWN, node=member.info.name, reason=why)
             self.changed(link.peer)
@@ -221,6 +226,7 @@ class Links:
 
     def up(self, link: Link, member: Member, now: float) -> None:
         link.went_up(now)
+        link.note(now, "up", link.endpoint)
         self.emit(EventKind.LINK_UP, node=member.info.name, endpoint=link.endpoint)
         self.changed(link.peer)
         self.wake(now)  # probe it at once (a static peer's answer tells our public endpoint)
@@ -233,13 +239,24 @@ class Links:
             # our first links: those to static peers and LAN neighbours still being attempted
             # (started with the others: they take a round trip or two), and our public endpoint
             # (a static peer's probe answer tells it), may make the same version
-            pending = (self.local.reflexive is None and member.info.is_static) or any(
-                other.state == ATTEMPTING and now - other.attempt_started < FIRST_LINKS_WINDOW
-                and (other.static or other.endpoint_kind == EP_LAN) for other in self.links.values())
-            self.publish(now, FIRST_LINKS_WAIT if pending else None)
+            pending = self.first_links_pending(now)
+            if self.local.reflexive is None and any(other.static and other.state == UP
+                                                    for other in self.links.values()):
+                # (a static peer's answer to our probe may come before its WireGuard showed it
+                # our endpoint: wait longer; learning it brings the record forward, see
+                # Core._learn_reflexive)
+                self.publish(now, FIRST_LINKS_WINDOW)
+            else:
+                self.publish(now, FIRST_LINKS_WAIT if pending else None)
             return
         shortcut = member.info.is_static or bool(self.routing.graph.edges.get(link.peer, {}).keys() - {self.local.id8})
         self.publish(now, LINK_BATCH_DELAY if shortcut else None)
+
+    def first_links_pending(self, now: float) -> bool:
+        """Links to static peers and LAN neighbours still being attempted (started with the
+        others: they take a round trip or two): our first links wait for them."""
+        return any(other.state == ATTEMPTING and now - other.attempt_started < FIRST_LINKS_WINDOW
+                   and (other.static or other.endpoint_kind == EP_LAN) for other in self.links.values())
 
     # ------------------------------------------------------------------ policies
 
@@ -601,6 +618,7 @@ class Links:
         kind = EP_REFLEXIVE if you_use and member.info.endpoints and any(
             e.kind == EP_REFLEXIVE and (e.address, e.port) == you_use for e in member.info.endpoints) else EP_LAN
         link.answer_attempt(attempt, now, fmt_ep(you_use) if you_use else "", kind)
+        link.note(now, "answering an attempt", link.endpoint)
         self.attempting = True
         send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
         self.emit(EventKind.LINK_ATTEMPT, node=member.info.name, endpoint=link.endpoint, role="responder")
@@ -706,6 +724,49 @@ class Links:
         if link is not None and member is not None and link.state == UP and \
                 now - self.probes.resumed_at < RESUME_WINDOW:
             self.failed(link, member, now, "dropped by the other end")
+
+    def explain(self, member: Member, now: float) -> tuple[dict | None, str]:
+        """The direct link to ``member`` as `wg_netmanager why` shows it, and in one sentence
+        why there is a direct path to it or not (from the link's state, not from logs)."""
+        id8 = member.record.id8
+        link = self.links.get(id8)
+        if link is None:
+            info = member.info
+            if info.is_left:
+                return None, "it left the mesh (wg_netmanager down)"
+            if not self.wants_link(info, id8):
+                if self.config.link_policy == "static":
+                    return None, ("link policy 'static': direct links only to static peers, LAN neighbours "
+                                  "and pinned nodes (wg_netmanager connect pins one)")
+                return None, "no direct link to try: it has no endpoint of its own we could reach (behind NAT, " \
+                             "no NAT-mapped endpoint known yet)"
+            return None, "no link yet (one is set up at the next look)"
+        history = [{"ago_s": round(now - t, 1), "what": what, "detail": detail} for t, what, detail in link.history]
+        out = {"state": str(link.state), "endpoint": link.endpoint,
+               "endpoint_kind": ENDPOINT_KINDS.get(link.endpoint_kind, ""), "static": link.static,
+               "initiator": link.initiator, "pinned": link.pinned, "failures": link.fails,
+               "last_failure": link.last_failure, "candidates": [fmt_ep(c[0]) for c in link.candidates],
+               "rtt_ms": round(link.rtt, 1) if link.rtt else None, "claimed_rtt_ms": link.claimed_rtt or None,
+               "up_for_s": round(now - link.up_since, 1) if link.state == UP else None,
+               "next_attempt_in_s": round(max(0.0, link.retry_at - now), 1) if link.state == DOWN and (
+                   link.initiator or link.static) else None,
+               "idle": link.state == UP and not self.active(link, now), "quiet": link.state == UP and link.quiet(now),
+               "history": history}
+        if link.state == UP:
+            if not self.active(link, now):
+                reason = f"direct link idle (no traffic for {round(now - link.last_traffic)} s): silent until used"
+            else:
+                reason = "direct link up" + (" (quiet: no traffic)" if link.quiet(now) else "")
+        elif link.state == ATTEMPTING:
+            reason = f"attempting a direct link via {link.endpoint or '?'} for {round(now - link.attempt_started, 1)} s"
+        elif not (link.initiator or link.static):
+            reason = "the other end starts attempts" + (f"; the last failed: {link.last_failure}"
+                                                         if link.last_failure else "")
+        else:
+            reason = (f"direct link down ({link.last_failure or 'not tried yet'}); next attempt in "
+                      f"{max(0.0, link.retry_at - now):.0f} s" + (f" (failure {link.fails}, backing off)"
+                                                                 if link.fails > 1 else ""))
+        return out, reason
 
     def left(self, id8: bytes, now: float) -> None:
         """The node left the mesh (its signed departure): its link goes now, not after probes."""

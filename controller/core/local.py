@@ -128,6 +128,7 @@ class LocalNode:
         self.static_self = next((p for p in config.static_peers if p.overlay_ip == config.overlay_ip), None)
         self.is_static = self.static_self is not None
         self.static_by_ip: dict[str, StaticPeerConfig] = {}
+        self._static_admin: set[tuple[str, int]] = set()
         self.set_static_peers(config.static_peers)
         self.lan = LanView(lan)
         self.reflexive: tuple[str, int] | None = None
@@ -138,7 +139,12 @@ class LocalNode:
         if new == self.static_by_ip:
             return False
         self.static_by_ip = new
+        self._static_admin = {(p.host, p.admin_port) for p in new.values()}
         return True
+
+    def is_static_admin_addr(self, addr: tuple[str, int]) -> bool:
+        """A static peer's admin address from net.yaml (trusted as a source: see core.validation)."""
+        return addr in self._static_admin
 
     def public_endpoint(self) -> tuple[str, int] | None:
         """Where others can send to us: what a static peer saw, or our own static endpoint."""

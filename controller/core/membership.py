@@ -22,6 +22,10 @@ from .types import CoreConfig, Counters, EventKind
 MAX_CONFLICTS_REPORTED = 1000
 #: a sender's replay stamp is kept this many replay windows
 REPLAY_KEEP_WINDOWS = 2
+#: senders that are not members ("strangers": a node joining, or a flood of fresh identities
+#: from a holder of the shared key): at most this many are remembered (replay stamp, where they
+#: spoke from); beyond it the oldest quarter is forgotten. Members are never evicted
+STRANGERS_MAX = 4096
 #: a node that left is listed as "left" this long after its departure record (its version is
 #: its time in ms), then forgotten; an older departure record is not taken (every node forgets
 #: it at the same time: no node brings it back to the others)
@@ -165,7 +169,29 @@ class Membership:
             raise ProtocolError("identity_not_allowed")
         if inner.sender in self.revoked_identities:
             raise ProtocolError("identity_revoked")
+        if last is None and len(self.replay) > len(self.members) + STRANGERS_MAX:
+            self._evict_strangers()
         self.replay[inner.sender] = stamp
+
+    def _evict_strangers(self) -> None:
+        """The oldest quarter of the strangers' state goes (see STRANGERS_MAX)."""
+        members = self.members
+        strangers = sorted((stamp, sender) for sender, stamp in self.replay.items()
+                           if sender[:wire.ID8_LEN] not in members)
+        for _stamp, sender in strangers[:max(1, len(strangers) // 4)]:
+            del self.replay[sender]
+            self._forget_underlay(sender[:wire.ID8_LEN])
+        self.counters.count("strangers_evicted", max(1, len(strangers) // 4))
+
+    def _forget_underlay(self, id8: bytes) -> None:
+        self.underlay_seen.pop(id8, None)
+        addr = self.underlay_addr.pop(id8, None)
+        if addr is not None:
+            behind = self.by_public_ip.get(addr[0])
+            if behind is not None:
+                behind.discard(id8)
+                if not behind:
+                    del self.by_public_ip[addr[0]]
 
     def heard_from(self, sender8: bytes, src: tuple[str, int], now: float) -> None:
         """A datagram from ``sender8`` arrived over the underlay from ``src``."""
@@ -343,14 +369,7 @@ class Membership:
         # where nodes spoke from: kept for members, and for others while their replay stamp is
         for id8, seen in list(self.underlay_seen.items()):
             if id8 not in self.members and now - seen > self.config.replay_window * REPLAY_KEEP_WINDOWS:
-                del self.underlay_seen[id8]
-                addr = self.underlay_addr.pop(id8, None)
-                if addr is not None:
-                    behind = self.by_public_ip.get(addr[0])
-                    if behind is not None:
-                        behind.discard(id8)
-                        if not behind:
-                            del self.by_public_ip[addr[0]]
+                self._forget_underlay(id8)
         return gone
 
     def persistent_state(self, version: int) -> dict:

@@ -26,13 +26,14 @@ from ..wire import (
     Record,
 )
 from .gossip import BOOTSTRAP_IDLE_FACTOR, Gossip
-from .link import LINK_BATCH_DELAY, LIVE_SESSION, UP, Link
+from .link import ENDPOINT_KINDS, FIRST_LINKS_WAIT, LINK_BATCH_DELAY, LIVE_SESSION, UP, Link
 from .links import Links
 from .local import LocalNode, fmt_ep, is_hostname, parse_ep
 from .membership import Member, Membership
 from .routes import Routing
 from .transport import Transport
 from .types import CoreConfig, Counters, DataPlane, Event, EventKind, PeerObservation, StaticPeerConfig
+from .validation import AMPLIFYING, AddressValidation
 
 INFINITY = float("inf")  # "no deadline", for every timer
 RX_COUNTERS = {t: f"rx_{name}" for t, name in wire.TYPE_NAMES.items()}
@@ -113,9 +114,11 @@ class Core:
         self.links = Links(config, self.local, self.membership, self.routing, self.transport, self.counters,
                            self._emit, self._wake_links, self._schedule_paths, self._schedule_publish,
                            self._changed_links.add, self._announces_links, links, now)
+        self.validation = AddressValidation(random_bytes, self.counters, self.local.is_static_admin_addr)
         self.gossip = Gossip(self.local, self.membership, self.routing, links, self.transport, self._rand_unit,
                              self._wake_gossip, config.gossip_fanout, config.gossip_rounds,
-                             config.digest_leaf, self.links.active)
+                             config.digest_leaf, self.links.active,
+                             lambda addr: not self.validation.needs_check(addr, False))
         self._handlers: dict[int, Callable[[wire.Inner, bytes, tuple[str, int], float], None]] = {
             wire.RECORDS: self._on_records, wire.PROBE: self._on_probe, wire.PROBE_ACK: self._on_probe_ack,
             wire.SYNC: self._on_sync, wire.DIGEST: self._on_digest, wire.REQUEST: self._on_request,
@@ -411,6 +414,27 @@ class Core:
             })
         return out
 
+    def explain(self, target: str, now: float) -> dict | None:
+        """`wg_netmanager why NODE`: its path, its direct link (state, endpoint, failures, next
+        attempt, candidates, last transitions) and in one sentence why the path is what it is."""
+        member = self.find(target)
+        if member is None or member.identity == self.identity.public:
+            return None
+        id8 = member.record.id8
+        members = self.membership.members
+        path = self.path(id8)
+        link, reason = self.links.explain(member, now)
+        relays = [members[h].info.name for h in path[1:-1]]
+        if path and relays:
+            reason = f"relayed via {', '.join(relays)}: {reason}"
+        elif not path:
+            reason = f"unreachable: {reason}" if not member.info.is_left else reason
+        return {"name": member.info.name, "overlay_ip": member.info.overlay_ip, "reachable": bool(path),
+                "via": relays, "static": member.info.is_static, "left": member.info.is_left,
+                "endpoints": [f"{fmt_ep((ep.address, ep.port))} ({ENDPOINT_KINDS.get(ep.kind, ep.kind)})"
+                              for ep in member.info.endpoints],
+                "link": link, "reason": reason}
+
     # ========================================================================= receive
 
     def _emit(self, kind: EventKind, **data) -> None:
@@ -423,6 +447,12 @@ class Core:
             self.membership.heard_from(sender8, src, now)
         self.links.probe_received(sender8, over, inner.type, now)
         self.counters.count(RX_COUNTERS[inner.type])
+        if inner.type in AMPLIFYING and self.validation.needs_check(src, over):
+            # (its answer could be many times its size: not before src shows it receives there)
+            challenge = self.validation.hold(src, inner)
+            if challenge is not None:
+                self.transport.send_to_addr(src, wire.PROBE, wire.body_probe(challenge), now, inner.sender)
+            return
         self._handlers[inner.type](inner, sender8, src, now)
 
     def _on_records(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
@@ -508,6 +538,11 @@ class Core:
 
     def _on_probe_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
         probe_id, _seen_admin, seen_wg = wire.parse_probe_ack(inner.body)
+        held = self.validation.answered(src, probe_id)
+        if held is not None:  # src answered our challenge: what it sent before is answered now
+            self._handlers[held.type](held, held.sender[:wire.ID8_LEN], src, now)
+            self.gossip.validated_addr(src, now)
+            return
         answered = self.links.probes.answered(sender8, probe_id, now)
         if answered is None:
             return
@@ -533,8 +568,8 @@ class Core:
         # our first links are announced, it goes with them
         if self._announces_links():
             self._schedule_publish(now, LINK_BATCH_DELAY)
-        elif self.t_publish == INFINITY:
-            self._schedule_publish(now)
+        else:
+            self._schedule_publish(now, FIRST_LINKS_WAIT if self.links.first_links_pending(now) else None)
 
     def _on_sync(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
         self.gossip.on_sync(inner.body, src, now, inner.sender)
