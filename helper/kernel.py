@@ -15,7 +15,7 @@ import socket
 import struct
 
 from .model import DeviceState, PeerOp, PeerState
-from .rtnl import F_ACK, F_DUMP, F_REQUEST, NLMSG_DONE, NLMSG_ERROR, RtnlError, attr, message, messages
+from .rtnl import F_ACK, F_DUMP, F_REQUEST, Netlink, RtnlError, attr
 
 NETLINK_GENERIC = 16
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 0x10, 3, 1, 2
@@ -163,44 +163,17 @@ def _parse_peer(raw: bytes, dev: DeviceState) -> None:
     dev.peers[key] = peer
 
 
-class Genl:
-    """One NETLINK_GENERIC socket, to WireGuard's family."""
+class Genl(Netlink):
+    """NETLINK_GENERIC, to WireGuard's family."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self.sock.bind((0, 0))
-        self.seq = 0
+        super().__init__(NETLINK_GENERIC)
         self.family = self._family()
 
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Genl:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _exchange(self, kind: int, flags: int, cmd: int, version: int, attrs: bytes, what: str) -> list[bytes]:
-        """Send one request; its answers' payloads (after the genl header) until the ack or the
-        end of a dump."""
-        self.seq += 1
-        seq = self.seq
-        self.sock.send(message(seq, kind, flags, GENL.pack(cmd, version, 0) + attrs))
-        answers = []
-        while True:
-            for k, s, payload in messages(self.sock.recv(1 << 20)):
-                if s != seq:
-                    continue
-                if k == NLMSG_ERROR:
-                    (err,) = struct.unpack_from("=i", payload)
-                    if err:
-                        raise RtnlError(-err, what)
-                    return answers
-                if k == NLMSG_DONE:
-                    return answers
-                answers.append(payload[GENL.size:])
+        """One request; its answers' payloads after the genl header."""
+        return [payload[GENL.size:] for _kind, payload in
+                self.exchange(kind, flags, GENL.pack(cmd, version, 0) + attrs, what)]
 
     def _family(self) -> int:
         answers = self._exchange(GENL_ID_CTRL, F_REQUEST | F_ACK, CTRL_CMD_GETFAMILY, 1,

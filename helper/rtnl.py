@@ -72,11 +72,11 @@ def message(seq: int, kind: int, flags: int, body: bytes) -> bytes:
     return HDR.pack(HDR.size + len(body), kind, flags, seq, 0) + body
 
 
-class Rtnl:
-    """One NETLINK_ROUTE socket; requests are acknowledged, errors raised."""
+class Netlink:
+    """One netlink socket (``protocol``); requests are answered, errors raised."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    def __init__(self, protocol: int = socket.NETLINK_ROUTE) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         self.sock.bind((0, 0))
         self.seq = 0
@@ -84,7 +84,7 @@ class Rtnl:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> Rtnl:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -93,6 +93,26 @@ class Rtnl:
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
+
+    def exchange(self, kind: int, flags: int, body: bytes, what: str,
+                 ignore: frozenset[int] = frozenset()) -> list[tuple[int, bytes]]:
+        """One request; its answers (type, payload) until the acknowledgement or the end of a
+        dump. An error whose errno is not in ``ignore`` raises RtnlError."""
+        seq = self.next_seq()
+        self.sock.send(message(seq, kind, flags, body))
+        answers = []
+        while True:
+            for k, s, payload in messages(self.sock.recv(1 << 20)):
+                if s != seq:
+                    continue
+                if k == NLMSG_ERROR:
+                    (err,) = _ERR.unpack_from(payload)
+                    if err and -err not in ignore:
+                        raise RtnlError(-err, what)
+                    return answers
+                if k == NLMSG_DONE:
+                    return answers
+                answers.append((k, payload))
 
     def batch(self, requests: list[tuple[int, bytes]], ignore: set[int], what: str) -> None:
         """Send acknowledged requests ((seq, message)) a batch at a time; raise for the first
@@ -112,35 +132,16 @@ class Rtnl:
         if failures:
             raise RtnlError(failures[0], f"{len(failures)} {what} failed" if len(failures) > 1 else what)
 
-    def request(self, kind: int, flags: int, body: bytes, what: str, ignore: frozenset[int] = frozenset()) -> list:
-        """One request; its answers (type, payload) before the acknowledgement."""
-        seq = self.next_seq()
-        self.sock.send(message(seq, kind, flags | F_REQUEST | F_ACK, body))
-        answers = []
-        while True:
-            for k, s, payload in messages(self.sock.recv(1 << 20)):
-                if s != seq:
-                    continue
-                if k == NLMSG_ERROR:
-                    (err,) = _ERR.unpack_from(payload)
-                    if err and -err not in ignore:
-                        raise RtnlError(-err, what)
-                    return answers
-                answers.append((k, payload))
 
-    def dump(self, kind: int, body: bytes, what: str) -> Iterator[tuple[int, bytes]]:
-        seq = self.next_seq()
-        self.sock.send(message(seq, kind, F_REQUEST | F_DUMP, body))
-        while True:
-            for k, s, payload in messages(self.sock.recv(1 << 20)):
-                if s != seq:
-                    continue
-                if k == NLMSG_DONE:
-                    return
-                if k == NLMSG_ERROR:
-                    (err,) = _ERR.unpack_from(payload)
-                    raise RtnlError(-err, what)
-                yield k, payload
+class Rtnl(Netlink):
+    """NETLINK_ROUTE: links and addresses (routes: helper.routes)."""
+
+    def request(self, kind: int, flags: int, body: bytes, what: str, ignore: frozenset[int] = frozenset()) -> list:
+        """One acknowledged request; its answers (type, payload) before the acknowledgement."""
+        return self.exchange(kind, flags | F_REQUEST | F_ACK, body, what, ignore)
+
+    def dump(self, kind: int, body: bytes, what: str) -> list[tuple[int, bytes]]:
+        return self.exchange(kind, F_REQUEST | F_DUMP, body, what)
 
     # ------------------------------------------------------------------ links
 
