@@ -375,7 +375,8 @@ def _self() -> dict:
     p = _unvariant(props)
     return {"name": p.get("Name", ""), "overlay_ip": p.get("OverlayAddress", ""), "identity": p.get("Identity", ""),
             "public_key": p.get("PublicKey", ""), "interface": p.get("Interface", ""), "state": p.get("State", "up"),
-            "version": p.get("Version", ""), "domain": p.get("Domain", ""), "names": p.get("Names", "")}
+            "version": p.get("Version", ""), "domain": p.get("Domain", ""), "names": p.get("Names", ""),
+            "public_endpoint": p.get("PublicEndpoint", ""), "nat": p.get("Nat", "unknown")}
 
 
 def _nodes() -> list[dict]:
@@ -416,8 +417,8 @@ def status(as_json):
         click.echo(json.dumps({"self": me, "nodes": nodes, "routes": [{"destination": d, "gateway": g, "via": v}
                                                                       for d, g, v in routes]}, indent=1))
         return
-    rows = [[me["overlay_ip"], me["name"], "(this node)" if me["state"] == "up" else "(this node: down)", "-", "-",
-             "-", "-"]]
+    rows = [[me["overlay_ip"], me["name"], f"(this node; NAT: {me['nat']})" if me["state"] == "up"
+             else "(this node: down)", "-", me["public_endpoint"] or "-", "-", "-"]]
     for n in nodes:
         rtt = f"{n['rtt_ms']:.0f} ms" if n["rtt_ms"] >= 0 and n["reachable"] else "-"
         rows.append([n["overlay_ip"], n["name"], path_text(n), rtt, n["endpoint"] or "-", _ago(n["last_handshake"]),

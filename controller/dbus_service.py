@@ -198,6 +198,14 @@ class Controller1(ServiceInterface):
         return self.c.names
 
     @dbus_property(access=PropertyAccess.READ)
+    def PublicEndpoint(self) -> "s":
+        return "" if self.c.is_down else self.c.core.self_status()["public_endpoint"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Nat(self) -> "s":
+        return "unknown" if self.c.is_down else self.c.core.self_status()["nat"]
+
+    @dbus_property(access=PropertyAccess.READ)
     def State(self) -> "s":
         return "down" if self.c.is_down else "up"
 

@@ -650,3 +650,25 @@ def test_no_amplification_towards_an_address_that_has_not_shown_it_receives_ther
     answer = [hub.transport.open(d).type for d, addr in hub.take_datagrams() if addr == home]
     assert answer.count(wire.RECORDS) >= 5, answer  # (60 records: the whole mesh)
     assert hub.counters.get("addresses_validated", 0) >= 1
+
+
+@pytest.mark.parametrize("nat,hubs,expected", [("eim", 3, "endpoint-independent"), ("symmetric", 3, "symmetric"),
+                                               ("eim", 1, "translated")])
+def test_status_tells_the_nat_in_front_of_a_node(nat, hubs, expected):
+    """What the static peers saw of a node's WireGuard endpoint: one mapping for all (hole
+    punching works), a port per destination (symmetric: its pairs stay relayed), or one
+    static peer only (the kind needs a second); a public static peer has none."""
+    sim = Sim(seed=1)
+    u = sim.underlay
+    u.site("dc", latency=0.002)
+    u.site("home", nat=nat, outside_ip="203.0.113.9", latency=0.001)
+    for h in range(hubs):
+        sim.add_static(f"10.1.0.{h + 1}", f"198.51.100.{h + 1}")
+        sim.add_node(f"hub{h}", f"198.51.100.{h + 1}", "dc", f"10.1.0.{h + 1}")
+    sim.add_node("laptop", "192.168.1.10", "home", "10.1.0.9")
+    sim.run_for(10)
+    me = sim.nodes["laptop"].core.self_status()
+    assert me["nat"] == expected, me
+    assert me["public_endpoint"].startswith("203.0.113.9:")
+    if hubs > 1:
+        assert sim.nodes["hub0"].core.self_status()["nat"] == "none"

@@ -132,6 +132,8 @@ class LocalNode:
         self.set_static_peers(config.static_peers)
         self.lan = LanView(lan)
         self.reflexive: tuple[str, int] | None = None
+        #: our WireGuard endpoint as each static peer sees it (id8 -> address): the NAT type
+        self.seen_by: dict[bytes, tuple[str, int]] = {}
 
     def set_static_peers(self, peers: Iterable[StaticPeerConfig]) -> bool:
         """The other static peers (re-resolved by the runtime); False if nothing changed."""
@@ -151,6 +153,21 @@ class LocalNode:
         if self.reflexive is None and self.static_self is not None:
             return self.static_self.host, self.static_self.wg_port
         return self.reflexive
+
+    def nat_type(self) -> str:
+        """What the static peers saw of our WireGuard endpoint: "none" (our own address and
+        port), "endpoint-independent" (one mapping for every destination: hole punching works),
+        "symmetric" (a port per destination: pairs behind it stay relayed), "translated"
+        (one static peer saw us: the mapping's kind needs a second), or "unknown"."""
+        seen = set(self.seen_by.values())
+        if not seen:
+            return "unknown"
+        if len(seen) > 1:
+            return "symmetric"
+        ((ip, port),) = seen
+        if ip in self.lan.ips() and port == self.wg_port:
+            return "none"
+        return "endpoint-independent" if len(self.seen_by) > 1 else "translated"
 
     def behind_same_nat(self, info: NodeInfo) -> bool:
         """Both behind one public address: the same home, maybe on different LANs."""

@@ -261,6 +261,7 @@ class Core:
         self.local.lan.set(lan)
         self._schedule_publish(now)
         if gone:
+            self.local.seen_by.clear()  # (the NAT in front of us may be another now)
             self._emit(EventKind.ADDRESSES_CHANGED, gone=",".join(sorted(gone)), now=",".join(ip for ip, _ in lan))
             self.links.addresses_lost(now)
 
@@ -414,6 +415,12 @@ class Core:
             })
         return out
 
+    def self_status(self) -> dict:
+        """This node as `status` shows it: its public endpoint and the NAT in front of it."""
+        public = self.local.public_endpoint()
+        return {"public_endpoint": fmt_ep(public) if public else "", "nat": self.local.nat_type(),
+                "listen_port": self.local.wg_port}
+
     def explain(self, target: str, now: float) -> dict | None:
         """`wg_netmanager why NODE`: its path, its direct link (state, endpoint, failures, next
         attempt, candidates, last transitions) and in one sentence why the path is what it is."""
@@ -550,6 +557,7 @@ class Core:
         link = self.links.get(sender8)
         member = self.membership.get(sender8)
         if seen_wg is not None and member is not None and member.info.is_static:
+            self.local.seen_by[sender8] = seen_wg
             self._learn_reflexive(seen_wg, now)
         elif self.local.reflexive is None and link is not None and member is not None and member.info.is_static:
             self.links.probe_soon(link, now)  # its WireGuard has not reported our endpoint yet (it polls)
