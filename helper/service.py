@@ -361,7 +361,8 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """(Its options are documented in docs/wg-netmanager-helper.8: a fast test holds them together.)"""
     parser = argparse.ArgumentParser(prog="wg-netmanager-helper", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default="/etc/wg-netmanager/net.yaml",
                         help="root-owned net.yaml: the subnet bounds every request")
@@ -373,7 +374,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"system user allowed to call besides root (default {CONTROLLER_USER})")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("-V", "--version", action="version", version=f"wg-netmanager-helper {VERSION}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.interface = args.interface or ["wg0"]
     args.allow_user = args.allow_user if args.allow_user is not None else [CONTROLLER_USER]
     logsetup.setup(args.verbose)

@@ -37,6 +37,10 @@ for unit in wg-netmanager-helper.service wg-netmanager.service; do
     sed 's#^ExecStart=/usr/bin/#ExecStart=/usr/local/bin/#' "$ROOT/systemd/$unit" >/usr/local/lib/systemd/system/$unit
     chmod 0644 /usr/local/lib/systemd/system/$unit
 done
+install -D -m 0644 "$ROOT/docs/wg_netmanager.1" /usr/local/share/man/man1/wg_netmanager.1
+install -D -m 0644 "$ROOT/docs/wg-netmanager-helper.8" /usr/local/share/man/man8/wg-netmanager-helper.8
+install -D -m 0644 "$ROOT/docs/completion/bash/wg_netmanager" /usr/local/share/bash-completion/completions/wg_netmanager
+install -D -m 0644 "$ROOT/docs/completion/zsh/_wg_netmanager" /usr/local/share/zsh/site-functions/_wg_netmanager
 install -D -m 0644 "$ROOT/systemd/wg-netmanager.sysusers" /usr/lib/sysusers.d/wg-netmanager.conf
 install -D -m 0644 "$ROOT/systemd/wg-netmanager.tmpfiles" /usr/lib/tmpfiles.d/wg-netmanager.conf
 systemd-sysusers /usr/lib/sysusers.d/wg-netmanager.conf

@@ -125,3 +125,25 @@ def test_version_and_friendly_errors_without_a_controller():
     with pytest.raises(SystemExit) as e:
         helper_main(["--version"])
     assert e.value.code == 0
+
+
+def test_the_man_pages_and_completions_are_those_of_the_commands():
+    """docs/ holds what controller/docgen.py makes of the click commands (the Debian package
+    installs it): regenerated here, it must be identical; the helper's hand-written page names
+    every option its parser has."""
+    from pathlib import Path
+
+    from wg_netmanager.controller import docgen
+    from wg_netmanager.controller.cli import main as cli
+    from wg_netmanager.helper.service import build_parser
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for name, text in docgen.generated(cli).items():
+        assert (docs / name).read_text() == text, f"docs/{name} is stale (see controller/docgen.py)"
+    page = (docs / "wg-netmanager-helper.8").read_text().replace("\\-", "-")
+    for action in build_parser()._actions:
+        for option in action.option_strings:
+            assert f"\\fB{option}\\fR" in page, option
+    man = (docs / "wg_netmanager.1").read_text()
+    for command in ("why", "status", "down", "revoke"):
+        assert f".SS {command}" in man
