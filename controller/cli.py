@@ -376,7 +376,8 @@ def _self() -> dict:
     return {"name": p.get("Name", ""), "overlay_ip": p.get("OverlayAddress", ""), "identity": p.get("Identity", ""),
             "public_key": p.get("PublicKey", ""), "interface": p.get("Interface", ""), "state": p.get("State", "up"),
             "version": p.get("Version", ""), "domain": p.get("Domain", ""), "names": p.get("Names", ""),
-            "public_endpoint": p.get("PublicEndpoint", ""), "nat": p.get("Nat", "unknown")}
+            "public_endpoint": p.get("PublicEndpoint", ""), "nat": p.get("Nat", "unknown"),
+            "refused": list(p.get("Refused", []))}
 
 
 def _nodes() -> list[dict]:
@@ -424,6 +425,8 @@ def status(as_json):
         rows.append([n["overlay_ip"], n["name"], path_text(n), rtt, n["endpoint"] or "-", _ago(n["last_handshake"]),
                      f"{_bytes(n['rx_bytes'])} / {_bytes(n['tx_bytes'])}"])
     click.echo(_table(rows, ["ADDRESS", "NODE", "PATH", "RTT", "ENDPOINT", "HANDSHAKE", "RX / TX"]))
+    for line in me["refused"]:
+        click.echo(f"refused: {line}")
     if me["names"] == "resolved":
         click.echo(f"\nnames: <node>.{me['domain']} (e.g. {me['name']}.{me['domain']}) through systemd-resolved")
     else:

@@ -206,6 +206,14 @@ class Controller1(ServiceInterface):
         return "unknown" if self.c.is_down else self.c.core.self_status()["nat"]
 
     @dbus_property(access=PropertyAccess.READ)
+    def Refused(self) -> "as":
+        """The latest refused claims, one line each."""
+        if self.c.is_down:
+            return []
+        return [f"{r['name']} ({r['overlay_ip']}, identity {r['identity']}): {r['reason'].replace('_', ' ')}"
+                for r in self.c.core.self_status()["refused"]]
+
+    @dbus_property(access=PropertyAccess.READ)
     def State(self) -> "s":
         return "down" if self.c.is_down else "up"
 

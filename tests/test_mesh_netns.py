@@ -383,6 +383,7 @@ def test_every_read_command_has_json_and_errors_are_one_friendly_line(mesh):
     assert status["self"]["state"] == "up" and status["self"]["version"]
     # behind the home router, seen by one static peer: translated, at the router's address
     assert status["self"]["nat"] == "translated" and status["self"]["public_endpoint"].startswith("198.51.100.1:")
+    assert status["self"]["refused"] == []  # (no claim refused in this mesh: see test_sim's impostor)
     assert "(this node; NAT: translated)" in alice.run(cli + ["status"]).stdout
     assert {n["name"] for n in js("nodes")["nodes"]} == {"bob", "charlie"}
     assert {r["destination"] for r in js("routes")["routes"]} == {f"{OVERLAY[n]}/32" for n in ("bob", "charlie")}

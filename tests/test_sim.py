@@ -141,6 +141,9 @@ def test_impostor_with_the_shared_key_cannot_take_an_address():
     # the static peer it bootstraps from refuses its claim and never relays it
     assert sim.nodes["beta"].core.counters.get("refused_address_bound", 0) > 0
     assert any(e.data["ip"] == alpha.overlay_ip for _, n, e in sim.events_of("claim_refused") if n == "beta")
+    refused = sim.nodes["beta"].core.self_status()["refused"]  # (what `status` lists)
+    assert {"name": "mallory", "overlay_ip": alpha.overlay_ip, "reason": "address_bound",
+            "identity": impostor.core.identity.public.hex()[:16]} in refused
     for name in ("beta", "charlie", "delta"):
         assert impostor.core.id8 not in sim.nodes[name].core.members
         assert sim.path(name, "alpha") is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -18,8 +19,9 @@ from ..wire import NodeInfo, ProtocolError, Record
 from .local import Subnet
 from .types import CoreConfig, Counters, EventKind
 
-#: how many distinct refusals are remembered (each is reported once)
+#: how many distinct refusals are remembered (each is reported once); the latest few are shown
 MAX_CONFLICTS_REPORTED = 1000
+REFUSALS_SHOWN = 16
 #: a sender's replay stamp is kept this many replay windows
 REPLAY_KEEP_WINDOWS = 2
 #: senders that are not members ("strangers": a node joining, or a flood of fresh identities
@@ -126,6 +128,8 @@ class Membership:
         self.underlay_seen: dict[bytes, float] = {}
         self.by_public_ip: dict[str, set[bytes]] = {}  # underlay source address -> who spoke from it
         self._conflicts_reported: set[tuple[str, bytes]] = set()
+        #: the latest distinct refused claims, for `status` (address taken, revoked, ...)
+        self.refusals: deque[dict] = deque(maxlen=REFUSALS_SHOWN)
         self._ranges: Ranges | None = None  # what we hold, sorted for range digests (None: changed)
 
     # ------------------------------------------------------------------ lookups
@@ -320,6 +324,8 @@ class Membership:
         if len(self._conflicts_reported) > MAX_CONFLICTS_REPORTED:
             self._conflicts_reported.clear()
         self._conflicts_reported.add(key)
+        self.refusals.append({"reason": reason, "overlay_ip": info.overlay_ip, "name": info.name,
+                              "identity": record.identity.hex()[:16]})
         self.emit(EventKind.CLAIM_REFUSED, reason=reason, ip=info.overlay_ip, name=info.name,
                   identity=record.identity.hex()[:16])
 

@@ -419,7 +419,7 @@ class Core:
         """This node as `status` shows it: its public endpoint and the NAT in front of it."""
         public = self.local.public_endpoint()
         return {"public_endpoint": fmt_ep(public) if public else "", "nat": self.local.nat_type(),
-                "listen_port": self.local.wg_port}
+                "listen_port": self.local.wg_port, "refused": list(self.membership.refusals)}
 
     def explain(self, target: str, now: float) -> dict | None:
         """`wg_netmanager why NODE`: its path, its direct link (state, endpoint, failures, next
