@@ -9,6 +9,7 @@ cannot drift from the commands.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -80,8 +81,12 @@ def completion(group: click.Group, shell: str) -> str:
 
 def generated(group: click.Group) -> dict[str, str]:
     """Relative path -> text (the names the shells look for)."""
+    from wg_netmanager.controller.schemas import SCHEMAS
+
     return {"wg_netmanager.1": man_page(group), "completion/bash/wg_netmanager": completion(group, "bash"),
-            "completion/zsh/_wg_netmanager": completion(group, "zsh")}
+            "completion/zsh/_wg_netmanager": completion(group, "zsh"),
+            "json-schemas.json": json.dumps({"$comment": "the shapes of wg_netmanager COMMAND --json "
+                                             "(controller/schemas.py)", "commands": SCHEMAS}, indent=1) + "\n"}
 
 
 def main() -> int:

@@ -376,8 +376,12 @@ def test_every_read_command_has_json_and_errors_are_one_friendly_line(mesh):
     assert wait_for(lambda: all_direct(boxes), 30)
     cli = [sys.executable, "-m", "wg_netmanager.controller.cli"]
 
+    from wg_netmanager.controller.schemas import SCHEMAS, problems
+
     def js(*args):
-        return json.loads(alice.run(cli + list(args) + ["--json"]).stdout)
+        out = json.loads(alice.run(cli + list(args) + ["--json"]).stdout)
+        assert problems(out, SCHEMAS[args[0]]) == [], (args[0], problems(out, SCHEMAS[args[0]]))
+        return out
     status = js("status")
     assert status["self"]["name"] == "alice" and status["self"]["overlay_ip"] == OVERLAY["alice"]
     assert status["self"]["state"] == "up" and status["self"]["version"]
@@ -388,6 +392,7 @@ def test_every_read_command_has_json_and_errors_are_one_friendly_line(mesh):
     assert {n["name"] for n in js("nodes")["nodes"]} == {"bob", "charlie"}
     assert {r["destination"] for r in js("routes")["routes"]} == {f"{OVERLAY[n]}/32" for n in ("bob", "charlie")}
     assert js("counters")["counters"]["tx_probe"] > 0
+    assert js("why", "charlie")["link"]["state"] == "up"
     ping = js("ping", "bob", "-c", "1")
     assert ping["node"] == "bob" and ping["replies"][0]["rtt_ms"] > 0
     assert "(this node)" in alice.run(cli + ["status"]).stdout

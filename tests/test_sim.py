@@ -612,6 +612,8 @@ def test_why_a_pair_is_relayed_is_told_from_the_links_state():
     direct = sim.nodes["charlie"].core.explain("10.1.0.4", now)
     assert direct["via"] == [] and direct["link"]["state"] == "up" and direct["link"]["endpoint_kind"] == "LAN"
     assert direct["reason"].startswith("direct link up")
+    from wg_netmanager.controller.schemas import SCHEMAS, problems
+    assert problems(relayed, SCHEMAS["why"]) == [] and problems(direct, SCHEMAS["why"]) == []
     assert sim.nodes["charlie"].core.explain("nobody", now) is None
     assert sim.nodes["charlie"].core.explain("charlie", now) is None
     static = original_example(link_policy="static")
