@@ -66,10 +66,10 @@ def families(counters: Mapping[str, int], nodes: Iterable[Mapping], info: Mappin
     rtt = GaugeMetricFamily(PREFIX + "node_rtt_seconds", "Path latency to the node.", labels=labels)
     link = GaugeMetricFamily(PREFIX + "node_direct_link_up", "1 if the direct link to the node is up.",
                              labels=labels)
-    rx = CounterMetricFamily(PREFIX + "node_received_bytes", "Bytes received from the node's first hop "
-                             "(WireGuard peer).", labels=labels)
-    tx = CounterMetricFamily(PREFIX + "node_sent_bytes", "Bytes sent to the node's first hop (WireGuard peer).",
-                             labels=labels)
+    rx = CounterMetricFamily(PREFIX + "node_received_bytes", "Bytes received from the node over its direct link "
+                             "(WireGuard peer); absent while relayed.", labels=labels)
+    tx = CounterMetricFamily(PREFIX + "node_sent_bytes", "Bytes sent to the node over its direct link "
+                             "(WireGuard peer); absent while relayed.", labels=labels)
     for n in nodes:
         key = [n["name"], n["overlay_ip"]]
         reachable.add_metric(key, 1 if n["reachable"] else 0)
@@ -79,8 +79,9 @@ def families(counters: Mapping[str, int], nodes: Iterable[Mapping], info: Mappin
             hops.add_metric(key, len(n["via"]) + 1)
             if n.get("rtt_ms") is not None and n["rtt_ms"] >= 0:
                 rtt.add_metric(key, n["rtt_ms"] / 1000)
-            rx.add_metric(key, n["rx_bytes"])
-            tx.add_metric(key, n["tx_bytes"])
+            if not n["via"]:  # (a relayed node's first hop is its relay: its bytes are the relay's)
+                rx.add_metric(key, n["rx_bytes"])
+                tx.add_metric(key, n["tx_bytes"])
     out += [reachable, left, hops, rtt, link, rx, tx]
     applies = CounterMetricFamily(PREFIX + "helper_applies", "Apply calls to the helper.")
     applies.add_metric([], apply.get("count", 0))

@@ -401,7 +401,8 @@ class Core:
                 continue
             p = self.path(id8)
             link = self.links.get(id8)
-            obs = self.observed.get(members[p[1]].info.wg_public_key) if len(p) > 1 else None
+            # (a relayed node's endpoint, handshake and bytes would be its relay's: `via` says it)
+            obs = self.observed.get(m.info.wg_public_key) if len(p) == 2 else None
             via = [members[h].info.name for h in p[1:-1]]
             out.append({
                 "name": m.info.name, "overlay_ip": m.info.overlay_ip, "identity": m.identity.hex()[:16],
