@@ -377,6 +377,7 @@ def _self() -> dict:
             "public_key": p.get("PublicKey", ""), "interface": p.get("Interface", ""), "state": p.get("State", "up"),
             "version": p.get("Version", ""), "domain": p.get("Domain", ""), "names": p.get("Names", ""),
             "public_endpoint": p.get("PublicEndpoint", ""), "nat": p.get("Nat", "unknown"),
+            "listen_port": p.get("ListenPort", 0),
             "refused": list(p.get("Refused", []))}
 
 
@@ -418,8 +419,8 @@ def status(as_json):
         click.echo(json.dumps({"self": me, "nodes": nodes, "routes": [{"destination": d, "gateway": g, "via": v}
                                                                       for d, g, v in routes]}, indent=1))
         return
-    rows = [[me["overlay_ip"], me["name"], f"(this node; NAT: {me['nat']})" if me["state"] == "up"
-             else "(this node: down)", "-", me["public_endpoint"] or "-", "-", "-"]]
+    rows = [[me["overlay_ip"], me["name"], f"(this node; NAT: {me['nat']}; port {me['listen_port']})"
+             if me["state"] == "up" else "(this node: down)", "-", me["public_endpoint"] or "-", "-", "-"]]
     for n in nodes:
         rtt = f"{n['rtt_ms']:.0f} ms" if n["rtt_ms"] >= 0 and n["reachable"] else "-"
         rows.append([n["overlay_ip"], n["name"], path_text(n), rtt, n["endpoint"] or "-", _ago(n["last_handshake"]),

@@ -202,6 +202,10 @@ class Controller1(ServiceInterface):
         return "" if self.c.is_down else self.c.core.self_status()["public_endpoint"]
 
     @dbus_property(access=PropertyAccess.READ)
+    def ListenPort(self) -> "q":
+        return self.c.core.self_status()["listen_port"]
+
+    @dbus_property(access=PropertyAccess.READ)
     def Nat(self) -> "s":
         return "unknown" if self.c.is_down else self.c.core.self_status()["nat"]
 

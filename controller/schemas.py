@@ -22,7 +22,7 @@ SELF = _object({"name": STR, "overlay_ip": STR, "identity": STR, "public_key": S
                 "public_endpoint": STR,
                 "nat": {"type": "string", "enum": ["none", "endpoint-independent", "symmetric", "translated",
                                                    "unknown"]},
-                "refused": STRS})
+                "refused": STRS, "listen_port": INT})
 ROUTE = _object({"destination": STR, "gateway": STR, "via": STR})
 HISTORY = _object({"ago_s": NUM, "what": STR, "detail": STR})
 LINK = _object({"state": {"type": "string", "enum": ["down", "attempting", "up"]}, "endpoint": STR,

@@ -388,7 +388,8 @@ def test_every_read_command_has_json_and_errors_are_one_friendly_line(mesh):
     # behind the home router, seen by one static peer: translated, at the router's address
     assert status["self"]["nat"] == "translated" and status["self"]["public_endpoint"].startswith("198.51.100.1:")
     assert status["self"]["refused"] == []  # (no claim refused in this mesh: see test_sim's impostor)
-    assert "(this node; NAT: translated)" in alice.run(cli + ["status"]).stdout
+    assert status["self"]["listen_port"] > 0
+    assert f"(this node; NAT: translated; port {status['self']['listen_port']})" in alice.run(cli + ["status"]).stdout
     assert {n["name"] for n in js("nodes")["nodes"]} == {"bob", "charlie"}
     assert {r["destination"] for r in js("routes")["routes"]} == {f"{OVERLAY[n]}/32" for n in ("bob", "charlie")}
     assert js("counters")["counters"]["tx_probe"] > 0
