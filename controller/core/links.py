@@ -42,6 +42,8 @@ from .link import (
     READY_WAIT,
     RESUME_WINDOW,
     RETRY_RECHECK,
+    RTT_HINT_DEFAULT,
+    RTT_HINT_LAN,
     RTT_PUBLISH_DELAY,
     SESSION_LIFETIME,
     STALE_ATTEMPT,
@@ -581,8 +583,17 @@ class Links:
             send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
             if not link.initiator and link.state == UP and attempt:
                 # the other end starts over (it moved, or restarted) while we still have it
-                # configured: say so at once rather than let it wait for a CONNECT of ours
+                # configured: say so at once rather than let it wait for a CONNECT of ours.
+                # Its link went down and forgot what it measured: so does ours (an RTT claim
+                # inflated by a pause would otherwise outlive every new up period of the other
+                # end, and keep the pair on a relay)
                 send_to_addr(src, wire.CONNECT, wire.body_connect(0, None, None), now, member.identity)
+                if link.rtt:
+                    link.rtt = 0.0
+                    fresh = RTT_HINT_LAN if link.endpoint_kind in (EP_LAN, EP_NEARBY) else RTT_HINT_DEFAULT
+                    if link.claimed_rtt > fresh:
+                        link.claimed_rtt = fresh
+                        self.publish(now, RTT_PUBLISH_DELAY)
             if link.initiator and link.state == ATTEMPTING and now - link.attempt_started > STALE_ATTEMPT:
                 # it was away (rebooted) while we kept trying: our WireGuard's handshake is in its
                 # 5 s back-off. A fresh peer (and a new attempt) handshakes at once
@@ -670,7 +681,8 @@ class Links:
         """The other end measures our link (its probes arrive): claim what it measured (edges
         use the max of both ends' claims)."""
         link = self.links.get(id8)
-        measured = MEASURED_WITHIN * self.config.probe_interval
+        measured = MEASURED_WITHIN * (link.quiet_interval() if link is not None and link.quiet(now)
+                                      else self.config.probe_interval)
         if link is not None and link.state == UP and now - link.last_probe_rx < measured:
             theirs = claims.get(self.local.id8, 0)
             if theirs and link.rtt_claim_moved(theirs):  # (an UP link's claim is never 0)

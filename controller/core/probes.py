@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .. import wire
-from .link import INFINITY, MAX_PENDING_PROBES, RTT_PUBLISH_DELAY, UP, Link
+from .link import INFINITY, MAX_PENDING_PROBES, RESUME_WINDOW, RTT_PUBLISH_DELAY, UP, Link
 from .routes import Routing
 from .transport import Transport
 from .types import CoreConfig, Counters
@@ -50,9 +50,10 @@ class Probes:
         rtt_ms = max((now - sent_at) * 1000.0, 0.1)
         link = self.links.get(sender8)
         if link is not None and direct and link.state == UP and sent_at >= link.up_since:
-            if sent_at < self.resumed_at or rtt_ms > self.config.link_down_after * 1000:
-                # sent before a pause of ours, or answered after the other end's: it shows the
-                # other end is there, not what the link takes
+            if sent_at < self.resumed_at + RESUME_WINDOW or rtt_ms > self.config.link_down_after * 1000:
+                # sent before a pause of ours or while we catch up after it (its answer waits
+                # in our backlog), or answered after the other end's: it shows the other end
+                # is there, not what the link takes
                 self.counters.count("probe_answer_late")
                 link.last_ack = now
                 link.suspect_since = 0.0
