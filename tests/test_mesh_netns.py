@@ -396,7 +396,7 @@ def test_every_read_command_has_json_and_errors_are_one_friendly_line(mesh):
     assert js("why", "charlie")["link"]["state"] == "up"
     ping = js("ping", "bob", "-c", "1")
     assert ping["node"] == "bob" and ping["replies"][0]["rtt_ms"] > 0
-    assert "(this node)" in alice.run(cli + ["status"]).stdout
+    assert "(this node; NAT: " in alice.run(cli + ["status"]).stdout
     r = alice.run(cli + ["ping", "nobody", "-c", "1"], check=False)
     assert r.returncode == 1 and r.stderr.strip() == "wg_netmanager: no node named 'nobody'", r.stderr
     assert "org.wgnetmanager" not in r.stderr
