@@ -167,6 +167,10 @@ class Link:
         self.endpoint = endpoint
         self.endpoint_kind = kind
 
+    def default_claim(self) -> int:
+        """The RTT claimed before anything was measured: a LAN's few ms, else a pessimistic 50."""
+        return RTT_HINT_LAN if self.endpoint_kind in (EP_LAN, EP_NEARBY) else RTT_HINT_DEFAULT
+
     def note(self, now: float, what: str, detail: str = "") -> None:
         self.history.append((now, what, detail))
 
@@ -184,8 +188,7 @@ class Link:
             # until probes over the link measure it: what CONNECT took (static peers), a LAN's
             # few ms, or a pessimistic 50 ms. A good first guess spares the mesh a record version
             # per link (RTT claims move only by more than max(5 ms, 25 %)).
-            self.claimed_rtt = self.rtt_hint or (RTT_HINT_LAN if self.endpoint_kind in (EP_LAN, EP_NEARBY)
-                                                 else RTT_HINT_DEFAULT)
+            self.claimed_rtt = self.rtt_hint or self.default_claim()
 
     def went_down(self, now: float, retry_max: float) -> None:
         """An attempt failed or the link died: the peer leaves the data plane, and a retry waits

@@ -42,8 +42,6 @@ from .link import (
     READY_WAIT,
     RESUME_WINDOW,
     RETRY_RECHECK,
-    RTT_HINT_DEFAULT,
-    RTT_HINT_LAN,
     RTT_PUBLISH_DELAY,
     SESSION_LIFETIME,
     STALE_ATTEMPT,
@@ -590,7 +588,7 @@ class Links:
                 send_to_addr(src, wire.CONNECT, wire.body_connect(0, None, None), now, member.identity)
                 if link.rtt:
                     link.rtt = 0.0
-                    fresh = RTT_HINT_LAN if link.endpoint_kind in (EP_LAN, EP_NEARBY) else RTT_HINT_DEFAULT
+                    fresh = link.default_claim()
                     if link.claimed_rtt > fresh:
                         link.claimed_rtt = fresh
                         self.publish(now, RTT_PUBLISH_DELAY)
