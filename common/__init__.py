@@ -5,3 +5,15 @@ root helper imports nothing from the controller."""
 #: both daemons' Version properties and the CLI show it (importlib.metadata would cost each
 #: daemon ~3 MB of memory for the same string)
 VERSION = "0.1.0"
+
+#: a refused value is quoted in error messages and log lines by at most this many characters
+QUOTE_MAX = 64
+
+
+def quote(value: object) -> str:
+    """A refused value for an error message: repr'd, at most QUOTE_MAX characters of it (both
+    daemons' errors go to callers and to the journal; a megabyte of input is not echoed)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    return f"{text[:QUOTE_MAX]!r}... ({len(text)} characters)"

@@ -12,7 +12,7 @@ import os
 import pwd
 import time
 
-from wg_netmanager.common import VERSION
+from wg_netmanager.common import VERSION, quote
 from wg_netmanager.dbus import (
     CONTROLLER_BUS_NAME,
     CONTROLLER_INTERFACE,
@@ -107,9 +107,9 @@ class Controller1(ServiceInterface):
         await self._readers()
         result = await self.c.probe(node)
         if result is None:
-            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {node!r}")
+            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {quote(node)}")
         if result["via"] == "timeout":
-            raise DBusError(ControllerErrors.TIMEOUT, f"no answer from {node!r} within 3 s")
+            raise DBusError(ControllerErrors.TIMEOUT, f"no answer from {quote(node)} within 3 s")
         return [float(result["rtt_ms"]), result["via"]]
 
     @method()
@@ -123,7 +123,7 @@ class Controller1(ServiceInterface):
     async def Connect(self, node: "s") -> "b":
         await self.auth.require({0}, "pin links (root only)")
         if self.c.core.find(node) is None:
-            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {node!r}")
+            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {quote(node)}")
         ok = self.c.core.connect(node, time.time())
         self.c.pump()
         return ok
@@ -134,7 +134,7 @@ class Controller1(ServiceInterface):
         await self._readers()
         report = None if self.c.is_down else self.c.core.explain(node, time.time())
         if report is None:
-            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {node!r}")
+            raise DBusError(ControllerErrors.UNKNOWN_NODE, f"no node named {quote(node)}")
         return json.dumps(report)
 
     @method()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import CryptoError
 
+from wg_netmanager.common import quote
 from wg_netmanager.common.endpoints import endpoint_refusal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -33,18 +34,6 @@ IFNAME_MAX = 15
 
 class InvalidArgs(ValueError):
     """Caller input outside the rules; the message is safe to return to the caller."""
-
-
-#: how much of a refused value an error quotes (a 1 MB string is not echoed back, nor logged)
-QUOTE_MAX = 64
-
-
-def quote(value: object) -> str:
-    """A refused value for an error message: repr'd, at most QUOTE_MAX characters of it."""
-    text = value if isinstance(value, str) else str(value)
-    if len(text) <= QUOTE_MAX:
-        return repr(text)
-    return f"{text[:QUOTE_MAX]!r}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from wg_netmanager.common import VERSION, keyfile, logsetup
+from wg_netmanager.common import VERSION, keyfile, logsetup, quote
 from wg_netmanager.common.config import EXIT_CONFIG, ConfigError, load_network_config, raise_problems, trust_problems
 from wg_netmanager.dbus import (
     CONTROLLER_USER,
@@ -56,7 +56,6 @@ from .model import (
     parse_routes,
     plan_peers,
     plan_routes,
-    quote,
     summarize,
 )
 from .routes import RouteError, RouteTable

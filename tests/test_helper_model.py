@@ -208,7 +208,8 @@ def test_kernel_backend_messages_round_trip_and_split_where_wg_would():
 def test_a_refused_value_is_quoted_short_never_echoed_whole():
     """A 1 MB string as an address, an endpoint or an interface name: the error (returned on the
     bus and logged) quotes at most QUOTE_MAX characters of it and says how long it was."""
-    from wg_netmanager.helper.model import QUOTE_MAX, check_ifname, parse_endpoint, parse_interface_address
+    from wg_netmanager.common import QUOTE_MAX
+    from wg_netmanager.helper.model import check_ifname, parse_endpoint, parse_interface_address
 
     huge = "1" * 1_000_000
     subnet = ipaddress.ip_network("10.1.1.0/24")

@@ -141,7 +141,8 @@ def test_relay_then_direct_switch_loses_at_most_one_ping(mesh):
     sent, received = ping_loss(ping)
     assert sent == 300
     allowed = 1 + int(window / PING_INTERVAL) + 1
-    assert sent - received <= allowed, f"lost {sent - received} pings during the switch ({window * 1000:.0f} ms between the Applies)"
+    assert sent - received <= allowed, \
+        f"lost {sent - received} pings during the switch ({window * 1000:.0f} ms between the Applies)"
     assert our_routes(boxes["a"]) == [f"{B} via {B} dev wg0 src {A} onlink", f"{C} via {C} dev wg0 src {A} onlink"]
     assert boxes["a"].ping(C, count=2, wait=2)
 

@@ -400,6 +400,11 @@ def test_every_read_command_has_json_and_errors_are_one_friendly_line(mesh):
     r = alice.run(cli + ["ping", "nobody", "-c", "1"], check=False)
     assert r.returncode == 1 and r.stderr.strip() == "wg_netmanager: no node named 'nobody'", r.stderr
     assert "org.wgnetmanager" not in r.stderr
+    # a caller's long name is quoted short in the named error (as the helper's are)
+    r = alice.run(["busctl", "--system", "call", "org.wgnetmanager.Controller1", "/org/wgnetmanager/Controller1",
+                   "org.wgnetmanager.Controller1", "Explain", "s", "x" * 5000], check=False)
+    assert r.returncode != 0 and "no node named 'xxxx" in r.stderr and "(5000 characters)" in r.stderr, r.stderr
+    assert len(r.stderr) < 300, r.stderr[:400]
 
 
 def test_metrics_endpoint_and_command_parse_as_prometheus_text(mesh):
