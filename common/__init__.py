@@ -17,3 +17,15 @@ def quote(value: object) -> str:
     if len(text) <= QUOTE_MAX:
         return repr(text)
     return f"{text[:QUOTE_MAX]!r}... ({len(text)} characters)"
+
+
+def lean_imports() -> None:
+    """Keep OpenSSL out of a daemon: neither speaks TLS, yet asyncio imports ``ssl`` and hashlib
+    ``_hashlib`` on the way, and loading libssl and libcrypto costs each process ~4.5 MB of
+    memory (BENCHMARKS.md). Marking them absent makes both fall back as designed: asyncio runs
+    without TLS support, hashlib uses CPython's own blake2/sha implementations. Called by the
+    entry points before anything imports asyncio; a no-op where they are loaded already."""
+    import sys
+
+    for name in ("ssl", "_ssl", "_hashlib"):
+        sys.modules.setdefault(name, None)

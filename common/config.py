@@ -13,13 +13,14 @@ import logging
 import os
 import pwd
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .endpoints import endpoint_refusal
+from .endpoints import collision, endpoint_refusal, plain
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +205,26 @@ def parse_endpoint(text: Any) -> tuple[str, int]:
     return host, int(port)
 
 
-def _literal_endpoint_refusal(host: str, port: int, subnet) -> str | None:
+def _literal_endpoint_refusal(host: str, port: int) -> str | None:
     """The helper's endpoint rule for an endPoint written as an address (a host name is
     resolved, and checked, by the controller)."""
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
         return None
-    return endpoint_refusal(addr, port, subnet)
+    return endpoint_refusal(addr, port)
+
+
+def static_underlay(peers) -> dict:
+    """The static peers' endPoints written as addresses: underlay addresses in use on every
+    node (common.endpoints.collision), with what uses them."""
+    out = {}
+    for p in peers:
+        try:
+            out[plain(ipaddress.ip_address(p.endpoint_host))] = f"static peer {p.wg_ip}'s endPoint"
+        except ValueError:
+            pass  # (a host name: the controller checks what it resolves to)
+    return out
 
 
 def _port(path: str, m: dict, key: str, default: int | None = None) -> int:
@@ -270,6 +283,7 @@ def load_network_config(path: str | Path) -> NetworkConfig:
                                     "'peers' must list at least one static peer"))
         raw_peers = []
     seen: set[Any] = set()
+    entries: list[Any] = []
     for entry in raw_peers:
         try:
             peer = _static_peer(spath, doc, entry, subnet, problems)
@@ -282,6 +296,13 @@ def load_network_config(path: str | Path) -> NetworkConfig:
             problems.append(ConfigError(spath, _line(entry, "wgIp"), f"wgIp {peer.wg_ip} is listed twice"))
         seen.add(peer.wg_ip)
         peers.append(peer)
+        entries.append(entry)
+    underlay = static_underlay(peers)
+    for peer, entry in zip(peers, entries, strict=True):
+        problem = collision(peer.wg_ip, underlay)
+        if problem is not None:
+            problems.append(ConfigError(spath, _line(entry, "wgIp"), f"wgIp {problem}",
+                                        "give this peer a wgIp that no box uses on its LAN"))
     revoked_ids, revoked_keys = _revoked(spath, doc, problems)
     allowed = _allowed(spath, doc, subnet, problems)
     raise_problems(problems)
@@ -394,7 +415,7 @@ def _static_peer(spath: str, doc: Any, entry: Any, subnet, problems: list[Config
     host = port = admin_port = wg_ip = None
     try:
         host, port = parse_endpoint(_require(spath, entry, "endPoint", "peer"))
-        problem = _literal_endpoint_refusal(host, port, subnet) if subnet is not None else None
+        problem = _literal_endpoint_refusal(host, port)
         if problem is not None:
             problems.append(ConfigError(spath, _line(entry, "endPoint"), f"endPoint {problem}"))
     except ValueError as e:
@@ -479,8 +500,9 @@ def load_peer_config(path: str | Path) -> PeerConfig:
 
 
 def merge_problems(network: NetworkConfig, peer: PeerConfig | None, interface: str | None,
-                   address: str | None) -> list[ConfigError]:
-    """What the controller refuses in net.yaml, peer.yaml and the command line taken together."""
+                   address: str | None, local: Mapping | None = None) -> list[ConfigError]:
+    """What the controller refuses in net.yaml, peer.yaml and the command line taken together;
+    ``local``: this box's underlay addresses (address -> "this box's address on eth0")."""
     problems = []
     peer = peer or PeerConfig("")
     if interface and peer.interface and interface != peer.interface:
@@ -498,6 +520,11 @@ def merge_problems(network: NetworkConfig, peer: PeerConfig | None, interface: s
     elif not is_host_in(ipaddress.ip_address(ip_text), network.subnet):
         problems.append(ConfigError(*where, f"address {ip_text} is not a host address in the subnet "
                                     f"{network.subnet} of {network.path}"))
+    else:
+        problem = collision(ipaddress.ip_address(ip_text), {**static_underlay(network.peers), **(local or {})})
+        if problem is not None:
+            problems.append(ConfigError(*where, f"address {problem}",
+                                        "choose an overlay address that no box uses on its LAN"))
     return problems
 
 

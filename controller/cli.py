@@ -260,7 +260,10 @@ def check(config, peer, interface, no_files):
         else:
             peer_cfg = loaded
     if net is not None and peer_cfg is not None:
-        problems += merge_problems(net, peer_cfg, interface, None)
+        from .runtime import box_underlay
+
+        problems += merge_problems(net, peer_cfg, interface, None,
+                                   box_underlay(interface or peer_cfg.interface or "wg0"))
     if problems:
         seen = []
         for p in problems:

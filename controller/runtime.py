@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ def settings_from(network: NetworkConfig, peer: PeerConfig | None, *, interface:
                   port_hopping: bool, state_dir: Path, link_policy: str = "auto",
                   idle_timeout: float = 120.0) -> RunSettings:
     """Merge net.yaml, peer.yaml and command-line options (the command line wins)."""
-    raise_problems(merge_problems(network, peer, interface, address))
+    raise_problems(merge_problems(network, peer, interface, address,
+                                  box_underlay(interface or (peer.interface if peer else None) or "wg0")))
     peer = peer or PeerConfig("")
     ip = ipaddress.ip_address(address or str(peer.wg_ip))
     me = next((p for p in network.peers if p.wg_ip == ip), None)
@@ -158,10 +160,11 @@ def address_monitor() -> socket.socket | None:
     return sock
 
 
-def local_addresses(exclude_ifname: str, subnet) -> list[tuple[str, int]]:
-    """Underlay addresses of this box (the original's LocalContact): all but loopback,
-    link-local, the WireGuard device and the overlay. Uses only an AF_INET socket (ioctl)
-    and /proc/net/if_inet6, so the controller needs no netlink socket."""
+def box_addresses(exclude_ifname: str) -> list[tuple[str, str, int]]:
+    """Underlay addresses of this box as (interface, address, prefix): all but loopback,
+    link-local and the WireGuard device's. Uses only an AF_INET socket (ioctl) and
+    /proc/net/if_inet6, so the controller needs no netlink socket. (Addresses inside the overlay
+    subnet count: a 10.0.0.0/8 overlay may run over a 10.x LAN.)"""
     import array
     import fcntl
     import struct
@@ -189,29 +192,84 @@ def local_addresses(exclude_ifname: str, subnet) -> list[tuple[str, int]]:
                 found.append((name, str(ipaddress.ip_address(bytes.fromhex(hexaddr))), int(plen, 16)))
     except OSError:
         pass
-    out = []
+    out = set()
     for name, addr, prefix in found:
         if name in ("lo", exclude_ifname):
             continue
         ip = ipaddress.ip_address(addr)
-        if ip.is_loopback or ip.is_link_local or (ip.version == subnet.version and ip in subnet):
+        if ip.is_loopback or ip.is_link_local:
             continue
-        out.append((addr, prefix))
-    return sorted(set(out))
+        out.add((name, addr, prefix))
+    return sorted(out)
+
+
+def local_addresses(exclude_ifname: str) -> list[tuple[str, int]]:
+    """The LAN addresses the core advertises (the original's LocalContact)."""
+    return sorted({(addr, prefix) for _, addr, prefix in box_addresses(exclude_ifname)})
+
+
+def box_underlay(exclude_ifname: str) -> dict:
+    """This box's underlay addresses, for common.endpoints.collision."""
+    return {ipaddress.ip_address(addr): f"this box's address on {name}"
+            for name, addr, _ in box_addresses(exclude_ifname)}
 
 
 # ------------------------------------------------------------------------------ the daemon
 
 
-class _Admin(asyncio.DatagramProtocol):
-    def __init__(self, controller: Controller) -> None:
+#: IP_PKTINFO (linux/in.h; Python's socket module lacks the IPv4 one)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+
+
+class _AdminSocket:
+    """The admin UDP socket of one IP family. Each datagram is read with the interface it came
+    in on (IP_PKTINFO / IPV6_RECVPKTINFO): through the WireGuard device or from the underlay.
+    The overlay subnet may contain underlay addresses (a 10.0.0.0/8 overlay over a 10.x LAN),
+    so a source address alone cannot tell."""
+
+    def __init__(self, controller: Controller, sock: socket.socket) -> None:
         self.controller = controller
+        self.sock = sock
+        self.v6 = sock.family == socket.AF_INET6
+        if self.v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setblocking(False)
+        self.cmsg_space = socket.CMSG_SPACE(20 if self.v6 else 12)
 
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.controller.on_datagram(data, (addr[0], addr[1]))
+    def start(self, loop) -> None:
+        loop.add_reader(self.sock.fileno(), self.readable)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("admin socket error", extra={"error": str(exc)})
+    def readable(self) -> None:
+        for _ in range(64):  # (then back to the loop: other sockets and timers get their turn)
+            try:
+                data, ancdata, _flags, addr = self.sock.recvmsg(65535, self.cmsg_space)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # (an ICMP error queued for an earlier send)
+                log.debug("admin socket error", extra={"error": str(e)})
+                continue
+            ifindex = 0
+            for level, kind, payload in ancdata:
+                if not self.v6 and level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 4:
+                    ifindex = int.from_bytes(payload[:4], sys.byteorder)
+                elif self.v6 and level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(payload) >= 20:
+                    ifindex = int.from_bytes(payload[16:20], sys.byteorder)
+            self.controller.on_datagram(data, (addr[0], addr[1]), ifindex)
+
+    def sendto(self, data: bytes, addr) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as e:  # (full buffer, unreachable: the protocol repeats what matters)
+            log.debug("admin send failed", extra={"error": str(e), "to": addr[0]})
+
+    def close(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        except RuntimeError:
+            pass
+        self.sock.close()
 
 
 class _Names(asyncio.DatagramProtocol):
@@ -245,7 +303,8 @@ class Controller:
         self.reload_settings = reload_settings  # net.yaml and peer.yaml again (SIGHUP)
         self.bus_address = bus_address
         self.core: Core | None = None
-        self.transports: dict[int, asyncio.DatagramTransport] = {}
+        self.transports: dict[int, _AdminSocket] = {}
+        self._wg_index = 0  # (see wg_index; forgotten whenever the device is ensured again)
         self.applied_version = -1
         self.apply_wanted = asyncio.Event()
         self.poll_now = asyncio.Event()
@@ -294,6 +353,7 @@ class Controller:
         prefix = self.s.network.subnet.prefixlen
         self.wg_public_key, self.backend = await self.helper.ensure_device(
             self.s.interface, self.s.wg_port, f"{self.s.address}/{prefix}", self.s.existing_interface)
+        self._wg_index = 0  # (a new device may have a new index)
         log.info("device ready", extra={"ifname": self.s.interface, "backend": self.backend,
                                         "port": self.s.wg_port, "public_key": self.wg_public_key})
         self.follow_key(self.wg_public_key)
@@ -389,7 +449,7 @@ class Controller:
                             static_peers=statics, link_policy=self.s.link_policy,
                             idle_timeout=self.s.idle_timeout, allowed_identities=net.allowed,
                             revoked_identities=net.revoked_identities, revoked_wg_keys=net.revoked_wg_keys)
-        lan = await asyncio.to_thread(local_addresses, self.s.interface, net.subnet)
+        lan = await asyncio.to_thread(local_addresses, self.s.interface)
         self.core = Core(config, seed, base64.b64decode(self.wg_public_key), time.time(),
                          os.urandom, persisted=persisted, lan_endpoints=lan)
         return statics
@@ -522,15 +582,20 @@ class Controller:
             await asyncio.sleep(0.2)
 
     async def open_sockets(self, loop) -> None:
-        v4, _ = await loop.create_datagram_endpoint(lambda: _Admin(self), local_addr=("0.0.0.0", self.s.admin_port),
-                                                    family=socket.AF_INET)
-        self.transports[4] = v4
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            v4.bind(("0.0.0.0", self.s.admin_port))
+        except OSError:
+            v4.close()
+            raise
+        self.transports[4] = _AdminSocket(self, v4)
+        self.transports[4].start(loop)
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(("::", self.s.admin_port))
-            v6, _ = await loop.create_datagram_endpoint(lambda: _Admin(self), sock=sock)
-            self.transports[6] = v6
+            self.transports[6] = _AdminSocket(self, sock)
+            self.transports[6].start(loop)
         except OSError as e:
             log.info("no IPv6 admin socket", extra={"error": str(e)})
 
@@ -562,14 +627,26 @@ class Controller:
 
     # ---------------------------------------------------------------- the core's I/O
 
-    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+    def on_datagram(self, data: bytes, addr: tuple[str, int], ifindex: int = 0) -> None:
         if self.is_down:
             return
         host = addr[0]
         if host.startswith("::ffff:"):
             host = host[7:]
-        self.core.datagram_received(data, (host.split("%")[0], addr[1]), time.time())
+        tunnel = ifindex == self.wg_index() if ifindex else None
+        self.core.datagram_received(data, (host.split("%")[0], addr[1]), time.time(), tunnel)
         self.pump()
+
+    def wg_index(self) -> int:
+        """The WireGuard device's interface index (looked up again when it is gone or new)."""
+        index = self._wg_index
+        if index:
+            return index
+        try:
+            self._wg_index = socket.if_nametoindex(self.s.interface)
+        except OSError:
+            return -1
+        return self._wg_index
 
     def pump(self) -> None:
         if self.is_down:
@@ -713,7 +790,7 @@ class Controller:
                 if self.is_down:
                     continue
                 try:
-                    lan = await asyncio.to_thread(local_addresses, self.s.interface, self.s.network.subnet)
+                    lan = await asyncio.to_thread(local_addresses, self.s.interface)
                     self.core.set_lan_endpoints(lan, time.time())
                 except OSError as e:
                     log.debug("address scan failed", extra={"error": str(e)})

@@ -18,7 +18,7 @@ from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import CryptoError
 
 from wg_netmanager.common import quote
-from wg_netmanager.common.endpoints import endpoint_refusal
+from wg_netmanager.common.endpoints import collision, endpoint_refusal, plain
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -121,7 +121,7 @@ def encode_key(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def parse_endpoint(text: str, subnet: IPNetwork) -> str | None:
+def parse_endpoint(text: str) -> str | None:
     """Literal ``ip:port`` / ``[ip6]:port`` -> normalized form; "" -> None (leave as is)."""
     if text == "":
         return None
@@ -141,7 +141,7 @@ def parse_endpoint(text: str, subnet: IPNetwork) -> str | None:
         raise InvalidArgs(f"endpoint {quote(text)}: {quote(host)} is not an IP address (resolve names first)") from None
     if not (port.isascii() and port.isdigit()):
         raise InvalidArgs(f"endpoint {quote(text)}: port must be 1..65535 in ASCII digits")
-    problem = endpoint_refusal(addr, int(port), subnet)
+    problem = endpoint_refusal(addr, int(port))
     if problem is not None:
         raise InvalidArgs(f"endpoint {quote(text)}: {problem}")
     return f"[{addr}]:{int(port)}" if addr.version == 6 else f"{addr}:{int(port)}"
@@ -209,7 +209,7 @@ def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None,
             raise InvalidArgs(f"peer #{i}: public key {key_text} is revoked in net.yaml")
         if not isinstance(endpoint, str):
             raise InvalidArgs(f"peer #{i}: endpoint must be a string")
-        ep = parse_endpoint(endpoint, subnet)
+        ep = parse_endpoint(endpoint)
         if not isinstance(allowed, list):
             raise InvalidArgs(f"peer #{i}: allowed IPs must be an array")
         total_ips += len(allowed)
@@ -271,6 +271,67 @@ def parse_routes(raw: object, subnet: IPNetwork, own_ip: IPAddress | None) -> di
             gw = gw_net.split("/")[0]
         routes[dst] = RouteSpec(dst, gw)
     return routes
+
+
+def endpoint_address(endpoint: str) -> IPAddress:
+    """The address of a normalized endpoint ("ip:port" / "[ip6]:port")."""
+    return plain(ipaddress.ip_address(endpoint.rpartition(":")[0].strip("[]")))
+
+
+def check_underlay(peers: Mapping[bytes, PeerSpec], routes: Mapping[str, RouteSpec],
+                   live: Mapping[bytes, PeerState], fixed: Mapping[IPAddress, str]) -> dict[IPAddress, str]:
+    """Refuse (InvalidArgs) an allowed IP, route or gateway on an underlay address in use
+    (common.endpoints.collision): ``fixed`` (this box's addresses outside the tunnel, the static
+    peers' endPoints) and every endpoint of the resulting peer set (given, or kept from ``live``
+    when not given). Returns that underlay map (the leak guard leaves its addresses out)."""
+    underlay = dict(fixed)
+    for i, (key, spec) in enumerate(peers.items()):
+        endpoint = spec.endpoint or (live[key].endpoint if key in live else None)
+        try:
+            underlay.setdefault(endpoint_address(endpoint), f"peer #{i}'s endpoint")
+        except (AttributeError, ValueError):
+            pass  # (none, or nothing WireGuard could send to)
+    for i, spec in enumerate(peers.values()):
+        for ip in spec.allowed_ips:
+            problem = collision(ipaddress.ip_network(ip).network_address, underlay)
+            if problem is not None:
+                raise InvalidArgs(f"peer #{i}: allowed IP {problem}")
+    for i, route in enumerate(routes.values()):
+        for what, ip in (("destination", route.dst.split("/")[0]), ("gateway", route.gateway)):
+            problem = collision(ipaddress.ip_address(ip), underlay) if ip else None
+            if problem is not None:
+                raise InvalidArgs(f"route #{i}: {what} {problem}")
+    return underlay
+
+
+#: the most routes the leak guard may take (an overlay subnet that overlaps the underlay in more
+#: places than this is refused: pick one apart from the underlay)
+GUARD_MAX = 1024
+
+
+def guard_prefixes(subnet: IPNetwork, underlay_routes: Iterable[IPNetwork],
+                   endpoints: Iterable[IPAddress]) -> list[str]:
+    """The leak guard's prefixes (helper.routes.encode_guard): the overlay subnet, minus the
+    underlay's own routes inside it (a LAN 10.128.1.0/24 under a 10.0.0.0/8 overlay keeps its
+    route) and minus each endpoint WireGuard sends to inside it that no such route covers (a
+    static peer reached through the default route). Usually just the subnet itself."""
+    holes = [n for n in underlay_routes if n.version == subnet.version and n.subnet_of(subnet)]
+    for addr in endpoints:
+        if addr.version == subnet.version and addr in subnet and not any(addr in hole for hole in holes):
+            holes.append(ipaddress.ip_network(addr))
+    pieces = [subnet]
+    for hole in ipaddress.collapse_addresses(holes):
+        rest = []
+        for piece in pieces:
+            if hole.subnet_of(piece):
+                rest.extend(piece.address_exclude(hole))
+            elif not piece.subnet_of(hole):
+                rest.append(piece)
+        pieces = rest
+        if len(pieces) > GUARD_MAX:
+            raise InvalidArgs(f"the overlay subnet {subnet} overlaps the underlay in too many places (the leak guard "
+                              f"would need more than {GUARD_MAX} routes): choose a subnet apart from the underlay")
+    return sorted(str(p) for p in pieces)
 
 
 # ----------------------------------------------------------------- planning

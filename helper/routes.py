@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import socket
 import struct
+from dataclasses import dataclass, field
 
 from .model import RouteSpec
 from .rtnl import F_ACK, F_CREATE, F_DUMP, F_REPLACE, F_REQUEST, HDR, IFINFO, RTM_SETLINK, Rtnl, RtnlError, attr
@@ -85,9 +86,21 @@ def encode_guard(seq: int, cmd: int, subnet: str) -> bytes:
 LEGACY_DEVICE_ROUTE = "dev"
 
 
-def parse_route_dump(data: bytes, oif: int) -> tuple[dict[str, str | None], bool]:
+@dataclass
+class RouteScan:
+    """What one dump of the main table tells: our routes on the device, our leak guard's
+    prefixes, and the underlay's own routes (other origin, other devices)."""
+
+    ours: dict[str, str | None] = field(default_factory=dict)
+    guard: set[str] = field(default_factory=set)
+    underlay: list = field(default_factory=list)  # ip_network of every other unicast route
+
+
+def parse_route_dump(data: bytes, oif: int, scan: RouteScan | None = None,
+                     skip_oifs: frozenset[int] = frozenset()) -> tuple[dict[str, str | None], bool]:
     """Our routes on ``oif`` from a dump buffer: ({dst/len: gateway}, done); gateway None for a
-    direct route (via the destination itself, see encode_route)."""
+    direct route (via the destination itself, see encode_route). With ``scan``, also the guard's
+    prefixes and the underlay routes (not on ``oif`` nor ``skip_oifs``) go there."""
     routes: dict[str, str | None] = {}
     off = 0
     while off + _HDR.size <= len(data):
@@ -100,7 +113,10 @@ def parse_route_dump(data: bytes, oif: int) -> tuple[dict[str, str | None], bool
             (err,) = struct.unpack_from("=i", data, off + _HDR.size)
             raise RouteError(-err, "route dump")
         if kind == _RTM_NEWROUTE:
-            family, dst_len, _s, _t, table, proto, _sc, _ty, _fl = _RTMSG.unpack_from(data, off + _HDR.size)
+            family, dst_len, _s, _t, table, proto, _sc, rtype, _fl = _RTMSG.unpack_from(data, off + _HDR.size)
+            if scan is not None and (proto != RTPROT_WGNM or rtype == _RTN_UNREACHABLE):
+                _scan_other(scan, data[off + _HDR.size + _RTMSG.size: off + length], dst_len, table, proto, rtype,
+                            family, oif, skip_oifs)
             if proto == RTPROT_WGNM:
                 attrs = _parse_attrs(data[off + _HDR.size + _RTMSG.size: off + length])
                 route_oif = struct.unpack("=I", attrs[_RTA_OIF])[0] if _RTA_OIF in attrs else 0
@@ -113,6 +129,23 @@ def parse_route_dump(data: bytes, oif: int) -> tuple[dict[str, str | None], bool
                     routes[f"{dst}/{dst_len}"] = None if gw == str(dst) else gw
         off += (length + 3) & ~3
     return routes, False
+
+
+def _scan_other(scan: RouteScan, payload: bytes, dst_len: int, table: int, proto: int, rtype: int, family: int,
+                oif: int, skip_oifs: frozenset[int]) -> None:
+    attrs = _parse_attrs(payload)
+    if _RTA_TABLE in attrs:
+        table = struct.unpack("=I", attrs[_RTA_TABLE])[0]
+    if table != RT_TABLE_MAIN:
+        return
+    raw = attrs.get(_RTA_DST, bytes(4 if family == socket.AF_INET else 16))
+    net = ipaddress.ip_network((ipaddress.ip_address(raw), dst_len))
+    if proto == RTPROT_WGNM:
+        scan.guard.add(str(net))
+        return
+    route_oif = struct.unpack("=I", attrs[_RTA_OIF])[0] if _RTA_OIF in attrs else 0
+    if rtype == _RTN_UNICAST and route_oif != oif and route_oif not in skip_oifs:
+        scan.underlay.append(net)
 
 
 _IFLA_AF_SPEC = 26
@@ -134,17 +167,42 @@ class RouteTable(Rtnl):
     """Our routes on a device, and its IPv4 settings."""
 
     def list(self, oif: int) -> dict[str, str | None]:
-        routes: dict[str, str | None] = {}
+        return self.scan(oif).ours
+
+    def scan(self, oif: int, skip_oifs: frozenset[int] = frozenset()) -> RouteScan:
+        """One dump of the main table (both families): see RouteScan."""
+        scan = RouteScan()
         for family in (socket.AF_INET, socket.AF_INET6):
             seq = self.next_seq()
             req = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
             self.sock.send(_HDR.pack(_HDR.size + len(req), _RTM_GETROUTE, F_REQUEST | F_DUMP, seq, 0) + req)
             while True:
-                part, done = parse_route_dump(self.sock.recv(1 << 20), oif)
-                routes.update(part)
+                part, done = parse_route_dump(self.sock.recv(1 << 20), oif, scan, skip_oifs)
+                scan.ours.update(part)
                 if done:
                     break
-        return routes
+        return scan
+
+    def set_guard(self, have: set[str], want: list[str]) -> None:
+        """The leak guard from ``have`` to ``want`` (prefixes): new pieces first, then the old
+        ones go (no moment without a guard)."""
+        add = [p for p in want if p not in have]
+        gone = sorted(have - set(want))
+        msgs = []
+        for p in add:
+            seq = self.next_seq()
+            msgs.append((seq, encode_guard(seq, _RTM_NEWROUTE, p)))
+        if msgs:
+            self.batch(msgs, set(), "adding the leak guard")
+        self.remove_guard(gone)
+
+    def remove_guard(self, prefixes: list[str]) -> None:
+        msgs = []
+        for p in prefixes:
+            seq = self.next_seq()
+            msgs.append((seq, encode_guard(seq, _RTM_DELROUTE, p)))
+        if msgs:
+            self.batch(msgs, {errno.ESRCH}, "removing the leak guard")
 
     def add_or_replace(self, oif: int, routes: list[RouteSpec], prefsrc: str | None) -> None:
         msgs = []
@@ -156,14 +214,6 @@ class RouteTable(Rtnl):
     def set_ipv4_devconf(self, index: int, values: dict[int, int]) -> None:
         seq = self.next_seq()
         self.batch([(seq, encode_ipv4_devconf(seq, index, values))], set(), "setting IPv4 sysctls")
-
-    def set_guard(self, subnet: str) -> None:
-        seq = self.next_seq()
-        self.batch([(seq, encode_guard(seq, _RTM_NEWROUTE, subnet))], set(), "adding the leak guard")
-
-    def remove_guard(self, subnet: str) -> None:
-        seq = self.next_seq()
-        self.batch([(seq, encode_guard(seq, _RTM_DELROUTE, subnet))], {errno.ESRCH}, "removing the leak guard")
 
     def delete(self, oif: int, dsts: list[str]) -> None:
         msgs = []

@@ -179,6 +179,10 @@ class Rtnl(Netlink):
 
     def addresses(self, index: int) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         """The link's addresses, as interfaces (address/prefix length)."""
+        return [iface for at, iface in self.all_addresses() if at == index]
+
+    def all_addresses(self) -> list[tuple[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
+        """Every address of the box: (link index, address/prefix length)."""
         found = []
         for kind, payload in self.dump(RTM_GETADDR, IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0), "listing addresses"):
             if kind != RTM_NEWADDR:
@@ -186,8 +190,8 @@ class Rtnl(Netlink):
             _family, prefixlen, _flags, _scope, addr_index = IFADDR.unpack_from(payload)
             attrs = parse_attrs(payload[IFADDR.size:])
             raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
-            if addr_index == index and raw is not None:
-                found.append(ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen)))
+            if raw is not None:
+                found.append((addr_index, ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))))
         return found
 
     def _address(self, kind: int, flags: int, index: int, iface, extra: bytes, what: str) -> None:

@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 
 from wg_netmanager.common import VERSION, keyfile, logsetup, quote
-from wg_netmanager.common.config import EXIT_CONFIG, ConfigError, load_network_config, raise_problems, trust_problems
+from wg_netmanager.common.config import (
+    EXIT_CONFIG,
+    ConfigError,
+    load_network_config,
+    raise_problems,
+    static_underlay,
+    trust_problems,
+)
+from wg_netmanager.common.endpoints import collision, plain
 from wg_netmanager.dbus import (
     CONTROLLER_USER,
     HELPER_BUS_NAME,
@@ -49,7 +57,10 @@ from .model import (
     InvalidArgs,
     PeerOp,
     check_ifname,
+    check_underlay,
     encode_key,
+    endpoint_address,
+    guard_prefixes,
     parse_dns_server,
     parse_interface_address,
     parse_peers,
@@ -58,7 +69,7 @@ from .model import (
     plan_routes,
     summarize,
 )
-from .routes import RouteError, RouteTable
+from .routes import RouteError, RouteScan, RouteTable
 from .uapi import UapiError
 
 log = logging.getLogger("wg_netmanager.helper")
@@ -113,6 +124,9 @@ class Helper1(ServiceInterface):
         self.subnet = config.subnet
         self.domain = config.domain
         self.revoked_wg_keys = config.revoked_wg_keys
+        self.static_underlay = static_underlay(config.peers)
+        #: per device, the endpoints its peers send to (the leak guard leaves those inside the subnet out)
+        self._guard_endpoints: dict[str, set] = {}
         self.auth = CallerAuth(bus, HelperErrors.NOT_AUTHORIZED)
         self._locks = {name: asyncio.Lock() for name in interfaces}
         self._devices: dict[str, _Device] = {}
@@ -133,6 +147,7 @@ class Helper1(ServiceInterface):
                       "configuration stays", extra={"subnet": str(self.subnet), "new_subnet": str(config.subnet)})
             return
         self.revoked_wg_keys = config.revoked_wg_keys
+        self.static_underlay = static_underlay(config.peers)
         log.info("configuration reloaded", extra={"revoked": len(self.revoked_wg_keys)})
         for name in self.interfaces:
             async with self._locks[name]:
@@ -179,13 +194,49 @@ class Helper1(ServiceInterface):
             self._devices[ifname] = dev
         return dev
 
-    def set_leak_guard(self) -> None:
-        """The subnet's last-resort route (see helper.routes.encode_guard): overlay traffic with no
-        route of ours is refused here instead of leaving in clear text. Set at start, before any
-        controller asks (a booting box's programs may send before the mesh is up), and again
-        with every device. (It cannot capture WireGuard's own packets: net.yaml may not put a
-        static peer's endpoint inside the subnet - common/endpoints.py.)"""
-        self._routes.set_guard(str(self.subnet))
+    def _wg_indexes(self) -> frozenset[int]:
+        found = set()
+        for name in self.interfaces:
+            try:
+                found.add(socket.if_nametoindex(name))
+            except OSError:
+                pass
+        return frozenset(found)
+
+    def _fixed_underlay(self) -> dict:
+        """Underlay addresses in use whatever a request says (common.endpoints.collision): the
+        static peers' endPoints in net.yaml and this box's addresses outside its WireGuard devices."""
+        fixed = dict(self.static_underlay)
+        skip = self._wg_indexes()
+        for index, iface in self._routes.all_addresses():
+            if index not in skip and not iface.ip.is_loopback and not iface.ip.is_link_local:
+                try:
+                    name = socket.if_indextoname(index)
+                except OSError:
+                    name = f"#{index}"
+                fixed.setdefault(plain(iface.ip), f"an address of this box (on {name})")
+        return fixed
+
+    def set_leak_guard(self, scan: RouteScan | None = None) -> None:
+        """The subnet's last-resort routes (see helper.routes.encode_guard): overlay traffic with
+        no route of ours is refused here instead of leaving in clear text. Set at start, before any
+        controller asks (a booting box's programs may send before the mesh is up), and again with
+        every device and Apply: when the subnet contains underlay addresses (a 10.0.0.0/8 overlay
+        over a 10.x LAN), the guard leaves out the underlay's routes and the endpoints WireGuard
+        sends to (model.guard_prefixes), so that it never captures WireGuard's own packets."""
+        scan = scan or self._routes.scan(0, self._wg_indexes())
+        endpoints = set(self.static_underlay).union(*self._guard_endpoints.values())
+        self._routes.set_guard(scan.guard, guard_prefixes(self.subnet, scan.underlay, endpoints))
+
+    async def live_endpoints(self) -> None:
+        """At start: the endpoints of the peers already on our devices (a helper restart)."""
+        for name in self.interfaces:
+            try:
+                dev = await self._device(name)
+                live = await dev.backend.get()
+            except (device.DeviceError, UapiError, OSError):
+                continue
+            self._guard_endpoints[name] = _endpoints(live.peers.values())
 
     # ------------------------------------------------------------ methods
 
@@ -195,6 +246,9 @@ class Helper1(ServiceInterface):
         """Create (or with adopt=true, only take over) the device; returns (public key, backend)."""
         self._managed(ifname)
         iface = parse_interface_address(address, self.subnet)
+        problem = collision(iface.ip, self._fixed_underlay())
+        if problem is not None:
+            raise InvalidArgs(f"address {problem}")
         async with self._locks[ifname]:
             index, backend = await device.open_backend(ifname, create=not adopt)
             live = await backend.get()
@@ -208,8 +262,9 @@ class Helper1(ServiceInterface):
             changes = device.ensure_address(index, iface, self.subnet)
             for problem in device.enable_forwarding(ifname, index, iface.version):
                 log.warning("cannot enable relaying on the interface", extra={"ifname": ifname, "error": problem})
-            self.set_leak_guard()
             live = await backend.get()
+            self._guard_endpoints[ifname] = _endpoints(live.peers.values())
+            self.set_leak_guard()
             dev = _Device(ifname, index, backend)
             dev.own_ip = str(iface.ip)
             self._devices[ifname] = dev
@@ -231,15 +286,27 @@ class Helper1(ServiceInterface):
             own_ip = ipaddress.ip_address(dev.own_ip) if dev.own_ip else None
             desired_peers = parse_peers(peers, self.subnet, own_key, own_ip, self.revoked_wg_keys)
             desired_routes = parse_routes(routes, self.subnet, own_ip)
+            underlay = check_underlay(desired_peers, desired_routes, live.peers, self._fixed_underlay())
             ops = plan_peers(live.peers, desired_peers)
-            live_routes = self._routes.list(dev.index)
-            add, replace, delete = plan_routes(live_routes, desired_routes)
+            scan = self._routes.scan(dev.index, self._wg_indexes())
+            add, replace, delete = plan_routes(scan.ours, desired_routes)
+            endpoints = {a for a, why in underlay.items() if why.startswith("peer #")}
+            before = self._guard_endpoints.get(ifname)
+            self._guard_endpoints[ifname] = endpoints
+            try:
+                guard = guard_prefixes(self.subnet, scan.underlay, set(self.static_underlay).union(
+                    *self._guard_endpoints.values()))
+            except InvalidArgs:
+                self._guard_endpoints[ifname] = before or set()
+                raise
             # make before break: new peers/IPs, then new routes, then removals
             make = [op for op in ops if not op.remove and not op.replace_allowed_ips]
             brk = [op for op in ops if op.remove or op.replace_allowed_ips]
             await dev.backend.apply(make)
             if add or replace:
                 self._routes.add_or_replace(dev.index, add + replace, dev.own_ip)
+            if set(guard) != scan.guard:
+                self._routes.set_guard(scan.guard, guard)
             if delete:
                 self._routes.delete(dev.index, delete)
             await dev.backend.apply(brk)
@@ -295,9 +362,11 @@ class Helper1(ServiceInterface):
                 index = socket.if_nametoindex(ifname)
             except OSError:
                 return {"routes_removed": 0, "device_removed": 0}
-            ours = self._routes.list(index)
+            scan = self._routes.scan(index)
+            ours = scan.ours
             self._routes.delete(index, list(ours))
-            self._routes.remove_guard(str(self.subnet))
+            self._routes.remove_guard(sorted(scan.guard))
+            self._guard_endpoints.pop(ifname, None)
             dev = self._devices.pop(ifname, None)
             if dev is not None:
                 await dev.backend.close()
@@ -320,6 +389,16 @@ def load_trusted_config(path: Path):
     return load_network_config(path)
 
 
+def _endpoints(peers) -> set:
+    found = set()
+    for p in peers:
+        try:
+            found.add(endpoint_address(p.endpoint))
+        except (AttributeError, ValueError):
+            pass
+    return found
+
+
 def _controller_uids(users: list[str]) -> set[int]:
     uids = {0}
     for user in users:
@@ -334,8 +413,9 @@ async def serve(args: argparse.Namespace) -> int:
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     helper = Helper1(bus, Path(args.config), args.interface, Path(args.state_dir), _controller_uids(args.allow_user))
     try:
+        await helper.live_endpoints()
         helper.set_leak_guard()
-    except (OSError, RouteError) as e:  # (the helper still serves; EnsureDevice tries again)
+    except (OSError, RouteError, InvalidArgs) as e:  # (the helper still serves; EnsureDevice tries again)
         log.error("cannot set the leak guard route", extra={"subnet": str(helper.subnet), "error": str(e)})
     bus.export(HELPER_OBJECT_PATH, helper)
     reply = await bus.request_name(HELPER_BUS_NAME)

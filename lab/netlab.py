@@ -309,7 +309,7 @@ class Box:
         state = self.dir / "controller-state"
         state.mkdir(mode=0o700, exist_ok=True)
         shutil.chown(state, user, user)
-        cmd = [python, "-m", "wg_netmanager.controller.cli", "-c", str(config), "-a", address, "-n", name or self.name,
+        cmd = [python, "-m", "wg_netmanager.controller", "-c", str(config), "-a", address, "-n", name or self.name,
                "--state-dir", str(state), "-v", *extra]
         proc = self.popen("controller", cmd, user=user)
         self.wait_for_name("org.wgnetmanager.Controller1", proc, log_key="controller")

@@ -301,7 +301,7 @@ class SimNode:
         self.paused = False  # the controller is stopped (SIGSTOP); WireGuard goes on
         self.backlog_drop = False  # ... or not running at all: its datagrams are lost
         self.settle_gate = False  # applies wait for core.settled() (after a controller restart)
-        self.backlog: list[tuple[bytes, Addr]] = []  # admin datagrams waiting in the socket meanwhile
+        self.backlog: list[tuple[bytes, Addr, bool]] = []  # admin datagrams waiting in the socket meanwhile
         self.stats: dict[str, int] = {}
         self.apply_count = 0
         self.poll_at = 0.0
@@ -617,8 +617,8 @@ class Sim:
             return
         backlog, node.backlog = node.backlog, []
         now = EPOCH + self.now
-        for data, src in backlog:
-            node.core.datagram_received(data, src, now)
+        for data, src, tunnel in backlog:
+            node.core.datagram_received(data, src, now, tunnel)
         node.core.handle_timer(now)
         node.core.dataplane_observed(now, node.observation())
         node.timer_at = None
@@ -777,9 +777,9 @@ class Sim:
             node.count("admin_rx")
             if node.paused:
                 if not node.backlog_drop:
-                    node.backlog.append((msg[1], src))
+                    node.backlog.append((msg[1], src, False))
                 return
-            node.core.datagram_received(msg[1], src, EPOCH + self.now)
+            node.core.datagram_received(msg[1], src, EPOCH + self.now, False)
             self._pump(node)
         elif at[1] == node.wg_port:
             node.wg_receive(src, msg, size)
@@ -790,9 +790,9 @@ class Sim:
                 node.count("admin_rx")
                 if node.paused:
                     if not node.backlog_drop:
-                        node.backlog.append((pkt.payload, (pkt.src, pkt.sport)))
+                        node.backlog.append((pkt.payload, (pkt.src, pkt.sport), True))
                     return
-                node.core.datagram_received(pkt.payload, (pkt.src, pkt.sport), EPOCH + self.now)
+                node.core.datagram_received(pkt.payload, (pkt.src, pkt.sport), EPOCH + self.now, True)
                 self._pump(node)
         elif pkt.proto == "echo":
             node.send_overlay(Packet(node.overlay_ip, pkt.src, "echo_reply", ident=pkt.ident, size=pkt.size))

@@ -66,6 +66,22 @@ def home_lan(lab: Lab, names: Sequence[str] = ("alice", "bob", "charlie"), publi
     return mesh
 
 
+def overlay_over_lan(lab: Lab) -> Mesh:
+    """The original README's ``subnet: 10.1.1.0/8`` on a 10.x network: the overlay 10.0.0.0/8
+    contains the underlay. alice, charlie and delta on the LAN 10.128.1.0/24 (overlay .1, .3,
+    .4), bob the static peer (overlay 10.1.1.2) in another site, 10.200.0.2, reached through
+    the LAN's router (10.128.1.1 / 10.200.0.1, no NAT) by the default route: WireGuard's own
+    packets to bob go to an address inside the overlay subnet."""
+    mesh = Mesh(lab, config=net_yaml(f"10.200.0.2:{WG_PORT}", "10.1.1.2", subnet="10.0.0.0/8"))
+    lan, site = lab.segment("lan"), lab.segment("site")
+    lab.router("router", lan, "10.128.1.1/24", site, "10.200.0.1/24", nat=False, firewall=False)
+    mesh.add("alice", "10.1.1.1", lan, "10.128.1.10/24", "10.128.1.1")
+    mesh.add("bob", "10.1.1.2", site, "10.200.0.2/24", "10.200.0.1")
+    mesh.add("charlie", "10.1.1.3", lan, "10.128.1.30/24", "10.128.1.1")
+    mesh.add("delta", "10.1.1.4", lan, "10.128.1.40/24", "10.128.1.1")
+    return mesh
+
+
 def original_example(lab: Lab) -> Mesh:
     """The original README's first example: Alpha-VPS behind a firewall (nothing gets in
     unasked; 203.0.113.10), Beta-VPS public (the only static peer; 198.51.100.2), a home router

@@ -80,7 +80,6 @@ def test_parse_endpoint_forms():
 @pytest.mark.parametrize("endpoint,words", [
     ("127.0.0.1:50000", "loopback"),
     ("255.255.255.255:50000", "broadcast"),
-    ("10.1.1.9:50000", "inside the overlay 10.1.1.0/24"),
     ("192.168.1.70:\u0665\u0660", "not in 1..65535"),
 ])
 def test_an_endpoint_the_helper_would_refuse_is_a_config_error(tmp_path, endpoint, words):
@@ -90,6 +89,34 @@ def test_an_endpoint_the_helper_would_refuse_is_a_config_error(tmp_path, endpoin
     with pytest.raises(ConfigError, match=words) as e:
         load_network_config(path)
     assert f"{path}:5:" in str(e.value)
+
+
+def test_an_endpoint_inside_the_subnet_is_fine_unless_an_overlay_address_is_on_it(tmp_path):
+    """A 10.0.0.0/8 overlay over a 10.x LAN, as the original allows (its README: 10.1.1.0/8);
+    refused only where a node's overlay address is an underlay address in use (a routing loop)."""
+    wide = EXAMPLE.replace("10.1.1.0/24", "10.0.0.0/8")
+    cfg = load_network_config(write(tmp_path, wide.replace("192.168.1.70", "10.128.1.2")))
+    assert cfg.peers[0].endpoint_host == "10.128.1.2"
+    path = write(tmp_path, wide.replace("192.168.1.70", "10.1.1.1"))
+    with pytest.raises(ConfigError, match=r"wgIp 10.1.1.1 is static peer 10.1.1.1's endPoint: routing it into "
+                                          r"the tunnel would loop") as e:
+        load_network_config(path)
+    assert f"{path}:7:" in str(e.value)
+
+
+def test_own_overlay_address_on_an_underlay_address_is_refused_with_where(tmp_path):
+    import ipaddress
+
+    from wg_netmanager.common.config import PeerConfig, merge_problems
+
+    cfg = load_network_config(write(tmp_path, EXAMPLE.replace("10.1.1.0/24", "10.0.0.0/8").replace(
+        "192.168.1.70", "10.128.1.2")))
+    assert merge_problems(cfg, None, None, "10.128.1.9") == []
+    (problem,) = merge_problems(cfg, None, None, "10.128.1.2")
+    assert "address 10.128.1.2 is static peer 10.1.1.1's endPoint" in str(problem) and "-a" in str(problem)
+    local = {ipaddress.ip_address("10.128.1.9"): "this box's address on eth0"}
+    (problem,) = merge_problems(cfg, PeerConfig(""), None, "10.128.1.9", local)
+    assert "10.128.1.9 is this box's address on eth0" in str(problem)
 
 
 IDENT = "ab" * 32

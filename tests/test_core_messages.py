@@ -303,13 +303,32 @@ def test_a_damaged_saved_state_does_not_stop_the_controller():
 
 def test_the_core_never_asks_for_an_endpoint_the_helper_refuses():
     """A record may advertise anything (a bug, a hostile key holder): endpoints the helper would
-    refuse (loopback, broadcast, the overlay itself) are never link candidates, so one record
-    cannot make every Apply fail. The rule is one function (common/endpoints.py)."""
+    refuse (loopback, broadcast) and a node's overlay address (common.endpoints.collision) are
+    never link candidates, so one record cannot make every Apply fail."""
     leaf = core("leaf", "10.1.0.2", 2, b"L" * 32, lan=[("192.168.1.5", 24)])
     leaf.local.reflexive = ("203.0.113.5", 51820)  # (hole punching needs our own public endpoint)
+    leaf.membership.bindings["10.1.0.9"] = b"Z" * 32  # (a node's overlay address)
     bad = [wire.Endpoint(wire.EP_REFLEXIVE, address, 51820)
-           for address in ("127.0.0.1", "255.255.255.255", "10.1.0.9", "224.0.0.1")]
+           for address in ("127.0.0.1", "255.255.255.255", "10.1.0.9", "10.1.0.2", "224.0.0.1")]
     good = wire.Endpoint(wire.EP_REFLEXIVE, "198.51.100.9", 51820)
     info = wire.NodeInfo(b"X" * 32, "10.1.0.3", 51820, 55555, "other", endpoints=(*bad, good))
     assert [c[0] for c in leaf.links.candidates(info)] == [("198.51.100.9", 51820)]
     assert leaf.counters["endpoint_refused"] == len(bad)
+
+
+def test_a_node_on_an_underlay_address_in_use_is_left_unrouted():
+    """An overlay subnet may contain underlay addresses; a node whose overlay address is one in
+    use here (this box's own, an endpoint, a static endPoint) gets no route and no allowed IP
+    (the helper would refuse the Apply: common.endpoints.collision), and `status` says why."""
+    p = Pair()
+    _link_up(p)
+    p.run(5)
+    leaf_route = "10.1.0.2/32"
+    assert leaf_route in [r.destination for r in p.hub.dataplane.routes]
+    p.hub.set_lan_endpoints([("198.51.100.1", 24), ("10.1.0.2", 24)], p.now)  # (the leaf's overlay address)
+    p.run(3)
+    assert leaf_route not in [r.destination for r in p.hub.dataplane.routes]
+    assert all(leaf_route not in peer.allowed_ips for peer in p.hub.dataplane.peers)
+    assert p.hub.counters["route_refused_underlay"] == 1
+    (refusal,) = p.hub.self_status()["refused"]
+    assert refusal["name"] == "leaf" and "an address of this box outside the tunnel" in refusal["reason"]

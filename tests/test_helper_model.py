@@ -47,7 +47,6 @@ def peers(*entries):
     ((key(1), "198.51.100.1:0", [], 0), "port must be"),
     ((key(1), "198.51.100.1:70000", [], 0), "port must be"),
     ((key(1), "vps.example:51820", [], 0), "not an IP address"),
-    ((key(1), "10.1.1.7:51820", [], 0), "inside the overlay"),
     ((key(1), "0.0.0.0:51820", [], 0), "cannot be a peer"),
     ((key(1), "2001:db8::1:5", [], 0), "ip:port"),
     ((key(1), "", [], 86400), "keepalive"),
@@ -60,7 +59,6 @@ def peers(*entries):
     ((key(1), "[fe80::1%eth0]:51820", [], 0), "link-local"),
     ((key(1), "[fe80::1]:51820", [], 0), "link-local"),
     ((key(1), "[::ffff:127.0.0.1]:51820", [], 0), "loopback"),  # (IPv4-mapped: 127.0.0.1 on the wire)
-    ((key(1), "[::ffff:10.1.1.7]:51820", [], 0), "inside the overlay"),
     ((key(1), "198.51.100.1:\u0668\u0660", [], 0), "ASCII digits"),
     # keys of small order: any private key agrees on a public secret with them
     ((base64.b64encode(bytes(32)).decode(), "", [], 0), "small order"),
@@ -73,6 +71,71 @@ def peers(*entries):
 def test_peer_refusals(entry, words):
     with pytest.raises(InvalidArgs, match=words):
         parse_peers([list(entry)], SUBNET, own_key=raw(99), own_ip=ipaddress.ip_address("10.1.1.1"))
+
+
+WIDE = ipaddress.ip_network("10.0.0.0/8")  # an overlay over a 10.128.1.0/24 LAN
+FIXED = {ipaddress.ip_address("10.128.1.1"): "an address of this box (on eth0)",
+         ipaddress.ip_address("10.128.1.2"): "static peer 10.1.1.2's endPoint"}
+
+
+@pytest.mark.parametrize("peer_list,route_list,words", [
+    # an endpoint inside the overlay subnet is fine; a /32 on an underlay address in use is not
+    ([(key(1), "10.128.1.7:51820", ["10.1.1.7/32"], 0)], [("10.1.1.7/32", "")], None),
+    ([(key(1), "10.128.1.7:51820", ["10.128.1.7/32"], 0)], [], "peer #0: allowed IP 10.128.1.7 is peer #0's endpoint"),
+    ([(key(1), "10.128.1.7:51820", [], 0), (key(2), "", ["10.128.1.7/32"], 0)], [], "peer #1: allowed IP"),
+    ([(key(1), "[::ffff:10.128.1.7]:51820", [], 0), (key(2), "", ["10.128.1.7/32"], 0)], [], "peer #0's endpoint"),
+    ([(key(1), "", ["10.128.1.1/32"], 0)], [], "10.128.1.1 is an address of this box"),
+    ([(key(1), "", ["10.128.1.2/32"], 0)], [], "static peer 10.1.1.2's endPoint"),
+    ([(key(1), "10.128.1.7:51820", [], 0)], [("10.128.1.1/32", "")], "route #0: destination 10.128.1.1"),
+    ([(key(1), "10.128.1.7:51820", [], 0)], [("10.1.1.9/32", "10.128.1.7")], "route #0: gateway 10.128.1.7"),
+])
+def test_no_overlay_route_on_an_underlay_address_in_use(peer_list, route_list, words):
+    """common.endpoints.collision, as the helper applies it (check_underlay): allowed IPs, routes
+    and gateways against the endpoints of the resulting peer set, the static endPoints and this
+    box's own addresses."""
+    from wg_netmanager.helper.model import check_underlay
+
+    desired = parse_peers([list(e) for e in peer_list], WIDE, own_key=raw(99))
+    routes = parse_routes([list(r) for r in route_list], WIDE, None)
+    if words is None:
+        assert ipaddress.ip_address("10.128.1.7") in check_underlay(desired, routes, {}, FIXED)
+    else:
+        with pytest.raises(InvalidArgs, match=words + ".*routing it into the tunnel would loop"):
+            check_underlay(desired, routes, {}, FIXED)
+
+
+def test_a_kept_endpoint_counts_as_in_use():
+    """An empty endpoint keeps the live one: that one is in use too."""
+    from wg_netmanager.helper.model import check_underlay
+
+    desired = parse_peers([[key(1), "", [], 0], [key(2), "", ["10.128.1.7/32"], 0]], WIDE, own_key=raw(99))
+    live = {raw(1): PeerState(raw(1), endpoint="10.128.1.7:51820")}
+    with pytest.raises(InvalidArgs, match="peer #0's endpoint"):
+        check_underlay(desired, {}, live, {})
+
+
+def test_the_leak_guard_leaves_the_underlay_out():
+    from wg_netmanager.helper.model import GUARD_MAX, guard_prefixes
+
+    net = ipaddress.ip_network
+    # apart from the underlay (the usual case): the subnet itself
+    assert guard_prefixes(net("10.1.1.0/24"), [net("0.0.0.0/0"), net("192.168.1.0/24")], []) == ["10.1.1.0/24"]
+    # a LAN inside the subnet keeps its route; an endpoint on it needs nothing more
+    lan = guard_prefixes(WIDE, [net("0.0.0.0/0"), net("10.128.1.0/24")], [ipaddress.ip_address("10.128.1.5")])
+    covered = [n for n in map(net, lan) if n.overlaps(net("10.128.1.0/24"))]
+    assert covered == [] and len(lan) == 16
+    assert list(ipaddress.collapse_addresses(map(net, [*lan, "10.128.1.0/24"]))) == [WIDE]
+    # a static peer through the default route: exactly its address is left out
+    far = ipaddress.ip_address("10.200.0.5")
+    pieces = list(map(net, guard_prefixes(WIDE, [net("10.128.1.0/24")], [far])))
+    assert not any(far in p for p in pieces) and any(ipaddress.ip_address("10.200.0.4") in p for p in pieces)
+    assert list(ipaddress.collapse_addresses([*pieces, net("10.200.0.5/32"), net("10.128.1.0/24")])) == [WIDE]
+    # the LAN is the whole subnet: no guard can be had
+    assert guard_prefixes(WIDE, [net("10.0.0.0/8")], []) == []
+    # too many holes: refused with a clear word
+    many = [ipaddress.ip_address(f"10.{i}.{j}.1") for i in range(1, 100) for j in range(0, 200, 7)]
+    with pytest.raises(InvalidArgs, match=f"more than {GUARD_MAX} routes"):
+        guard_prefixes(WIDE, [], many)
 
 
 def test_peer_set_level_refusals():
@@ -213,7 +276,7 @@ def test_a_refused_value_is_quoted_short_never_echoed_whole():
 
     huge = "1" * 1_000_000
     subnet = ipaddress.ip_network("10.1.1.0/24")
-    for call in (lambda: parse_interface_address(huge, subnet), lambda: parse_endpoint(huge, subnet),
+    for call in (lambda: parse_interface_address(huge, subnet), lambda: parse_endpoint(huge),
                  lambda: check_ifname(huge)):
         with pytest.raises(InvalidArgs) as refused:
             call()

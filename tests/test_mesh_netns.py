@@ -170,6 +170,78 @@ def test_a_wireguard_key_changed_under_the_controller_reaches_every_peer(mesh):
     assert time.monotonic() - started < 30
 
 
+#: admin datagrams arriving at a box's underlay interfaces, written as (length, payload) records
+CAPTURE = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))  # (from the IP header on)
+s.settimeout(0.2)
+out = open(sys.argv[1], "wb")
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    try:
+        pkt, where = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if where[2] == socket.PACKET_OUTGOING or where[0] in ("lo", "wg0"):
+        continue
+    ihl = (pkt[0] & 15) * 4
+    if pkt[9] == 17 and struct.unpack("!H", pkt[ihl + 2:ihl + 4])[0] == int(sys.argv[3]):
+        out.write(struct.pack("!I", len(pkt) - ihl - 8) + pkt[ihl + 8:])
+        out.flush()
+"""
+
+REPLAY = r"""
+import socket, struct, sys
+data = open(sys.argv[1], "rb").read()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+off = 0
+while off < len(data):
+    (n,) = struct.unpack_from("!I", data, off)
+    s.sendto(data[off + 4:off + 4 + n], ("127.0.0.1", int(sys.argv[2])))
+    off += 4 + n
+"""
+
+
+def counters(box) -> dict:
+    r = box.run([sys.executable, "-m", "wg_netmanager.controller.cli", "counters", "--json"])
+    return json.loads(r.stdout)["counters"]
+
+
+def test_datagrams_captured_before_a_key_change_and_replayed_are_ignored(mesh):
+    """Admin datagrams captured on the static peer's underlay (charlie's controller starting
+    over: its digest and its record with the WireGuard key of then), replayed there after
+    charlie's key changed: every one is dropped (the core's replay rule, counted), the peers
+    keep the new key, and every pair still pings."""
+    _, boxes = mesh
+    bob, charlie = boxes["bob"], boxes["charlie"]
+    capture_file = bob.dir / "capture.bin"
+    capture = subprocess.Popen(bob._enter() + [sys.executable, "-c", CAPTURE, str(capture_file), "6", "55555"])
+    time.sleep(0.5)
+    charlie.kill("controller", signal.SIGTERM)
+    time.sleep(0.3)
+    charlie.start_controller(charlie.dir / "net.yaml", OVERLAY["charlie"])
+    capture.wait(20)
+    raw, captured, off = capture_file.read_bytes(), 0, 0
+    while off < len(raw):
+        off += 4 + int.from_bytes(raw[off:off + 4], "big")
+        captured += 1
+    assert captured > 0, "nothing captured"
+    old = charlie.run(["wg", "show", "wg0", "public-key"]).stdout.strip()
+    charlie.kill("helper", signal.SIGKILL)
+    (charlie.dir / "state" / "wg0.key").unlink()
+    charlie.start_helper(charlie.dir / "net.yaml")
+    new = wait_for(lambda: (k := charlie.run(["wg", "show", "wg0", "public-key"]).stdout.strip()) != old and k, 15)
+    assert new and wait_for(lambda: new in wg_peers(bob) and old not in wg_peers(bob), 15)
+    before = counters(bob)
+    bob.run([sys.executable, "-c", REPLAY, str(capture_file), "55555"])
+    time.sleep(1)
+    after = counters(bob)
+    dropped = sum(after.get(k, 0) - before.get(k, 0) for k in ("drop_replay", "drop_outside_window"))
+    assert dropped >= captured, (captured, {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k)})
+    assert new in wg_peers(bob) and old not in wg_peers(bob)
+    assert wait_for(lambda: every_pair_pings(boxes, OVERLAY) == [], 20)
+
+
 def test_impostor_with_the_shared_key_cannot_take_alices_address(mesh):
     lab, boxes = mesh
     wan = lab.segments["wan"]

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from wg_netmanager.lab import topologies as labnets
-from wg_netmanager.lab.meshlab import all_paths, every_pair_pings, paths, pings, wait_for
+from wg_netmanager.lab.meshlab import all_paths, every_pair_pings, paths, pings, status_json, wait_for
 from wg_netmanager.lab.netlab import Lab
 
 pytestmark = pytest.mark.netns
@@ -67,6 +67,40 @@ def test_original_example_relayed_then_lan_then_all_direct_and_failover():
         boxes["charlie"].block("192.168.1.40", on=False)
         assert converged_to(mesh, {}, 40) == {}
         assert every_pair_pings(boxes, overlay) == []
+
+
+def test_an_overlay_subnet_that_contains_the_underlay():
+    """The original's README puts ``subnet: 10.1.1.0/8`` over a 10.x LAN: the overlay 10.0.0.0/8
+    contains the LAN 10.128.1.0/24 and the static peer's site 10.200.0.0/24 (reached through the
+    default route). It forms and pings, LAN pairs go direct on LAN addresses, the leak guard
+    leaves the underlay out (yet an unused overlay address is refused, not sent in clear text),
+    and a node whose overlay address is an underlay address in use is left unrouted where it
+    collides (shown in `status`), without a single Apply refused by a helper."""
+    with Lab() as lab:
+        mesh = labnets.overlay_over_lan(lab)
+        mesh.start()
+        boxes = mesh.boxes
+        assert converged_to(mesh, {}, 60) == {}
+        assert every_pair_pings(boxes, mesh.overlay) == []
+        alice = boxes["alice"]
+        assert "10.128.1.30:" in alice.run(["wg", "show", "wg0", "endpoints"]).stdout  # (charlie, on the LAN)
+        guard = alice.run(["ip", "-4", "route", "show", "proto", "157", "type", "unreachable"]).stdout
+        assert "10.128.1.0/24" not in guard and "10.0.0.0/8" not in guard and guard.count("unreachable") > 8, guard
+        assert "via 10.128.1.1 dev" in alice.run(["ip", "route", "get", "10.200.0.2"]).stdout
+        assert alice.run(["ip", "route", "get", "10.1.1.99"], check=False).returncode != 0  # (unreachable)
+        assert "dev wg0" in alice.run(["ip", "route", "get", "10.1.1.3"]).stdout
+        # eve takes charlie's LAN address as its overlay address: charlie (its own address) and
+        # the nodes that reach charlie there leave eve unrouted; nobody's Apply is refused
+        mesh.add("eve", "10.128.1.30", lab.segments["lan"], "10.128.1.50/24", "10.128.1.1")
+        mesh.start(names=["eve"])
+        assert wait_for(lambda: any("eve" in line and "not routed" in line
+                                    for line in status_json(boxes["charlie"])["self"]["refused"]), 30), \
+            status_json(boxes["charlie"])["self"]
+        assert "10.128.1.30 " not in boxes["charlie"].run(["ip", "route", "show", "proto", "157"]).stdout
+        others = {n: ip for n, ip in mesh.overlay.items() if n != "eve"}
+        assert every_pair_pings({n: boxes[n] for n in others}, others) == []
+        for name, box in boxes.items():
+            assert "refused" not in box.log("helper"), (name, box.log("helper")[-1500:])
 
 
 def test_two_nat_routers_in_series():

@@ -164,13 +164,15 @@ class Links:
 
     def _usable(self, endpoint: tuple[str, int]) -> bool:
         """Whether the helper would take this endpoint (the same rule, common/endpoints.py): a
-        record that advertises loopback, broadcast or an overlay address must not make every
-        Apply fail."""
+        record that advertises loopback or broadcast must not make every Apply fail; nor one that
+        advertises a node's overlay address (where the overlay subnet contains underlay
+        addresses: that node's route would have to go, common.endpoints.collision)."""
         try:
             addr = ipaddress.ip_address(endpoint[0])
         except ValueError:
             addr = None
-        if addr is None or endpoint_refusal(addr, endpoint[1], self.local.subnet.network) is not None:
+        if addr is None or endpoint_refusal(addr, endpoint[1]) is not None or \
+                endpoint[0] in self.members.bindings or endpoint[0] == self.local.overlay_ip:
             self.counters.count("endpoint_refused")
             return False
         return True

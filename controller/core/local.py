@@ -7,6 +7,8 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 
+from wg_netmanager.common.endpoints import plain
+
 from ..wire import Identity, NodeInfo, ProtocolError
 from .types import CoreConfig, StaticPeerConfig
 
@@ -143,6 +145,30 @@ class LocalNode:
         self.static_by_ip = new
         self._static_admin = {(p.host, p.admin_port) for p in new.values()}
         return True
+
+    def underlay_in_use(self, endpoints: Iterable[str | None]) -> dict:
+        """Underlay addresses in use here that lie inside the overlay subnet (usually none), with
+        what uses them (common.endpoints.collision): the WireGuard endpoints ``endpoints`` ("ip:port"
+        / "[ip6]:port"), the static peers' addresses, this box's own addresses."""
+        net = self.subnet.network
+        found = {}
+
+        def note(host: str, why: str) -> None:
+            try:
+                addr = plain(ipaddress.ip_address(host))
+            except ValueError:
+                return  # (a host name: not resolved here)
+            if addr.version == net.version and addr in net:
+                found[addr] = why
+
+        for text in endpoints:
+            if text:
+                note(text.rpartition(":")[0].strip("[]"), f"a WireGuard endpoint here ({text})")
+        for p in (*self.static_by_ip.values(), *((self.static_self,) if self.static_self else ())):
+            note(p.host, f"static peer {p.overlay_ip}'s endPoint")
+        for ip in self.lan.ips():
+            note(ip, "an address of this box outside the tunnel")
+        return found
 
     def is_static_admin_addr(self, addr: tuple[str, int]) -> bool:
         """A static peer's admin address from net.yaml (trusted as a source: see core.validation)."""

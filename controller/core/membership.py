@@ -329,6 +329,14 @@ class Membership:
         self.emit(EventKind.CLAIM_REFUSED, reason=reason, ip=info.overlay_ip, name=info.name,
                   identity=record.identity.hex()[:16])
 
+    def refuse_route(self, overlay_ip: str, why: str) -> None:
+        """A node left unrouted because its overlay address is an underlay address in use here."""
+        member = self.find(overlay_ip)
+        name, identity = (member.info.name, member.identity.hex()[:16]) if member is not None else ("?", "?")
+        self.refusals.append({"reason": f"not routed: {why}", "overlay_ip": overlay_ip, "name": name,
+                              "identity": identity})
+        self.emit(EventKind.CLAIM_REFUSED, reason="underlay_address", ip=overlay_ip, name=name, identity=identity)
+
     # ------------------------------------------------------------------ digests
 
     def ranges(self) -> Ranges:

@@ -10,6 +10,9 @@ callbacks given here (send, publish, paths changed, event); none holds the facad
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+
+from wg_netmanager.common.endpoints import collision
 
 from .. import crypto, paths, wire
 from ..wire import (
@@ -127,6 +130,8 @@ class Core:
 
         self.dataplane = DataPlane()
         self.dataplane_version = 0
+        #: overlay addresses left unrouted: underlay addresses in use here (_underlay_clashes)
+        self.unrouted: dict[str, str] = {}
         #: recent data-plane versions -> (their peers' WireGuard keys, the paths they route)
         self._planes: dict[int, tuple[frozenset[bytes], dict[bytes, bytes]]] = {0: (frozenset(), {})}
 
@@ -157,12 +162,15 @@ class Core:
 
     # ========================================================================= inputs
 
-    def datagram_received(self, data: bytes, src: tuple[str, int], now: float) -> None:
+    def datagram_received(self, data: bytes, src: tuple[str, int], now: float, tunnel: bool | None = None) -> None:
+        """``tunnel``: whether it came through the WireGuard device (the runtime knows the arrival
+        interface); None: judged by the source, an overlay address (right unless the overlay
+        subnet contains underlay addresses too)."""
         self._check_clock(now)
         try:
             inner = self.transport.open(data)
             self.membership.check_replay(inner, now)
-            self._dispatch(inner, src, now)
+            self._dispatch(inner, src, now, tunnel)
         except ProtocolError as e:
             self.counters.count(f"drop_{e.reason}")
 
@@ -260,6 +268,7 @@ class Core:
         gone = self.local.lan.ips() - {ip for ip, _ in lan}
         self.local.lan.set(lan)
         self._schedule_publish(now)
+        self._schedule_paths(now)  # (the data plane again: see _underlay_clashes)
         if gone:
             self.local.seen_by.clear()  # (the NAT in front of us may be another now)
             self._emit(EventKind.ADDRESSES_CHANGED, gone=",".join(sorted(gone)), now=",".join(ip for ip, _ in lan))
@@ -448,9 +457,9 @@ class Core:
     def _emit(self, kind: EventKind, **data) -> None:
         self._events.append(Event(kind, data))
 
-    def _dispatch(self, inner: wire.Inner, src: tuple[str, int], now: float) -> None:
+    def _dispatch(self, inner: wire.Inner, src: tuple[str, int], now: float, tunnel: bool | None = None) -> None:
         sender8 = inner.sender[:wire.ID8_LEN]
-        over = self.local.subnet.is_overlay(src[0])
+        over = self.local.subnet.is_overlay(src[0]) if tunnel is None else tunnel
         if not over:
             self.membership.heard_from(sender8, src, now)
         self.links.probe_received(sender8, over, inner.type, now)
@@ -742,12 +751,38 @@ class Core:
         table = self.routing.table
         table.refresh(self.routing.hops)
         peers = self.links.desired_peers(now, self.observed, table.allowed)
-        plane = DataPlane(tuple(peers), table.routes)
+        routes = table.routes
+        clashes = self._underlay_clashes(peers)
+        if clashes:
+            peers, routes = _unrouted(peers, routes, clashes, self.local.subnet.max_prefixlen)
+        if clashes.keys() != self.unrouted.keys():
+            for ip in clashes.keys() - self.unrouted.keys():
+                self.counters.count("route_refused_underlay")
+                self.membership.refuse_route(ip, clashes[ip])
+            self.unrouted = clashes
+        plane = DataPlane(tuple(peers), routes)
         if plane != self.dataplane:
             self.dataplane = plane
             self.dataplane_version += 1
             self._planes[self.dataplane_version] = (frozenset(p.public_key for p in plane.peers), self.routing.hops)
             self._planes.pop(self.dataplane_version - PLANES_KEPT, None)
+
+    def _underlay_clashes(self, peers: list) -> dict[str, str]:
+        """Overlay addresses of routed nodes that are underlay addresses in use here
+        (common.endpoints.collision): {overlay IP: why}. Such a node is left unrouted, as the
+        helper would refuse the Apply. Costs a look at the endpoints only, unless one of them
+        lies inside the overlay subnet (an overlay over its own LAN's range)."""
+        endpoints = []
+        for p in peers:
+            endpoints.append(p.endpoint)
+            obs = self.observed.get(p.public_key)
+            if obs is not None and obs.endpoint:
+                endpoints.append(obs.endpoint)  # (what the helper keeps when we send none)
+        underlay = self.local.underlay_in_use(endpoints)
+        if not underlay:
+            return {}
+        routed = self.routing.table.routed_ips()
+        return {ip: why for ip, why in ((str(a), collision(a, underlay)) for a in underlay) if why and ip in routed}
 
     # ========================================================================= housekeeping
 
@@ -764,6 +799,16 @@ class Core:
             self.routing.forget(id8)
             self.links.links.pop(id8, None)
             self._emit(EventKind.NODE_FORGOTTEN, node=member.info.name)
+
+
+def _unrouted(peers: list, routes: tuple, clashes: Mapping[str, str], prefixlen: int) -> tuple[list, tuple]:
+    """The data plane without routes to (or via) the clashing addresses, and without them as
+    allowed IPs."""
+    gone = {f"{ip}/{prefixlen}" for ip in clashes}
+    kept = tuple(r for r in routes if r.destination not in gone and r.gateway not in clashes)
+    keep = {r.destination for r in kept}
+    peers = [replace(p, allowed_ips=tuple(a for a in p.allowed_ips if a in keep)) for p in peers]
+    return peers, kept
 
 
 def _kept_claims(saved: Mapping) -> dict[bytes, int]:

@@ -46,6 +46,10 @@ class RouteTable:
         self._routed_hops: Mapping[bytes, bytes] = {}
         self._lists: dict[bytes, tuple[list[int], list[str]]] = {}  # hop -> its allowed IPs, by address
 
+    def routed_ips(self) -> set[str]:
+        """The overlay addresses we route (O(N): for the rare overlay-over-LAN check only)."""
+        return {route.destination.split("/")[0] for route in self.routes}
+
     def key(self, id8: bytes) -> int:
         return ip_int(self.members[id8].info.overlay_ip)[1]  # (all of one IP version: the subnet's)
 
