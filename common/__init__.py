@@ -29,3 +29,13 @@ def lean_imports() -> None:
 
     for name in ("ssl", "_ssl", "_hashlib"):
         sys.modules.setdefault(name, None)
+
+
+def allow_openssl() -> None:
+    """Undo lean_imports for a library that imports ``ssl`` as it loads (prometheus-client's
+    exposition module): OpenSSL's memory is then spent only where metrics are asked for."""
+    import sys
+
+    for name in ("ssl", "_ssl", "_hashlib"):
+        if name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]

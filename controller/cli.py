@@ -129,6 +129,9 @@ def _metrics_address(text: str) -> tuple[str, int]:
     try:
         if not ipaddress.ip_address(host).is_loopback or not 1 <= int(port) <= 65535:
             raise ValueError
+        from wg_netmanager.common import allow_openssl
+
+        allow_openssl()  # (prometheus-client imports ssl)
         import prometheus_client  # noqa: F401 - needed to serve them
     except ValueError:
         fail(f"--metrics {text!r}: give a loopback address and port, e.g. 127.0.0.1:9586", EXIT_CONFIG)

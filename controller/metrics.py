@@ -15,7 +15,10 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 
+from wg_netmanager.common import allow_openssl
+
 log = logging.getLogger("wg_netmanager.controller")
+allow_openssl()  # (prometheus-client imports ssl)
 
 PREFIX = "wg_netmanager_"
 

@@ -304,34 +304,26 @@ def check_underlay(peers: Mapping[bytes, PeerSpec], routes: Mapping[str, RouteSp
     return underlay
 
 
-#: the most routes the leak guard may take (an overlay subnet that overlaps the underlay in more
-#: places than this is refused: pick one apart from the underlay)
-GUARD_MAX = 1024
+#: how many overlay addresses the leak guard remembers where it cannot cover the whole subnet
+GUARD_REMEMBERED = MAX_ROUTES
 
 
-def guard_prefixes(subnet: IPNetwork, underlay_routes: Iterable[IPNetwork],
-                   endpoints: Iterable[IPAddress]) -> list[str]:
-    """The leak guard's prefixes (helper.routes.encode_guard): the overlay subnet, minus the
-    underlay's own routes inside it (a LAN 10.128.1.0/24 under a 10.0.0.0/8 overlay keeps its
-    route) and minus each endpoint WireGuard sends to inside it that no such route covers (a
-    static peer reached through the default route). Usually just the subnet itself."""
-    holes = [n for n in underlay_routes if n.version == subnet.version and n.subnet_of(subnet)]
-    for addr in endpoints:
-        if addr.version == subnet.version and addr in subnet and not any(addr in hole for hole in holes):
-            holes.append(ipaddress.ip_network(addr))
-    pieces = [subnet]
-    for hole in ipaddress.collapse_addresses(holes):
-        rest = []
-        for piece in pieces:
-            if hole.subnet_of(piece):
-                rest.extend(piece.address_exclude(hole))
-            elif not piece.subnet_of(hole):
-                rest.append(piece)
-        pieces = rest
-        if len(pieces) > GUARD_MAX:
-            raise InvalidArgs(f"the overlay subnet {subnet} overlaps the underlay in too many places (the leak guard "
-                              f"would need more than {GUARD_MAX} routes): choose a subnet apart from the underlay")
-    return sorted(str(p) for p in pieces)
+def guard_prefixes(subnet: IPNetwork, underlay_routes: Iterable[IPNetwork], endpoints: Iterable[IPAddress],
+                   routed: Iterable[str]) -> list[str]:
+    """The leak guard's prefixes (helper.routes.encode_guard). Usually the subnet itself. When
+    the subnet contains the underlay - a route of the underlay inside it (a 10.128.1.0/24 LAN
+    under a 10.0.0.0/8 overlay), or an endpoint WireGuard sends to - a subnet-wide guard would
+    capture the underlay's own traffic (WireGuard's, and the controller's datagrams to nodes at
+    such addresses), so the guard is then one host route per overlay address we route or routed
+    (``routed``, "a.b.c.d/32"; those on an endpoint in use left out): it still keeps a node's
+    traffic in while its route is replaced or after the node went, but an address never routed
+    here is not covered (as with the original, which has no guard at all)."""
+    endpoints = {a for a in endpoints if a.version == subnet.version}
+    overlap = any(n.version == subnet.version and n.subnet_of(subnet) for n in underlay_routes) or \
+        any(a in subnet for a in endpoints)
+    if not overlap:
+        return [str(subnet)]
+    return sorted(r for r in routed if ipaddress.ip_network(r).network_address not in endpoints)
 
 
 # ----------------------------------------------------------------- planning

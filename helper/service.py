@@ -54,6 +54,7 @@ from wg_netmanager.dbus.compat import (
 
 from . import device, keys
 from .model import (
+    GUARD_REMEMBERED,
     InvalidArgs,
     PeerOp,
     check_ifname,
@@ -125,8 +126,10 @@ class Helper1(ServiceInterface):
         self.domain = config.domain
         self.revoked_wg_keys = config.revoked_wg_keys
         self.static_underlay = static_underlay(config.peers)
-        #: per device, the endpoints its peers send to (the leak guard leaves those inside the subnet out)
+        #: per device, the endpoints its peers send to, and the overlay /32s routed so far (in
+        #: order, the latest last): what the leak guard needs (model.guard_prefixes)
         self._guard_endpoints: dict[str, set] = {}
+        self._routed: dict[str, None] = {}
         self.auth = CallerAuth(bus, HelperErrors.NOT_AUTHORIZED)
         self._locks = {name: asyncio.Lock() for name in interfaces}
         self._devices: dict[str, _Device] = {}
@@ -217,19 +220,30 @@ class Helper1(ServiceInterface):
                 fixed.setdefault(plain(iface.ip), f"an address of this box (on {name})")
         return fixed
 
+    def _remember(self, prefixes) -> None:
+        for p in prefixes:
+            self._routed.pop(p, None)
+            self._routed[p] = None
+        while len(self._routed) > GUARD_REMEMBERED:
+            del self._routed[next(iter(self._routed))]
+
+    def _guard(self, scan: RouteScan) -> list[str]:
+        endpoints = set(self.static_underlay).union(*self._guard_endpoints.values())
+        return guard_prefixes(self.subnet, scan.underlay, endpoints, self._routed)
+
     def set_leak_guard(self, scan: RouteScan | None = None) -> None:
-        """The subnet's last-resort routes (see helper.routes.encode_guard): overlay traffic with
+        """The leak guard (helper.routes.encode_guard, model.guard_prefixes): overlay traffic with
         no route of ours is refused here instead of leaving in clear text. Set at start, before any
         controller asks (a booting box's programs may send before the mesh is up), and again with
-        every device and Apply: when the subnet contains underlay addresses (a 10.0.0.0/8 overlay
-        over a 10.x LAN), the guard leaves out the underlay's routes and the endpoints WireGuard
-        sends to (model.guard_prefixes), so that it never captures WireGuard's own packets."""
+        every device and Apply (new pieces first)."""
         scan = scan or self._routes.scan(0, self._wg_indexes())
-        endpoints = set(self.static_underlay).union(*self._guard_endpoints.values())
-        self._routes.set_guard(scan.guard, guard_prefixes(self.subnet, scan.underlay, endpoints))
+        want = self._guard(scan)
+        if set(want) != scan.guard:
+            self._routes.set_guard(scan.guard, want)
 
-    async def live_endpoints(self) -> None:
-        """At start: the endpoints of the peers already on our devices (a helper restart)."""
+    async def adopt_live_state(self) -> None:
+        """At start (a helper restart): the endpoints of the peers already on our devices, and
+        the overlay addresses routed there and guarded before."""
         for name in self.interfaces:
             try:
                 dev = await self._device(name)
@@ -237,6 +251,8 @@ class Helper1(ServiceInterface):
             except (device.DeviceError, UapiError, OSError):
                 continue
             self._guard_endpoints[name] = _endpoints(live.peers.values())
+            self._remember(self._routes.list(dev.index))
+        self._remember(p for p in self._routes.scan(0).guard if p.endswith(("/32", "/128")))
 
     # ------------------------------------------------------------ methods
 
@@ -290,15 +306,9 @@ class Helper1(ServiceInterface):
             ops = plan_peers(live.peers, desired_peers)
             scan = self._routes.scan(dev.index, self._wg_indexes())
             add, replace, delete = plan_routes(scan.ours, desired_routes)
-            endpoints = {a for a, why in underlay.items() if why.startswith("peer #")}
-            before = self._guard_endpoints.get(ifname)
-            self._guard_endpoints[ifname] = endpoints
-            try:
-                guard = guard_prefixes(self.subnet, scan.underlay, set(self.static_underlay).union(
-                    *self._guard_endpoints.values()))
-            except InvalidArgs:
-                self._guard_endpoints[ifname] = before or set()
-                raise
+            self._guard_endpoints[ifname] = {a for a, why in underlay.items() if why.startswith("peer #")}
+            self._remember(desired_routes)
+            guard = self._guard(scan)
             # make before break: new peers/IPs, then new routes, then removals
             make = [op for op in ops if not op.remove and not op.replace_allowed_ips]
             brk = [op for op in ops if op.remove or op.replace_allowed_ips]
@@ -413,9 +423,9 @@ async def serve(args: argparse.Namespace) -> int:
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     helper = Helper1(bus, Path(args.config), args.interface, Path(args.state_dir), _controller_uids(args.allow_user))
     try:
-        await helper.live_endpoints()
+        await helper.adopt_live_state()
         helper.set_leak_guard()
-    except (OSError, RouteError, InvalidArgs) as e:  # (the helper still serves; EnsureDevice tries again)
+    except (OSError, RouteError) as e:  # (the helper still serves; EnsureDevice tries again)
         log.error("cannot set the leak guard route", extra={"subnet": str(helper.subnet), "error": str(e)})
     bus.export(HELPER_OBJECT_PATH, helper)
     reply = await bus.request_name(HELPER_BUS_NAME)

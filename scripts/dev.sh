@@ -78,12 +78,14 @@ run_tests() {
     "$VENV/bin/python" -m pytest "$@"
     log "D-Bus tests again with dbus-next only"
     "$VENV_NEXT/bin/python" -c 'import wg_netmanager.dbus.compat as c; assert c.LIBRARY == "dbus-next", c.LIBRARY'
-    # (the chaos run exercises the product, not the D-Bus library: once is enough)
+    # (the chaos run and the pause tests exercise the core's liveness rules, not the D-Bus
+    # library: once, above, is enough)
     "$VENV_NEXT/bin/python" -m pytest -m "netns and not boot" -q -p no:cacheprovider \
-        --deselect tests/test_chaos_netns.py "$@"
+        --deselect tests/test_chaos_netns.py -k "not paused_controller" "$@"
     log "helper and mesh on real parts again with Debian's python3-* packages"
     "$VENV_DEBIAN/bin/python" -c 'import dbus_fast, nacl; assert dbus_fast.__file__.startswith("/usr/lib/python3/")'
-    "$VENV_DEBIAN/bin/python" -m pytest -q -p no:cacheprovider tests/test_helper_netns.py tests/test_mesh_netns.py "$@"
+    "$VENV_DEBIAN/bin/python" -m pytest -q -p no:cacheprovider tests/test_helper_netns.py tests/test_mesh_netns.py \
+        -k "not paused_controller" "$@"
 }
 
 cmd="${1:-test}"

@@ -114,28 +114,22 @@ def test_a_kept_endpoint_counts_as_in_use():
         check_underlay(desired, {}, live, {})
 
 
-def test_the_leak_guard_leaves_the_underlay_out():
-    from wg_netmanager.helper.model import GUARD_MAX, guard_prefixes
+def test_the_leak_guard_covers_the_subnet_or_else_every_address_routed():
+    from wg_netmanager.helper.model import guard_prefixes
 
-    net = ipaddress.ip_network
-    # apart from the underlay (the usual case): the subnet itself
-    assert guard_prefixes(net("10.1.1.0/24"), [net("0.0.0.0/0"), net("192.168.1.0/24")], []) == ["10.1.1.0/24"]
-    # a LAN inside the subnet keeps its route; an endpoint on it needs nothing more
-    lan = guard_prefixes(WIDE, [net("0.0.0.0/0"), net("10.128.1.0/24")], [ipaddress.ip_address("10.128.1.5")])
-    covered = [n for n in map(net, lan) if n.overlaps(net("10.128.1.0/24"))]
-    assert covered == [] and len(lan) == 16
-    assert list(ipaddress.collapse_addresses(map(net, [*lan, "10.128.1.0/24"]))) == [WIDE]
-    # a static peer through the default route: exactly its address is left out
-    far = ipaddress.ip_address("10.200.0.5")
-    pieces = list(map(net, guard_prefixes(WIDE, [net("10.128.1.0/24")], [far])))
-    assert not any(far in p for p in pieces) and any(ipaddress.ip_address("10.200.0.4") in p for p in pieces)
-    assert list(ipaddress.collapse_addresses([*pieces, net("10.200.0.5/32"), net("10.128.1.0/24")])) == [WIDE]
-    # the LAN is the whole subnet: no guard can be had
-    assert guard_prefixes(WIDE, [net("10.0.0.0/8")], []) == []
-    # too many holes: refused with a clear word
-    many = [ipaddress.ip_address(f"10.{i}.{j}.1") for i in range(1, 100) for j in range(0, 200, 7)]
-    with pytest.raises(InvalidArgs, match=f"more than {GUARD_MAX} routes"):
-        guard_prefixes(WIDE, [], many)
+    net, addr = ipaddress.ip_network, ipaddress.ip_address
+    routed = ["10.1.1.3/32", "10.1.1.4/32", "10.128.1.7/32"]
+    # apart from the underlay (the usual case), or inside a LAN's wider range: the subnet itself
+    assert guard_prefixes(net("10.1.1.0/24"), [net("0.0.0.0/0"), net("192.168.1.0/24")], [], routed) == \
+        ["10.1.1.0/24"]
+    assert guard_prefixes(net("10.1.1.0/24"), [net("10.0.0.0/8")], [addr("198.51.100.2")], routed) == \
+        ["10.1.1.0/24"]
+    # the subnet contains a LAN, or an endpoint (a static peer behind the default route), or is
+    # the LAN: a host route per address routed, none on an endpoint in use
+    for routes, endpoints in (([net("10.128.1.0/24")], []), ([], [addr("10.200.0.5")]),
+                              ([net("10.0.0.0/8")], [addr("10.128.1.7")])):
+        expected = ["10.1.1.3/32", "10.1.1.4/32"] + ([] if addr("10.128.1.7") in endpoints else ["10.128.1.7/32"])
+        assert guard_prefixes(WIDE, routes, endpoints, routed) == expected
 
 
 def test_peer_set_level_refusals():

@@ -299,7 +299,9 @@ def test_a_paused_controller_resumes_without_flapping(mesh, who):
     marks = {name: len(b.log("controller")) for name, b in boxes.items()}
     time.sleep(20)
     downs = {name: b.log("controller")[marks[name]:].count("msg=link_down") for name, b in boxes.items()}
-    assert downs == {name: 0 for name in boxes}, downs
+    assert downs == {name: 0 for name in boxes}, (downs, {
+        name: [line for line in b.log("controller")[marks[name] - 3000:].splitlines()
+               if "link_" in line or "probe" in line] for name, b in boxes.items()})
     assert every_pair_pings(boxes, OVERLAY) == []
     assert wait_for(lambda: all_direct(boxes), 60), {n: paths(b) for n, b in boxes.items()}  # (for the next test)
 
