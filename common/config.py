@@ -7,7 +7,6 @@ bounds it enforces (the overlay subnet). Errors name the file and line.
 from __future__ import annotations
 
 import base64
-import difflib
 import ipaddress
 import logging
 import os
@@ -66,6 +65,8 @@ def raise_problems(problems: list[ConfigError]) -> None:
 
 def _unknown_key(path: str, m: Any, key: Any, known: set[str], where: str = "") -> ConfigError:
     """An unknown key is an error (a typo would otherwise be silently ignored)."""
+    import difflib  # (only for a mistyped key: not a module every daemon carries)
+
     close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
     if not close:
         close = [k for k in sorted(known) if k.lower() == str(key).lower()]

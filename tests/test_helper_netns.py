@@ -173,6 +173,11 @@ BAD = [
     ("Apply", ["wg0", [["K" * 43 + "=", "1.2.3.4", [], 0]], []], HelperErrors.INVALID_ARGS, "ip:port"),
     ("Apply", ["wg0", [["K" * 43 + "=", "1.2.3.4:99999", [], 0]], []], HelperErrors.INVALID_ARGS, "port"),
     ("Apply", ["wg0", [["K" * 43 + "=", "", [], 99999]], []], HelperErrors.INVALID_ARGS, "keepalive"),
+    # an endpoint inside the subnet is fine, a /32 on it is a routing loop (common.endpoints.collision)
+    ("Apply", ["wg0", [["K" * 43 + "=", "10.1.1.50:51820", ["10.1.1.50/32"], 0]], []], HelperErrors.INVALID_ARGS,
+     "10.1.1.50 is peer #0's endpoint: routing it into the tunnel would loop"),
+    ("Apply", ["wg0", [["K" * 43 + "=", "10.1.1.50:51820", [], 0]], [["10.1.1.50/32", ""]]],
+     HelperErrors.INVALID_ARGS, "route #0: destination 10.1.1.50 is peer #0's endpoint"),
     ("Apply", ["wg0", [["K" * 43 + "=", "", [], 0]] * 5000, []], HelperErrors.INVALID_ARGS, "cap"),
     ("Apply", ["eth0", [], []], HelperErrors.NOT_MANAGED, "not managed"),
     ("Apply", ["../x", [], []], HelperErrors.INVALID_ARGS, "not valid"),

@@ -74,10 +74,13 @@ SYNC_JITTER = 0.5
 SYNC_CALM_AFTER = 30.0
 SYNC_CALM_INTERVAL = 30.0
 #: how often the data plane should be observed: while handshakes are awaited, while links
-#: carry traffic, otherwise
+#: carry traffic, otherwise, and when every link is quiet (no traffic for QUIET_AFTER: a
+#: packet that starts to flow over a dead link is then noticed up to 2 s later, still well
+#: inside the idle failover goal of 3 s; each look costs a D-Bus round trip and a device read)
 OBSERVE_FAST = 0.1
 OBSERVE_BUSY = 0.2
 OBSERVE_SLOW = 1.0
+OBSERVE_QUIET = 2.0
 
 
 class Core:
@@ -344,7 +347,9 @@ class Core:
         often while links carry traffic (a dead one is noticed in time)."""
         if self.links.attempting or self._first_look:
             return OBSERVE_FAST
-        return OBSERVE_BUSY if self.links.busy_until > self._observed_at else OBSERVE_SLOW
+        if self.links.busy_until > self._observed_at:
+            return OBSERVE_BUSY
+        return OBSERVE_QUIET if self.links.all_quiet(self._observed_at) else OBSERVE_SLOW
 
     def persistent_state(self) -> dict:
         """What a restarted controller resumes from: bindings, our record version, the RTT claims
