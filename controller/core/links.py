@@ -305,10 +305,6 @@ class Links:
         ref = next(((e.address, e.port) for e in member.info.endpoints if e.kind == EP_REFLEXIVE), None)
         return self._behind_nat(ref, {e.address for e in member.info.endpoints if e.kind == EP_LAN})
 
-    def all_quiet(self, now: float) -> bool:
-        """Whether every link that is up is quiet (no traffic of its users for QUIET_AFTER)."""
-        return all(link.quiet(now) for link in self.links.values() if link.state == UP)
-
     # ------------------------------------------------------------------ the data plane
 
     def desired_peers(self, now: float, observed: Mapping[bytes, PeerObservation],
