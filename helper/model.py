@@ -278,19 +278,33 @@ def endpoint_address(endpoint: str) -> IPAddress:
     return plain(ipaddress.ip_address(endpoint.rpartition(":")[0].strip("[]")))
 
 
+def endpoint_addresses(endpoints: Iterable[str | None]) -> dict[IPAddress, int]:
+    """The addresses WireGuard sends to for these endpoints, each with the position of the
+    first endpoint that has it (None, or nothing WireGuard could send to, skipped)."""
+    found: dict[IPAddress, int] = {}
+    for i, endpoint in enumerate(endpoints):
+        try:
+            found.setdefault(endpoint_address(endpoint), i)
+        except (AttributeError, ValueError):
+            pass
+    return found
+
+
+def peer_set_endpoints(peers: Mapping[bytes, PeerSpec], live: Mapping[bytes, PeerState]) -> dict[IPAddress, int]:
+    """endpoint_addresses of the resulting peer set: each peer's endpoint as given, or the live
+    one it keeps when none is given."""
+    return endpoint_addresses(spec.endpoint or (live[key].endpoint if key in live else None)
+                              for key, spec in peers.items())
+
+
 def check_underlay(peers: Mapping[bytes, PeerSpec], routes: Mapping[str, RouteSpec],
-                   live: Mapping[bytes, PeerState], fixed: Mapping[IPAddress, str]) -> dict[IPAddress, str]:
+                   endpoints: Mapping[IPAddress, int], fixed: Mapping[IPAddress, str]) -> None:
     """Refuse (InvalidArgs) an allowed IP, route or gateway on an underlay address in use
     (common.endpoints.collision): ``fixed`` (this box's addresses outside the tunnel, the static
-    peers' endPoints) and every endpoint of the resulting peer set (given, or kept from ``live``
-    when not given). Returns that underlay map (the leak guard leaves its addresses out)."""
+    peers' endPoints) and ``endpoints``, those of the resulting peer set (peer_set_endpoints)."""
     underlay = dict(fixed)
-    for i, (key, spec) in enumerate(peers.items()):
-        endpoint = spec.endpoint or (live[key].endpoint if key in live else None)
-        try:
-            underlay.setdefault(endpoint_address(endpoint), f"peer #{i}'s endpoint")
-        except (AttributeError, ValueError):
-            pass  # (none, or nothing WireGuard could send to)
+    for addr, i in endpoints.items():
+        underlay.setdefault(addr, f"peer #{i}'s endpoint")
     for i, spec in enumerate(peers.values()):
         for ip in spec.allowed_ips:
             problem = collision(ipaddress.ip_network(ip).network_address, underlay)
@@ -301,7 +315,6 @@ def check_underlay(peers: Mapping[bytes, PeerSpec], routes: Mapping[str, RouteSp
             problem = collision(ipaddress.ip_address(ip), underlay) if ip else None
             if problem is not None:
                 raise InvalidArgs(f"route #{i}: {what} {problem}")
-    return underlay
 
 
 #: how many overlay addresses the leak guard remembers where it cannot cover the whole subnet

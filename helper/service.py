@@ -60,12 +60,13 @@ from .model import (
     check_ifname,
     check_underlay,
     encode_key,
-    endpoint_address,
+    endpoint_addresses,
     guard_prefixes,
     parse_dns_server,
     parse_interface_address,
     parse_peers,
     parse_routes,
+    peer_set_endpoints,
     plan_peers,
     plan_routes,
     summarize,
@@ -227,32 +228,29 @@ class Helper1(ServiceInterface):
         while len(self._routed) > GUARD_REMEMBERED:
             del self._routed[next(iter(self._routed))]
 
-    def _guard(self, scan: RouteScan) -> list[str]:
-        endpoints = set(self.static_underlay).union(*self._guard_endpoints.values())
-        return guard_prefixes(self.subnet, scan.underlay, endpoints, self._routed)
-
     def set_leak_guard(self, scan: RouteScan | None = None) -> None:
         """The leak guard (helper.routes.encode_guard, model.guard_prefixes): overlay traffic with
         no route of ours is refused here instead of leaving in clear text. Set at start, before any
         controller asks (a booting box's programs may send before the mesh is up), and again with
-        every device and Apply (new pieces first)."""
+        every device and Apply (new pieces first; nothing sent when it is as it should be)."""
         scan = scan or self._routes.scan(0, self._wg_indexes())
-        want = self._guard(scan)
-        if set(want) != scan.guard:
-            self._routes.set_guard(scan.guard, want)
+        endpoints = set(self.static_underlay).union(*self._guard_endpoints.values())
+        self._routes.set_guard(scan.guard, guard_prefixes(self.subnet, scan.underlay, endpoints, self._routed))
 
-    async def adopt_live_state(self) -> None:
-        """At start (a helper restart): the endpoints of the peers already on our devices, and
-        the overlay addresses routed there and guarded before."""
+    async def start_leak_guard(self) -> None:
+        """At start: the guard, from what a helper before us left (a restart): the endpoints of
+        the peers already on our devices, the overlay addresses routed there and guarded."""
         for name in self.interfaces:
             try:
                 dev = await self._device(name)
                 live = await dev.backend.get()
             except (device.DeviceError, UapiError, OSError):
                 continue
-            self._guard_endpoints[name] = _endpoints(live.peers.values())
+            self._guard_endpoints[name] = set(endpoint_addresses(p.endpoint for p in live.peers.values()))
             self._remember(self._routes.list(dev.index))
-        self._remember(p for p in self._routes.scan(0).guard if p.endswith(("/32", "/128")))
+        scan = self._routes.scan(0, self._wg_indexes())
+        self._remember(p for p in scan.guard if p.endswith(("/32", "/128")))
+        self.set_leak_guard(scan)
 
     # ------------------------------------------------------------ methods
 
@@ -279,7 +277,7 @@ class Helper1(ServiceInterface):
             for problem in device.enable_forwarding(ifname, index, iface.version):
                 log.warning("cannot enable relaying on the interface", extra={"ifname": ifname, "error": problem})
             live = await backend.get()
-            self._guard_endpoints[ifname] = _endpoints(live.peers.values())
+            self._guard_endpoints[ifname] = set(endpoint_addresses(p.endpoint for p in live.peers.values()))
             self.set_leak_guard()
             dev = _Device(ifname, index, backend)
             dev.own_ip = str(iface.ip)
@@ -302,21 +300,20 @@ class Helper1(ServiceInterface):
             own_ip = ipaddress.ip_address(dev.own_ip) if dev.own_ip else None
             desired_peers = parse_peers(peers, self.subnet, own_key, own_ip, self.revoked_wg_keys)
             desired_routes = parse_routes(routes, self.subnet, own_ip)
-            underlay = check_underlay(desired_peers, desired_routes, live.peers, self._fixed_underlay())
+            endpoints = peer_set_endpoints(desired_peers, live.peers)
+            check_underlay(desired_peers, desired_routes, endpoints, self._fixed_underlay())
             ops = plan_peers(live.peers, desired_peers)
             scan = self._routes.scan(dev.index, self._wg_indexes())
             add, replace, delete = plan_routes(scan.ours, desired_routes)
-            self._guard_endpoints[ifname] = {a for a, why in underlay.items() if why.startswith("peer #")}
-            self._remember(desired_routes)
-            guard = self._guard(scan)
             # make before break: new peers/IPs, then new routes, then removals
             make = [op for op in ops if not op.remove and not op.replace_allowed_ips]
             brk = [op for op in ops if op.remove or op.replace_allowed_ips]
             await dev.backend.apply(make)
             if add or replace:
                 self._routes.add_or_replace(dev.index, add + replace, dev.own_ip)
-            if set(guard) != scan.guard:
-                self._routes.set_guard(scan.guard, guard)
+            self._guard_endpoints[ifname] = set(endpoints)
+            self._remember(desired_routes)
+            self.set_leak_guard(scan)
             if delete:
                 self._routes.delete(dev.index, delete)
             await dev.backend.apply(brk)
@@ -399,16 +396,6 @@ def load_trusted_config(path: Path):
     return load_network_config(path)
 
 
-def _endpoints(peers) -> set:
-    found = set()
-    for p in peers:
-        try:
-            found.add(endpoint_address(p.endpoint))
-        except (AttributeError, ValueError):
-            pass
-    return found
-
-
 def _controller_uids(users: list[str]) -> set[int]:
     uids = {0}
     for user in users:
@@ -423,8 +410,7 @@ async def serve(args: argparse.Namespace) -> int:
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     helper = Helper1(bus, Path(args.config), args.interface, Path(args.state_dir), _controller_uids(args.allow_user))
     try:
-        await helper.adopt_live_state()
-        helper.set_leak_guard()
+        await helper.start_leak_guard()
     except (OSError, RouteError) as e:  # (the helper still serves; EnsureDevice tries again)
         log.error("cannot set the leak guard route", extra={"subnet": str(helper.subnet), "error": str(e)})
     bus.export(HELPER_OBJECT_PATH, helper)

@@ -93,25 +93,27 @@ def test_no_overlay_route_on_an_underlay_address_in_use(peer_list, route_list, w
     """common.endpoints.collision, as the helper applies it (check_underlay): allowed IPs, routes
     and gateways against the endpoints of the resulting peer set, the static endPoints and this
     box's own addresses."""
-    from wg_netmanager.helper.model import check_underlay
+    from wg_netmanager.helper.model import check_underlay, peer_set_endpoints
 
     desired = parse_peers([list(e) for e in peer_list], WIDE, own_key=raw(99))
     routes = parse_routes([list(r) for r in route_list], WIDE, None)
+    endpoints = peer_set_endpoints(desired, {})
     if words is None:
-        assert ipaddress.ip_address("10.128.1.7") in check_underlay(desired, routes, {}, FIXED)
+        assert ipaddress.ip_address("10.128.1.7") in endpoints
+        check_underlay(desired, routes, endpoints, FIXED)
     else:
         with pytest.raises(InvalidArgs, match=words + ".*routing it into the tunnel would loop"):
-            check_underlay(desired, routes, {}, FIXED)
+            check_underlay(desired, routes, endpoints, FIXED)
 
 
 def test_a_kept_endpoint_counts_as_in_use():
     """An empty endpoint keeps the live one: that one is in use too."""
-    from wg_netmanager.helper.model import check_underlay
+    from wg_netmanager.helper.model import check_underlay, peer_set_endpoints
 
     desired = parse_peers([[key(1), "", [], 0], [key(2), "", ["10.128.1.7/32"], 0]], WIDE, own_key=raw(99))
     live = {raw(1): PeerState(raw(1), endpoint="10.128.1.7:51820")}
     with pytest.raises(InvalidArgs, match="peer #0's endpoint"):
-        check_underlay(desired, {}, live, {})
+        check_underlay(desired, {}, peer_set_endpoints(desired, live), {})
 
 
 def test_the_leak_guard_covers_the_subnet_or_else_every_address_routed():

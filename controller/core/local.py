@@ -41,6 +41,16 @@ def parse_ep(text: str) -> tuple[str, int] | None:
     return host.strip("[]").split("%")[0], int(port)
 
 
+@functools.lru_cache(maxsize=4096)
+def _plain_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` is on the wire (common.endpoints.plain), None for a host name.
+    Memoised: every data-plane build looks at every peer's endpoint (Core._underlay_clashes)."""
+    try:
+        return plain(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 def is_hostname(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -154,16 +164,14 @@ class LocalNode:
         found = {}
 
         def note(host: str, why: str) -> None:
-            try:
-                addr = plain(ipaddress.ip_address(host))
-            except ValueError:
-                return  # (a host name: not resolved here)
-            if addr.version == net.version and addr in net:
+            addr = _plain_address(host)
+            if addr is not None and addr.version == net.version and addr in net:
                 found[addr] = why
 
         for text in endpoints:
-            if text:
-                note(text.rpartition(":")[0].strip("[]"), f"a WireGuard endpoint here ({text})")
+            ep = parse_ep(text) if text else None
+            if ep is not None:
+                note(ep[0], f"a WireGuard endpoint here ({text})")
         for p in (*self.static_by_ip.values(), *((self.static_self,) if self.static_self else ())):
             note(p.host, f"static peer {p.overlay_ip}'s endPoint")
         for ip in self.lan.ips():
