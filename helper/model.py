@@ -210,6 +210,8 @@ def parse_peers(raw: object, subnet: IPNetwork, own_key: bytes | None,
         if not isinstance(endpoint, str):
             raise InvalidArgs(f"peer #{i}: endpoint must be a string")
         ep = parse_endpoint(endpoint)
+        if ep is not None and own_ip is not None and endpoint_address(ep) == plain(own_ip):
+            raise InvalidArgs(f"peer #{i}: endpoint {quote(endpoint)} is this device's own overlay address")
         if not isinstance(allowed, list):
             raise InvalidArgs(f"peer #{i}: allowed IPs must be an array")
         total_ips += len(allowed)

@@ -65,8 +65,9 @@ def peers(*entries):
     ((base64.b64encode(bytes([1]) + bytes(31)).decode(), "", [], 0), "small order"),
     ((base64.b64encode(bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")).decode(),
       "", [], 0), "small order"),
-    # a peer may not own this node's overlay address
+    # a peer may not own this node's overlay address, nor be sent to there
     ((key(1), "", ["10.1.1.1/32"], 0), "own address"),
+    ((key(1), "10.1.1.1:51820", [], 0), "own overlay address"),
 ])
 def test_peer_refusals(entry, words):
     with pytest.raises(InvalidArgs, match=words):
