@@ -10,6 +10,7 @@
                      packets/s one laptop sends over a --window s window (WireGuard and admin)
   idle_pps_total     the same for all 10 boxes together
   idle_cpu_pct_node  CPU of that laptop's controller + helper + wireguard-go over the window
+                     (idle_cpu_pct_controller / _helper / _wireguard_go: each one's share)
   rss_*_mb           their resident sets at the end (rss_node_mb: the three together)
 Final stdout line: {"failover_active_s", "failover_idle_s", "idle_pps_node", "idle_pps_total",
 "idle_cpu_pct_node", "rss_helper_mb", "rss_controller_mb", "rss_wireguard_go_mb", "rss_node_mb", ...}
@@ -97,15 +98,17 @@ def idle_cost(idle: float, window: float) -> dict:
         laptop = mesh.boxes["charlie"]  # on the home LAN, behind the NAT
         pids = daemon_pids(laptop)
         before = {name: underlay_packets(box) for name, box in mesh.boxes.items()}
-        cpu_before = sum(cpu_seconds(pid) for pid in pids.values())
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         time.sleep(window)
-        cpu = sum(cpu_seconds(pid) for pid in pids.values()) - cpu_before
+        cpu_each = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        cpu = sum(cpu_each.values())
         after = {name: underlay_packets(box) for name, box in mesh.boxes.items()}
         sent = {name: sum(after[name][:2]) - sum(before[name][:2]) for name in mesh.boxes}
         rss = {name: rss_mb(pid) for name, pid in pids.items()}
     return {"idle_pps_node": round(sent["charlie"] / window, 2),
             "idle_pps_total": round(sum(sent.values()) / window, 2),
             "idle_cpu_pct_node": round(100 * cpu / window, 2),
+            **{f"idle_cpu_pct_{name.replace('-', '_')}": round(100 * x / window, 2) for name, x in cpu_each.items()},
             "rss_helper_mb": round(rss.get("helper", 0), 1), "rss_controller_mb": round(rss.get("controller", 0), 1),
             "rss_wireguard_go_mb": round(rss.get("wireguard-go", 0), 1), "rss_node_mb": round(sum(rss.values()), 1),
             "idle_s": idle, "window_s": window, "boxes": len(every)}

@@ -222,12 +222,14 @@ class Controller1(ServiceInterface):
         return "down" if self.c.is_down else "up"
 
     async def signal_loop(self) -> None:
-        """MeshChanged at most about once a second."""
+        """MeshChanged when the mesh changed, at most about once a second (asleep otherwise)."""
         while True:
-            await asyncio.sleep(1.0)
+            await self.c.mesh_changed.wait()
+            self.c.mesh_changed.clear()
             if self.c.mesh_generation != self._emitted:
                 self._emitted = self.c.mesh_generation
                 self.MeshChanged()
+            await asyncio.sleep(1.0)
 
 
 def _b64(raw: bytes) -> str:

@@ -203,6 +203,63 @@ def box_addresses(exclude_ifname: str) -> list[tuple[str, str, int]]:
     return sorted(out)
 
 
+class Wakeup:
+    """An event to wait for with a timeout, costing one timer and one future per wait.
+    ``asyncio.wait_for(event.wait(), t)`` wraps the wait in a task and, when the time is up,
+    cancels it and raises: on an idle controller, whose loops wake about once a second, that was
+    much of its CPU."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """True when set (now or within ``timeout`` seconds), False when the time is up."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        self._waiter = fut = loop.create_future()
+        handle = None if timeout is None else loop.call_later(timeout, _time_up, fut)
+        try:
+            return await fut
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+
+def _time_up(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+def device_packets(ifname: str) -> tuple[int, int] | None:
+    """The packets the device received and sent (its netdev counters, from /proc/net/dev of
+    our own network namespace: no helper, no privilege), or None when it is not there."""
+    prefix = ifname + ":"
+    try:
+        with open("/proc/net/dev") as f:
+            for line in f:
+                line = line.lstrip()
+                if line.startswith(prefix):
+                    fields = line[len(prefix):].split()
+                    return int(fields[1]), int(fields[9])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def local_addresses(exclude_ifname: str) -> list[tuple[str, int]]:
     """The LAN addresses the core advertises (the original's LocalContact)."""
     return sorted({(addr, prefix) for _, addr, prefix in box_addresses(exclude_ifname)})
@@ -307,7 +364,9 @@ class Controller:
         self._wg_index = 0  # (see wg_index; forgotten whenever the device is ensured again)
         self.applied_version = -1
         self.apply_wanted = asyncio.Event()
-        self.poll_now = asyncio.Event()
+        self.poll_now = Wakeup()
+        #: set whenever mesh_generation moves (Controller1's MeshChanged signal waits for it)
+        self.mesh_changed = Wakeup()
         self.stop = asyncio.Event()
         self.timer: asyncio.TimerHandle | None = None
         self.mesh_generation = 0
@@ -522,7 +581,7 @@ class Controller:
             log.info("left the mesh; data plane removed", extra=removed)
         except (HelperError, DBusError) as e:
             log.error("Teardown failed", extra={"error": str(e)})
-        self.mesh_generation += 1
+        self.bump_mesh_generation()
         return True
 
     async def go_up(self) -> bool:
@@ -535,7 +594,7 @@ class Controller:
         self.applied_version = -1
         self.is_down = False
         log.info("back in the mesh")
-        self.mesh_generation += 1
+        self.bump_mesh_generation()
         self.pump()
         self.poll_now.set()
         return True
@@ -670,7 +729,7 @@ class Controller:
             for listener in self.listeners:
                 listener(event)
         if changed:
-            self.mesh_generation += 1
+            self.bump_mesh_generation()
         if core.dataplane_version != self.applied_version:
             self.apply_wanted.set()
         if self.timer is not None:
@@ -678,6 +737,10 @@ class Controller:
         loop = asyncio.get_running_loop()
         delay = max(0.0, core.next_deadline() - time.time())
         self.timer = loop.call_later(delay, self.on_timer)
+
+    def bump_mesh_generation(self) -> None:
+        self.mesh_generation += 1
+        self.mesh_changed.set()
 
     def on_timer(self) -> None:
         self.timer = None
@@ -722,10 +785,17 @@ class Controller:
                 self.poll_now.set()  # a handshake may follow this Apply at once: look soon
 
     async def poll_loop(self) -> None:
+        counters = None
         while True:
             if self.is_down:
                 await asyncio.sleep(1.0)
                 continue
+            seen = device_packets(self.s.interface)
+            if not self.poll_now.is_set() and not self.core.look_needed(time.time(), seen is None or seen != counters):
+                counters = seen
+                await self._poll_wait()
+                continue
+            counters = seen
             try:
                 key, port, peers = await self.helper.get_state(self.s.interface)
                 self.follow_key(key)
@@ -736,12 +806,12 @@ class Controller:
             except (HelperError, DBusError) as e:
                 log.warning("GetState failed", extra={"error": str(e)})
                 await asyncio.sleep(1.0)
-            self.poll_now.clear()
-            try:
-                await asyncio.wait_for(self.poll_now.wait(), self.core.observation_interval())
-                await asyncio.sleep(0.02)
-            except TimeoutError:
-                pass
+            await self._poll_wait()
+
+    async def _poll_wait(self) -> None:
+        self.poll_now.clear()
+        if await self.poll_now.wait(self.core.observation_interval()):
+            await asyncio.sleep(0.02)
 
     async def housekeeping_loop(self) -> None:
         """Every 5 s: persist, hop ports; every minute: re-resolve static peers (dynamic DNS)."""
