@@ -23,7 +23,8 @@ time, from its start until the next fault, that any pair went without a reply be
 interval; for a reboot the time the box was down by design (kill -> daemons starting) does not
 count.
 
-Counted besides: link downs and Applies in the quiet minute (controller logs), WireGuard peers
+Counted besides: link downs and Applies in the quiet minute (controller logs; their lines,
+with link and path changes, in "quiet_log"), WireGuard peers
 and proto-157 routes left that belong to no live node (at the end), overlay packets in clear
 text on any underlay segment (an nftables bridge counter on every segment: a packet to or from
 the overlay subnet that is not inside the tunnel), ICMP redirects sent or received by the
@@ -393,6 +394,9 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         quiet_end = time.time()
         downs = count_in_logs(mesh, marks, "msg=link_down")
         applies = count_in_logs(mesh, marks, "msg=applied")
+        quiet_lines = {name: [line[:240] for line in box.log("controller")[marks[name]:].splitlines()
+                              if "msg=applied" in line or "msg=link_" in line or "msg=path_changed" in line]
+                       for name, box in mesh.boxes.items()}
         pingers.stop()
         pingers.stopping.set()
         sampler.stopping.set()
@@ -439,6 +443,7 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         "helper_rss_growth_mb_per_h": helper_growth, "helper_rss_peak_mb": helper_peak,
         "direct_paths_at_end": direct, "worst": {k: v[1] for k, v in sorted(worst_pair.items())},
         "quiet_link_downs_by_node": {k: v for k, v in downs.items() if v},
+        "quiet_log": {k: v for k, v in quiet_lines.items() if v},
         "minutes": minutes, "period_s": period, "quiet_s": quiet, "seed": seed,
         "boxes": len(every), "pairs": len(PAIRS), "ping_interval_s": INTERVAL,
     }
