@@ -336,10 +336,6 @@ def stale(mesh: topologies.Mesh) -> tuple[int, int, int]:
     return stale_peers, stale_routes, missing
 
 
-def count_in_logs(mesh: topologies.Mesh, marks: dict[str, int], needle: str) -> dict[str, int]:
-    return {name: box.log("controller")[marks[name]:].count(needle) for name, box in mesh.boxes.items()}
-
-
 def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: int = 1,
         kinds: Sequence[str] = FAULTS) -> dict:
     """The whole run (see the module's docstring); returns the result (bench/chaos.py prints it)."""
@@ -392,11 +388,12 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         marks = {name: len(box.log("controller")) for name, box in mesh.boxes.items()}
         time.sleep(quiet)
         quiet_end = time.time()
-        downs = count_in_logs(mesh, marks, "msg=link_down")
-        applies = count_in_logs(mesh, marks, "msg=applied")
-        quiet_lines = {name: [line[:240] for line in box.log("controller")[marks[name]:].splitlines()
+        tails = {name: box.log("controller")[marks[name]:] for name, box in mesh.boxes.items()}  # the quiet minute's
+        downs = {name: tail.count("msg=link_down") for name, tail in tails.items()}
+        applies = {name: tail.count("msg=applied") for name, tail in tails.items()}
+        quiet_lines = {name: [line[:240] for line in tail.splitlines()
                               if "msg=applied" in line or "msg=link_" in line or "msg=path_changed" in line]
-                       for name, box in mesh.boxes.items()}
+                       for name, tail in tails.items()}
         pingers.stop()
         pingers.stopping.set()
         sampler.stopping.set()
