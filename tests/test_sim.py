@@ -7,7 +7,7 @@ import random
 import pytest
 
 from wg_netmanager.controller import wire
-from wg_netmanager.controller.core.link import QUIET_PROBE, QUIET_PROBE_STATIC
+from wg_netmanager.controller.core.link import QUIET_GRACE, QUIET_PROBE, QUIET_PROBE_STATIC
 from wg_netmanager.controller.core.membership import LEFT_KEEP, Ranges
 from wg_netmanager.controller.core.node import GC_INTERVAL
 from wg_netmanager.lab.sim import EPOCH, Sim, admin_inner
@@ -97,6 +97,27 @@ def test_node_death_removes_routes_and_return_readmits():
     sim.restart("delta")
     assert sim.run_until_true(lambda: sim.converged(), 10) is not None
     assert sim.ping("alpha", delta) is not None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_quiet_node_that_dies_is_dropped_within_the_quiet_bound(seed):
+    """A node that dies while nobody talks to it: its links are quiet (a proof of life every
+    QUIET_PROBE_STATIC to a static peer, QUIET_PROBE otherwise; see test_a_quiet_link_is_probed_rarely),
+    so it is found dead within one quiet interval and its grace, not within link_down_after:
+    the price of an idle mesh that is nearly silent. Traffic towards it would wake the link and
+    find it at once (test_faults_sim)."""
+    sim = original_example(seed=seed)
+    sim.run_for(60)
+    delta = sim.nodes["delta"].overlay_ip
+    sim.stop("delta")
+    died = sim.now
+
+    def gone():
+        return all(delta not in sim.nodes[n].routes for n in ("alpha", "beta", "charlie"))
+    t = sim.run_until_true(gone, 40)
+    bound = QUIET_PROBE + QUIET_GRACE + 1.0  # (the slowest quiet link, plus a path update)
+    assert t is not None and t - died <= bound, f"routes to a dead quiet node must go within {bound} s ({t})"
+    assert sim.converged(["alpha", "beta", "charlie"])
 
 
 def test_partition_and_heal():
