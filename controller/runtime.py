@@ -244,6 +244,22 @@ def _time_up(fut: asyncio.Future) -> None:
         fut.set_result(False)
 
 
+def device_packets(ifname: str) -> tuple[int, int] | None:
+    """The packets the device received and sent (its netdev counters, from /proc/net/dev of
+    our own network namespace: no helper, no privilege), or None when it is not there."""
+    prefix = ifname + ":"
+    try:
+        with open("/proc/net/dev") as f:
+            for line in f:
+                line = line.lstrip()
+                if line.startswith(prefix):
+                    fields = line[len(prefix):].split()
+                    return int(fields[1]), int(fields[9])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def local_addresses(exclude_ifname: str) -> list[tuple[str, int]]:
     """The LAN addresses the core advertises (the original's LocalContact)."""
     return sorted({(addr, prefix) for _, addr, prefix in box_addresses(exclude_ifname)})
@@ -769,10 +785,17 @@ class Controller:
                 self.poll_now.set()  # a handshake may follow this Apply at once: look soon
 
     async def poll_loop(self) -> None:
+        counters = None
         while True:
             if self.is_down:
                 await asyncio.sleep(1.0)
                 continue
+            seen = device_packets(self.s.interface)
+            if not self.poll_now.is_set() and not self.core.look_needed(time.time(), seen is None or seen != counters):
+                counters = seen
+                await self._poll_wait()
+                continue
+            counters = seen
             try:
                 key, port, peers = await self.helper.get_state(self.s.interface)
                 self.follow_key(key)
@@ -783,9 +806,12 @@ class Controller:
             except (HelperError, DBusError) as e:
                 log.warning("GetState failed", extra={"error": str(e)})
                 await asyncio.sleep(1.0)
-            self.poll_now.clear()
-            if await self.poll_now.wait(self.core.observation_interval()):
-                await asyncio.sleep(0.02)
+            await self._poll_wait()
+
+    async def _poll_wait(self) -> None:
+        self.poll_now.clear()
+        if await self.poll_now.wait(self.core.observation_interval()):
+            await asyncio.sleep(0.02)
 
     async def housekeeping_loop(self) -> None:
         """Every 5 s: persist, hop ports; every minute: re-resolve static peers (dynamic DNS)."""

@@ -333,3 +333,26 @@ def test_a_node_on_an_underlay_address_in_use_is_left_unrouted():
     (refusal,) = p.hub.self_status()["refused"]
     assert refusal["name"] == "leaf" and "an address of this box outside the tunnel" in refusal["reason"]
 
+
+def test_the_device_is_read_through_the_helper_when_its_counters_moved_or_every_few_seconds():
+    from wg_netmanager.controller.core.node import OBSERVE_UNCHANGED
+    p = Pair()
+    _link_up(p)
+    leaf = p.leaf
+    # handshakes awaited or traffic flowing: every observation reads the device
+    leaf.dataplane_observed(p.now, {b"H" * 32: PeerObservation("198.51.100.1:51820", p.now, 100, 100)})
+    assert leaf.look_needed(p.now + 1, True)
+    # at the slow pace: only when the device's packet counters moved, or OBSERVE_UNCHANGED later
+    p.now += 60
+    leaf.dataplane_observed(p.now, {b"H" * 32: PeerObservation("198.51.100.1:51820", p.now - 30, 100, 100)})
+    assert leaf.observation_interval() == 1.0
+    assert not leaf.look_needed(p.now + 1, False)
+    assert leaf.look_needed(p.now + 1, True)
+    assert leaf.look_needed(p.now + OBSERVE_UNCHANGED, False)
+
+
+def test_device_packets_reads_this_namespaces_counters():
+    from wg_netmanager.controller.runtime import device_packets
+    rx, tx = device_packets("lo")
+    assert rx >= 0 and tx >= 0
+    assert device_packets("no-such-dev0") is None

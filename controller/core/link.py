@@ -41,6 +41,9 @@ PROBE_TAKEOVER = 2.5
 #: the link is down QUIET_GRACE after the ask. Traffic ends quiet at once (and a link that
 #: carries traffic is watched as ever). BFD's idea again: probe fast only where it matters
 QUIET_AFTER = 10.0
+#: links are looked at when something of theirs is due (a probe, a timeout, a retry), when
+#: something changes (wake), and at least this often
+LINKS_RECHECK = 5.0
 QUIET_PROBE = 20.0
 QUIET_PROBE_STATIC = 10.0
 QUIET_CHECK_PACE = 0.5

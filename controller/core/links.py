@@ -31,6 +31,7 @@ from .link import (
     INFINITY,
     KEEPALIVE_BYTES,
     LINK_BATCH_DELAY,
+    LINKS_RECHECK,
     LIVE_SESSION,
     MEASURED_WITHIN,
     NO_CANDIDATE_RETRY,
@@ -372,10 +373,12 @@ class Links:
                 if link.window_bytes > link.admin_bytes * 2 + TRAFFIC_SLACK:
                     if link.quiet(now):  # (quiet's silence is not held against it now: see woke_at)
                         link.woke_at = now
+                        self.wake(now)  # probed as a used link from now on
                     link.last_traffic = now
                     if link.silenced:  # (an idle link used again: kept alive again)
                         link.silenced = False
                         self.schedule_paths(now)
+                        self.wake(now)
                     self.busy_until = max(self.busy_until, now + BUSY_WATCH)
                 link.window_bytes = link.admin_bytes = 0
                 link.window_start = now
@@ -438,7 +441,7 @@ class Links:
         self._budget = min(float(cfg.max_attempts_per_second),
                            self._budget + (now - self._refill) * cfg.max_attempts_per_second)
         self._refill = now
-        next_t = now + cfg.probe_interval
+        next_t = now + LINKS_RECHECK  # (everything with a time of its own says so below)
         for id8, link in list(self.links.items()):
             member = self.members.get(id8)
             if member is None:

@@ -75,13 +75,16 @@ SYNC_CALM_AFTER = 30.0
 SYNC_CALM_INTERVAL = 30.0
 #: how often the data plane should be observed: while handshakes are awaited, while links
 #: carry traffic, otherwise. (2 s when every link is quiet saved a third of the idle CPU but
-#: let a dead node's routes stay 12 s in the netns test, beyond its 10 s bound: not kept; so
-#: did a look through the helper only when wg0's counters moved, else every 5 s, with the link
-#: tick every 5 s instead of every second: 13.6 s once in five CI passes - but the code before
-#: both failed the same test at 13.7 s too: a flake of its own, not understood yet.)
+#: let a dead node's routes stay 12 s in a netns test once and was dropped; that test's failures,
+#: 12.3-13.7 s, turned out to be its dependence on quiet links, not the look's pace.)
 OBSERVE_FAST = 0.1
 OBSERVE_BUSY = 0.2
 OBSERVE_SLOW = 1.0
+#: at OBSERVE_SLOW, a look through the helper (a D-Bus round trip that wakes dbus-daemon, the
+#: helper and the WireGuard device) is needed only when the device's own packet counters moved
+#: since the last one (any packet through the tunnel: traffic, our probes and their answers);
+#: when they stand still, this often
+OBSERVE_UNCHANGED = 5.0
 
 
 class Core:
@@ -349,6 +352,16 @@ class Core:
         if self.links.attempting or self._first_look:
             return OBSERVE_FAST
         return OBSERVE_BUSY if self.links.busy_until > self._observed_at else OBSERVE_SLOW
+
+    def look_needed(self, now: float, device_moved: bool) -> bool:
+        """Whether an observation due now must read the device (its peers' counters, handshakes
+        and endpoints), given whether the device's packet counters moved since the last read: a
+        device where no packet went in or out since has nothing new to tell at the slow pace but
+        a handshake or an endpoint (a peer's keepalive, a key changed under us), which can wait
+        OBSERVE_UNCHANGED."""
+        if device_moved or self.observation_interval() < OBSERVE_SLOW:
+            return True
+        return now - self._observed_at >= OBSERVE_UNCHANGED - 0.05
 
     def persistent_state(self) -> dict:
         """What a restarted controller resumes from: bindings, our record version, the RTT claims
