@@ -100,14 +100,16 @@ def test_a_restarted_controller_changes_nothing_that_is_still_wanted(who):
 @pytest.mark.parametrize("who,down,traffic", [("alpha", 20, False), ("charlie", 20, False), ("delta", 5, False),
                                               ("beta", 20, False), ("beta", 5, False), ("beta", 2, False),
                                               ("beta", 5, True), ("beta", 2, True)])
-def test_a_rebooted_box_is_reachable_from_every_node_within_3_s(who, down, traffic):
+def test_a_rebooted_box_is_reachable_from_every_node_within_2_s(who, down, traffic):
     """Both daemons and the device gone (a reboot), back after ``down`` seconds with a fresh
-    controller: every node reaches it, and it every node, within 3 s. (A static peer that was
+    controller: every node reaches it, and it every node, within 2 s (the issue asks 3 s, the
+    chaos bench's goal is 2 s; a static peer took 2.3-2.5 s here until its first "ready" was
+    kept across the attempt it started over, 1.35-1.65 s since). (A static peer that was
     away long: the others' WireGuard is in its 5 s handshake back-off; its "ready" makes them
     start over with a fresh peer.) A static peer restarted with no state knows only who speaks
     to it: in an idle mesh, where its links are quiet, that is within QUIET_PROBE_STATIC plus the
-    3 s; while the others send it traffic, within the 3 s."""
-    within = 3.0 + (QUIET_PROBE_STATIC if who == "beta" and not traffic else 0)
+    2 s; while the others send it traffic, within the 2 s."""
+    within = 2.0 + (QUIET_PROBE_STATIC if who == "beta" and not traffic else 0)
     sim = original_example(seed=3)
     sim.run_for(25)
     others = [o for o in NAMES if o != who]

@@ -602,6 +602,7 @@ class Links:
                 # 5 s back-off. A fresh peer (and a new attempt) handshakes at once
                 self.counters.count("attempts_refreshed")
                 link.start_over(now, peer_gone=False)
+                link.peer_ready = True  # (it has us configured: it just said so)
                 self.wake(now)
                 self.schedule_paths(now)
             elif link.initiator and link.state == UP and attempt and now - link.up_since > READY_REPEAT:
