@@ -27,12 +27,18 @@ def main() -> int:
     parser.add_argument("--quiet", type=float, default=60.0, help="the quiet time measured at the end (s)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", help="comma-separated fault types to draw from (default: all)")
+    parser.add_argument("--targets", help="comma-separated boxes the faults hit (default: all), e.g. beta")
     args = parser.parse_args()
     kinds = args.only.split(",") if args.only else list(FAULTS)
     unknown = set(kinds) - set(FAULTS)
     if unknown:
         parser.error(f"unknown fault types: {', '.join(sorted(unknown))}")
-    print(json.dumps(run(args.minutes, args.period, args.quiet, args.seed, kinds)))
+    targets = args.targets.split(",") if args.targets else None
+    try:
+        result = run(args.minutes, args.period, args.quiet, args.seed, kinds, targets)
+    except ValueError as e:
+        parser.error(str(e))
+    print(json.dumps(result))
     return 0
 
 

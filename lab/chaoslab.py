@@ -159,9 +159,11 @@ class Fault:
 
 
 class Chaos:
-    def __init__(self, mesh: topologies.Mesh, rng: random.Random, pingers: Pingers) -> None:
+    def __init__(self, mesh: topologies.Mesh, rng: random.Random, pingers: Pingers,
+                 targets: Sequence[str] | None = None) -> None:
         self.mesh = mesh
         self.rng = rng
+        self.targets = list(targets) if targets else list(mesh.boxes)  # the boxes faults hit
         self.pingers = pingers
         self.net_yaml = {name: box.dir / "net.yaml" for name, box in mesh.boxes.items()}
 
@@ -175,7 +177,7 @@ class Chaos:
         self.box(name).start_helper(self.net_yaml[name], verbose=False)
 
     def inject(self, kind: str) -> Fault:
-        names = list(self.mesh.boxes)
+        names = self.targets
         if kind == "lan_cut":
             a, b = self.rng.choice([p for p in PAIRS if p[0] in topologies.CHAOS_HOME and
                                     p[1] in topologies.CHAOS_HOME])
@@ -337,11 +339,16 @@ def stale(mesh: topologies.Mesh) -> tuple[int, int, int]:
 
 
 def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: int = 1,
-        kinds: Sequence[str] = FAULTS) -> dict:
-    """The whole run (see the module's docstring); returns the result (bench/chaos.py prints it)."""
+        kinds: Sequence[str] = FAULTS, targets: Sequence[str] | None = None) -> dict:
+    """The whole run (see the module's docstring); returns the result (bench/chaos.py prints it).
+    ``targets``: the boxes the faults are drawn among (default: all; lan_cut and roam keep
+    their own)."""
     unknown = set(kinds) - set(FAULTS)
     if unknown:
         raise ValueError(f"unknown fault types: {', '.join(sorted(unknown))}")
+    unknown = set(targets or ()) - set(topologies.CHAOS_NAMES)
+    if unknown:
+        raise ValueError(f"unknown boxes: {', '.join(sorted(unknown))}")
     rng = random.Random(seed)
     with Lab("ch") as lab:
         mesh = topologies.chaos(lab)
@@ -367,7 +374,7 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         leaks_before = leaks_seen = leak_packets(lab)
         sampler = RssSampler(mesh)
         sampler.start()
-        chaos = Chaos(mesh, rng, pingers)
+        chaos = Chaos(mesh, rng, pingers, targets)
         time.sleep(5)
         faults: list[Fault] = []
         t0 = time.time()

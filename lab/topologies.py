@@ -167,6 +167,8 @@ def move_to_cafe(mesh: Mesh) -> None:
 CHAOS_HOME = {"charlie": ("192.168.1.30", "10.1.1.3"), "delta": ("192.168.1.40", "10.1.1.4"),
               "echo": ("192.168.1.50", "10.1.1.5"), "foxtrot": ("192.168.1.60", "10.1.1.6"),
               "golf": ("192.168.1.70", "10.1.1.7")}
+#: every box of the chaos mesh
+CHAOS_NAMES = ("alpha", "beta", *CHAOS_HOME, "gamma")
 
 
 def chaos(lab: Lab) -> Mesh:
