@@ -82,17 +82,22 @@ def test_a_joiner_learns_the_whole_mesh_in_one_exchange():
     assert sim.run_until_true(lambda: sim.converged(sample=40), 3) is not None
 
 
+def _routes_gone_after_death(sim, name: str, timeout: float) -> float | None:
+    """Stops ``name``; the seconds until no other node routes to it (None: not within ``timeout``)."""
+    ip = sim.nodes[name].overlay_ip
+    sim.stop(name)
+    died = sim.now
+    t = sim.run_until_true(lambda: all(ip not in node.routes for n, node in sim.nodes.items() if n != name),
+                           timeout)
+    return None if t is None else t - died
+
+
 def test_node_death_removes_routes_and_return_readmits():
     sim = original_example()
     sim.run_for(5)
     delta = sim.nodes["delta"].overlay_ip
-    sim.stop("delta")
-    died = sim.now
-
-    def gone():
-        return all(delta not in sim.nodes[n].routes for n in ("alpha", "beta", "charlie"))
-    t = sim.run_until_true(gone, 15)
-    assert t is not None and t - died <= 6.0, f"routes to a dead node must go within the bound ({t - died})"
+    took = _routes_gone_after_death(sim, "delta", 15)
+    assert took is not None and took <= 6.0, f"routes to a dead node must go within the bound ({took})"
     assert sim.converged(["alpha", "beta", "charlie"])
     sim.restart("delta")
     assert sim.run_until_true(lambda: sim.converged(), 10) is not None
@@ -108,15 +113,9 @@ def test_a_quiet_node_that_dies_is_dropped_within_the_quiet_bound(seed):
     find it at once (test_faults_sim)."""
     sim = original_example(seed=seed)
     sim.run_for(60)
-    delta = sim.nodes["delta"].overlay_ip
-    sim.stop("delta")
-    died = sim.now
-
-    def gone():
-        return all(delta not in sim.nodes[n].routes for n in ("alpha", "beta", "charlie"))
-    t = sim.run_until_true(gone, 40)
+    took = _routes_gone_after_death(sim, "delta", 40)
     bound = QUIET_PROBE + QUIET_GRACE + 1.0  # (the slowest quiet link, plus a path update)
-    assert t is not None and t - died <= bound, f"routes to a dead quiet node must go within {bound} s ({t})"
+    assert took is not None and took <= bound, f"routes to a dead quiet node must go within {bound} s ({took})"
     assert sim.converged(["alpha", "beta", "charlie"])
 
 
