@@ -234,8 +234,8 @@ class Links:
         self.changed(link.peer)
         self.wake(now)  # probe it at once (a static peer's answer tells our public endpoint)
         # a link that may be the first way to reach one of its ends is announced at once: we
-        # announce no link yet, or the other end has no other (mutual) link (a static peer always
-        # has: static peers link to each other, and to everyone). Any other link only
+        # announce no link yet, or the other end has no other (mutual) link (a static peer that
+        # rebooted has none until its links come back). Any other link only
         # shortens paths: it waits for the next batch (a node's links come up one by one, and
         # each version of its record costs every node of the mesh)
         if not self.announces_links():
@@ -243,7 +243,7 @@ class Links:
             # (started with the others: they take a round trip or two), and our public endpoint
             # (a static peer's probe answer tells it), may make the same version
             pending = self.first_links_pending(now)
-            if self.local.reflexive is None and any(other.static and other.state == UP
+            if self.local.public_endpoint() is None and any(other.static and other.state == UP
                                                     for other in self.links.values()):
                 # (a static peer's answer to our probe may come before its WireGuard showed it
                 # our endpoint: wait longer; learning it brings the record forward, see
@@ -252,7 +252,7 @@ class Links:
             else:
                 self.publish(now, FIRST_LINKS_WAIT if pending else None)
             return
-        shortcut = member.info.is_static or bool(self.routing.graph.edges.get(link.peer, {}).keys() - {self.local.id8})
+        shortcut = bool(self.routing.graph.edges.get(link.peer, {}).keys() - {self.local.id8})
         self.publish(now, LINK_BATCH_DELAY if shortcut else None)
 
     def first_links_pending(self, now: float) -> bool:
@@ -635,6 +635,7 @@ class Links:
         link.answer_attempt(attempt, now, fmt_ep(you_use) if you_use else "", kind)
         link.note(now, "answering an attempt", link.endpoint)
         self.attempting = True
+        self.wake(now)  # its hold-back and timeout are timed from now (the tick may be seconds away)
         send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
         self.emit(EventKind.LINK_ATTEMPT, node=member.info.name, endpoint=link.endpoint, role="responder")
         self.schedule_paths(now)
