@@ -511,7 +511,7 @@ class Sim:
 
     def add_node(self, name: str, underlay_ip: str, site: str, overlay_ip: str, start: bool = True,
                  lan_prefix: int = 24, identity_seed: bytes | None = None, forwarding: bool = True,
-                 wg_key: bytes | None = None, **overrides) -> SimNode:
+                 wg_key: bytes | None = None, persisted: dict | None = None, **overrides) -> SimNode:
         self.underlay.add_host(underlay_ip, site)
         seed = identity_seed or self.rng.randbytes(32)
         wg_key = wg_key or self.rng.randbytes(32)
@@ -519,7 +519,7 @@ class Sim:
                         wg_port=WG_PORT, admin_port=ADMIN_PORT, static_peers=tuple(self.static_peers))
         cfg_args.update(self.core_overrides)
         cfg_args.update(overrides)
-        core = Core(CoreConfig(**cfg_args), seed, wg_key, EPOCH + self.now, self.random_bytes,
+        core = Core(CoreConfig(**cfg_args), seed, wg_key, EPOCH + self.now, self.random_bytes, persisted=persisted,
                     lan_endpoints=[(underlay_ip, lan_prefix)], cache=self.cache, pair_memo=self.pair_memo)
         node = SimNode(self, name, underlay_ip, overlay_ip, core, wg_key, lan_prefix, forwarding)
         node.identity_seed = seed
@@ -564,15 +564,18 @@ class Sim:
         self._start_controller(name, state)
         self.schedule(self.rng.random(), self._wg_tick, name)
 
-    def restart(self, name: str, **overrides) -> SimNode:
-        """Same identity and WireGuard key, fresh controller state (a reboot)."""
+    def restart(self, name: str, keep_state: bool = False, **overrides) -> SimNode:
+        """Same identity and WireGuard key, an empty data plane (a reboot): a fresh controller
+        state, or with ``keep_state`` the one it saved last (a box's reboot keeps
+        /var/lib/wg-netmanager)."""
         old = self.nodes[name]
+        state = old.core.persistent_state() if keep_state else None
         self.stop(name)
         site = self.underlay.host_site[old.underlay_ip]
         self.underlay.remove_host(old.underlay_ip)
         node = self.add_node(name, old.underlay_ip, site.name, old.overlay_ip, start=False,
                              identity_seed=old.identity_seed, lan_prefix=old.lan_prefix, wg_key=old.wg_key,
-                             **overrides)
+                             persisted=state, **overrides)
         self.start(name)
         return node
 

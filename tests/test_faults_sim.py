@@ -97,12 +97,16 @@ def test_a_restarted_controller_changes_nothing_that_is_still_wanted(who):
     assert lost == []
 
 
-@pytest.mark.parametrize("who,down,traffic", [("alpha", 20, False), ("charlie", 20, False), ("delta", 5, False),
-                                              ("beta", 20, False), ("beta", 5, False), ("beta", 2, False),
-                                              ("beta", 5, True), ("beta", 2, True)])
-def test_a_rebooted_box_is_reachable_from_every_node_within_2_s(who, down, traffic):
+@pytest.mark.parametrize("who,down,traffic,kept", [
+    ("alpha", 20, False, False), ("charlie", 20, False, False), ("delta", 5, False, False),
+    ("beta", 20, False, False), ("beta", 5, False, False), ("beta", 2, False, False), ("beta", 5, True, False),
+    ("beta", 2, True, False), ("beta", 1, True, True), ("beta", 5, True, True), ("delta", 1, True, True),
+    ("charlie", 5, True, True)])
+def test_a_rebooted_box_is_reachable_from_every_node_within_2_s(who, down, traffic, kept):
     """Both daemons and the device gone (a reboot), back after ``down`` seconds with a fresh
-    controller: every node reaches it, and it every node, within 2 s (the issue asks 3 s, the
+    controller, its saved state lost or (``kept``, a box's usual reboot) kept: the links that
+    state lists are not in the new device, so nothing waits for them to be adopted. Every
+    node reaches it, and it every node, within 2 s (the issue asks 3 s, the
     chaos bench's goal is 2 s; a static peer took 2.3-2.5 s here until its first "ready" was
     kept across the attempt it started over, 1.35-1.65 s since). (A static peer that was
     away long: the others' WireGuard is in its 5 s handshake back-off; its "ready" makes them
@@ -119,9 +123,30 @@ def test_a_rebooted_box_is_reachable_from_every_node_within_2_s(who, down, traff
     sim.stop(who)
     sim.run_for(down)
     started = sim.now
-    sim.restart(who)
+    sim.restart(who, keep_state=kept)
     t = sim.run_until_true(lambda: all(sim.path(who, o) and sim.path(o, who) for o in others), 20, step=0.05)
     assert t is not None and t - started <= within, f"reachable after {t and t - started}"
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_a_reboot_with_saved_state_does_not_wait_for_a_node_that_is_gone(seed):
+    """The static peer reboots (its saved state kept) while delta, which it linked to, is gone:
+    its new device holds no session to adopt, so its first record does not wait for delta's
+    (it waited RESTART_FIRST_RECORD_WAIT, 3 s, for a node that never came: 3.1-3.35 s here;
+    the chaos mesh's static-peer reboots took 3.4 s for that). Within the issue's 3 s: seed 5
+    takes 2.1 s, charlie's link being judged dead by its traffic only 2.4 s after beta went."""
+    sim = original_example(seed=seed)
+    sim.run_for(25)
+    for o in ("alpha", "charlie"):
+        sim.flow(o, sim.nodes["beta"].overlay_ip, 0.2, 40)
+    sim.stop("delta")
+    sim.stop("beta")
+    sim.run_for(1)
+    started = sim.now
+    sim.restart("beta", keep_state=True)
+    t = sim.run_until_true(lambda: all(sim.path("beta", o) and sim.path(o, "beta") for o in ("alpha", "charlie")),
+                           20, step=0.05)
+    assert t is not None and t - started <= 2.5, f"reachable after {t and t - started}"
 
 
 def _lan_cut(sim) -> float:

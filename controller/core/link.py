@@ -61,6 +61,14 @@ RETRY_BASE = 5.0
 #: the data plane) proves the path for the first attempt
 SESSION_LIFETIME = 180.0
 LIVE_SESSION = 120.0
+
+
+def live_session(last_handshake: float, now: float) -> bool:
+    """Whether a WireGuard peer's session, by its last handshake, was kept live from before
+    our own start (a controller restart keeps the data plane; a reboot's new device has none)."""
+    return last_handshake > 0 and now - last_handshake < LIVE_SESSION
+
+
 #: first RTT claims (ms) until probes measure the link: on a LAN, elsewhere
 RTT_HINT_LAN = 2
 RTT_HINT_DEFAULT = 50

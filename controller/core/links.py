@@ -32,7 +32,6 @@ from .link import (
     KEEPALIVE_BYTES,
     LINK_BATCH_DELAY,
     LINKS_RECHECK,
-    LIVE_SESSION,
     MEASURED_WITHIN,
     NO_CANDIDATE_RETRY,
     PROBE_ALIGN,
@@ -51,6 +50,7 @@ from .link import (
     TRAFFIC_WINDOW,
     UP,
     Link,
+    live_session,
 )
 from .local import LocalNode, fmt_ep, parse_ep
 from .membership import Member, Membership
@@ -252,7 +252,8 @@ class Links:
             else:
                 self.publish(now, FIRST_LINKS_WAIT if pending else None)
             return
-        shortcut = bool(self.routing.graph.edges.get(link.peer, {}).keys() - {self.local.id8})
+        shortcut = link.peer in self.routing.hops and \
+            bool(self.routing.graph.edges.get(link.peer, {}).keys() - {self.local.id8})
         self.publish(now, LINK_BATCH_DELAY if shortcut else None)
 
     def first_links_pending(self, now: float) -> bool:
@@ -400,7 +401,7 @@ class Links:
         link.last_rx, link.last_tx = obs.rx_bytes, obs.tx_bytes
         fresh = obs.last_handshake > 0 and now - obs.last_handshake < SESSION_LIFETIME
         # a live session the data plane kept from before our own start (a controller restart)
-        kept = not link.ever_up and link.fails == 0 and fresh and now - obs.last_handshake < LIVE_SESSION
+        kept = not link.ever_up and link.fails == 0 and live_session(obs.last_handshake, now)
         if link.state == DOWN and kept:
             self._adopt(link, member, obs, now)
             return

@@ -29,7 +29,7 @@ from ..wire import (
     Record,
 )
 from .gossip import BOOTSTRAP_IDLE_FACTOR, Gossip
-from .link import ENDPOINT_KINDS, FIRST_LINKS_WAIT, LINK_BATCH_DELAY, LIVE_SESSION, UP, Link
+from .link import ENDPOINT_KINDS, FIRST_LINKS_WAIT, LINK_BATCH_DELAY, UP, Link, live_session
 from .links import Links
 from .local import LocalNode, fmt_ep, is_hostname, parse_ep
 from .membership import Member, Membership
@@ -217,11 +217,12 @@ class Core:
         self.observed = dict(peers)
         self._observed_once = True
         self.links.observed(peers, now)
-        if self._first_look and self.membership.members and \
-                all(id8 in self.membership.members for id8 in self.links.kept_claims):
+        if self._first_look and (not any(live_session(o.last_handshake, now) for o in peers.values()) or (
+                self.membership.members and all(id8 in self.membership.members for id8 in self.links.kept_claims))):
             # every node our last record claimed a link to is known again, so its link is
             # adopted if the data plane kept it (adopted links asked for a record already; one
-            # with none comes now)
+            # with none comes now). A data plane with no live session (the box rebooted: its
+            # device is new) has nothing to adopt: our record need not wait for the others'
             self._first_look = False
             self._schedule_publish(now)
 
@@ -341,8 +342,7 @@ class Core:
             self._settled = True
         elif self._observed_once:
             owner, hops = self.membership.wg_owner, self.routing.hops
-            fresh = [key for key, o in self.observed.items()
-                     if o.last_handshake and now - o.last_handshake < LIVE_SESSION]
+            fresh = [key for key, o in self.observed.items() if live_session(o.last_handshake, now)]
             self._settled = all(owner.get(key) in hops for key in fresh)
         return self._settled
 
@@ -753,6 +753,11 @@ class Core:
         hops, members = self.routing.hops, self.membership.members
         if hops.keys() != old_hops.keys():
             self._wake_links(now)
+            mine, links = self.routing.graph.claims.get(self.id8, {}), self.links.links
+            if any(id8 not in mine and id8 in links and links[id8].state == UP for id8 in old_hops.keys() - hops):
+                # a link held back as a shortcut (Links.up) is now the only way to its other end
+                # (e.g. the other end rebooted: its new record claims only links that are new)
+                self._schedule_publish(now)
         for id8 in sorted(old_hops.keys() ^ hops.keys()):
             member = members.get(id8)
             if member is not None:
