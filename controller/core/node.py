@@ -751,14 +751,16 @@ class Core:
 
     def _paths_changed(self, old_hops: Mapping[bytes, bytes], touched: list[bytes] | None, now: float) -> None:
         hops, members = self.routing.hops, self.membership.members
-        if hops.keys() != old_hops.keys():
+        reach_changed = old_hops.keys() ^ hops.keys()  # (nodes that became reachable or unreachable)
+        if reach_changed:
             self._wake_links(now)
             mine, links = self.routing.graph.claims.get(self.id8, {}), self.links.links
-            if any(id8 not in mine and id8 in links and links[id8].state == UP for id8 in old_hops.keys() - hops):
+            if any(id8 not in hops and id8 not in mine and id8 in links and links[id8].state == UP
+                   for id8 in reach_changed):
                 # a link held back as a shortcut (Links.up) is now the only way to its other end
                 # (e.g. the other end rebooted: its new record claims only links that are new)
                 self._schedule_publish(now)
-        for id8 in sorted(old_hops.keys() ^ hops.keys()):
+        for id8 in sorted(reach_changed):
             member = members.get(id8)
             if member is not None:
                 kind = EventKind.NODE_REACHABLE if id8 in hops else EventKind.NODE_UNREACHABLE
