@@ -36,6 +36,7 @@ from wg_netmanager.dbus import HELPER_BUS_NAME
 from wg_netmanager.dbus.compat import BusType, DBusError, Message, MessageBus, MessageType
 
 from .core import Core, CoreConfig, PeerObservation, StaticPeerConfig
+from .core.node import STATE_SAVE_INTERVAL
 from .helper_client import HelperClient, HelperError
 
 log = logging.getLogger("wg_netmanager.controller")
@@ -814,11 +815,12 @@ class Controller:
             await asyncio.sleep(0.02)
 
     async def housekeeping_loop(self) -> None:
-        """Every 5 s: persist, hop ports; every minute: re-resolve static peers (dynamic DNS)."""
+        """Every STATE_SAVE_INTERVAL (5 s): persist, hop ports; every 12th: re-resolve static
+        peers (dynamic DNS)."""
         tick = 0
         last_contact = time.monotonic()
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(STATE_SAVE_INTERVAL)
             if self.is_down:
                 continue
             tick += 1
@@ -883,7 +885,7 @@ class Controller:
         self.core.set_wg_port(port, time.time())
 
     def persist(self, force: bool = False) -> None:
-        if self.core is not None and (force or self.core.bindings_dirty):
+        if self.core is not None and (force or self.core.state_dirty):
             try:
                 save_persisted(self.s.state_dir, self.core.persistent_state())
             except OSError as e:

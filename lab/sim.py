@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from wg_netmanager.controller import crypto, wire
 from wg_netmanager.controller.core import Core, CoreConfig, PeerObservation, StaticPeerConfig
+from wg_netmanager.controller.core.node import STATE_SAVE_INTERVAL
 
 EPOCH = 1_800_000_000.0  # sim time 0 as wall-clock seconds
 SHARED_KEY = bytes(range(32))
@@ -305,6 +306,10 @@ class SimNode:
         self.stats: dict[str, int] = {}
         self.apply_count = 0
         self.poll_at = 0.0
+        #: what the runtime saved last (state.json): it saves every STATE_SAVE_INTERVAL while
+        #: the state changed, and on a clean stop; a controller killed with -9 resumes from it
+        self.saved_state: dict | None = None
+        self.save_due = 0.0
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -579,12 +584,13 @@ class Sim:
         self.start(name)
         return node
 
-    def restart_controller(self, name: str, down_for: float = 1.0) -> None:
+    def restart_controller(self, name: str, down_for: float = 1.0, killed: bool = False) -> None:
         """``systemctl restart wg-netmanager``: the controller stops, its data plane (WireGuard
         peers, routes) stays; ``down_for`` seconds later a new controller starts from the state
-        the old one saved, and (like the runtime) applies nothing before it has settled."""
+        the old one saved, and (like the runtime) applies nothing before it has settled.
+        ``killed``: kill -9, the state is what the runtime saved last, not at the stop."""
         node = self.nodes[name]
-        state = node.core.persistent_state()
+        state = node.saved_state if killed else node.core.persistent_state()
         node.paused = True  # (datagrams meanwhile are lost, not queued: the socket is closed)
         node.backlog_drop = True
         self.schedule(down_for, self._start_controller, name, state)
@@ -742,6 +748,10 @@ class Sim:
         self.schedule(node.poll_at - self.now, self._poll, name)
         node.core.dataplane_observed(EPOCH + self.now, node.observation())
         self._pump(node)
+        if self.now >= node.save_due:  # (the runtime's housekeeping, at the next poll)
+            node.save_due = self.now + STATE_SAVE_INTERVAL
+            if node.core.state_dirty:
+                node.saved_state = node.core.persistent_state()
 
     def _wg_tick(self, name: str) -> None:
         node = self.nodes[name]

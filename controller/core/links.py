@@ -408,10 +408,13 @@ class Links:
         if link.state != ATTEMPTING or not fresh:
             return
         # a handshake after the attempt began proves the path; so does, for the first attempt
-        # after our own start, a kept session
+        # after our own start, a kept session (begun before our first look at the data plane,
+        # as a static peer's is: up with the claim it had, as _adopt does)
         if obs.last_handshake >= link.attempt_started - 0.001 or kept:
             if obs.endpoint:
                 link.endpoint = obs.endpoint
+            if kept:
+                link.rtt_hint = self.kept_claims.get(link.peer) or link.rtt_hint
             self.up(link, member, now)
 
     def _may_suspect(self, link: Link, now: float) -> bool:

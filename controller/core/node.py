@@ -55,6 +55,9 @@ URGENT_SPACING_LINKS = 64
 GC_INTERVAL = 60.0
 #: after a restart, our first record waits for the first look at the data plane at most this long
 RESTART_FIRST_RECORD_WAIT = 3.0
+#: how often the runtime saves persistent_state() while state_dirty says it changed (the
+#: housekeeping tick; and on every clean stop)
+STATE_SAVE_INTERVAL = 5.0
 #: records kept verified per member (a few versions each), at least RECORDS_KEPT_MIN
 RECORDS_KEPT_PER_MEMBER = 4
 RECORDS_KEPT_MIN = 256
@@ -372,7 +375,9 @@ class Core:
         return state
 
     @property
-    def bindings_dirty(self) -> bool:
+    def state_dirty(self) -> bool:
+        """Whether :meth:`persistent_state` may have changed since it was last taken: a binding
+        or our own record (its version, and the links and claims it lists)."""
         return self.membership.bindings_dirty
 
     # ------------------------------------------------------------------------- queries
