@@ -504,6 +504,10 @@ class Sim:
         self.stats: dict[str, int] = {}
         self.capture: Callable[[str, bytes, Addr], None] | None = None
         self.keep_events = True
+        #: model the runtime's saving of each core's state (SimNode.saved_state, for
+        #: restart_controller(killed=True)); off by default: a saved state holds every binding,
+        #: N of them per node (12 MB at 300 nodes)
+        self.model_saves = False
         self._overlay: dict[str, bool] = {}
 
     # ---------------------------------------------------------------- building
@@ -588,8 +592,10 @@ class Sim:
         """``systemctl restart wg-netmanager``: the controller stops, its data plane (WireGuard
         peers, routes) stays; ``down_for`` seconds later a new controller starts from the state
         the old one saved, and (like the runtime) applies nothing before it has settled.
-        ``killed``: kill -9, the state is what the runtime saved last, not at the stop."""
+        ``killed``: kill -9, the state is what the runtime saved last, not at the stop (see
+        :attr:`model_saves`)."""
         node = self.nodes[name]
+        assert self.model_saves or not killed, "restart_controller(killed=True) needs Sim.model_saves"
         state = node.saved_state if killed else node.core.persistent_state()
         node.paused = True  # (datagrams meanwhile are lost, not queued: the socket is closed)
         node.backlog_drop = True
@@ -748,7 +754,7 @@ class Sim:
         self.schedule(node.poll_at - self.now, self._poll, name)
         node.core.dataplane_observed(EPOCH + self.now, node.observation())
         self._pump(node)
-        if self.now >= node.save_due:  # (the runtime's housekeeping, at the next poll)
+        if self.model_saves and self.now >= node.save_due:  # (the runtime's housekeeping, at the next poll)
             node.save_due = self.now + STATE_SAVE_INTERVAL
             if node.core.state_dirty:
                 node.saved_state = node.core.persistent_state()

@@ -105,6 +105,7 @@ def test_a_controller_killed_with_9_while_relayed_changes_nothing_that_carries_t
     look at the data plane, was not adopted with its kept claim: it came up claiming the
     default 50 ms, and delta's relay moved to the other hub.)"""
     sim = original_example(seed=3)
+    sim.model_saves = True
     assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
     sim.run_for(10)
     sim.flow("charlie", "10.1.0.4", 0.1, 120)

@@ -22,7 +22,7 @@ def test_the_helper_and_meshes_on_kernel_wireguard_in_the_guest():
     reason = vmlab.available()
     if reason is not None:
         pytest.skip(reason)
-    rc, out, wall = vmlab.run_guest(ROOT, ["-q", "-rs", "tests/test_helper_netns.py", "tests/test_kernel_guest.py"],
+    rc, out, wall = vmlab.run_guest(ROOT, ["-v", "-rs", "tests/test_helper_netns.py", "tests/test_kernel_guest.py"],
                                     timeout=1200)
     summary = [line for line in out.splitlines() if re.search(r"\d+ (passed|failed)", line)]
     assert rc == 0, out[-6000:]
