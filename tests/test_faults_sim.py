@@ -252,3 +252,24 @@ def test_a_resumed_node_keeps_the_link_its_traffic_kept_alive():
     downs = [d for d in downs_of(sim, resumed) if {d[1], d[2]["node"]} == {"charlie", "delta"}]
     assert downs == []
     assert sim.path("delta", "charlie") == ["delta", "charlie"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_probes_a_paused_end_answers_at_once_on_resume_are_no_rtt(seed):
+    """delta pings charlie and probes it fast while charlie's controller is paused; on resume
+    charlie answers every probe that waited, the oldest up to 3 s late. Only the latest probe's
+    answer is an RTT sample (as Karn's rule): delta's claim for the LAN link stays a LAN's, and
+    the pair stays direct (a claim of 624 ms sent it through a relay)."""
+    sim = original_example(seed=seed)
+    assert sim.run_until_true(lambda: direct_everywhere(sim), 20) is not None
+    sim.run_for(5)
+    sim.flow("delta", "10.1.0.3", 0.2, 40)
+    sim.run_for(2)
+    sim.pause("charlie", 10)
+    sim.run_for(10)
+    charlie8 = sim.nodes["charlie"].core.id8
+    claims = []
+    for _ in range(100):
+        sim.run_for(0.05)
+        claims.append(sim.nodes["delta"].core.links.links[charlie8].claimed_rtt)
+    assert max(claims) <= 10, claims

@@ -133,9 +133,14 @@ class Gossip:
             return False
         self._bootstrap_turn = (self._bootstrap_turn + 1) % len(unknown)
         static = self.local.static_by_ip[unknown[self._bootstrap_turn]]
-        self.transport.send_to_addr((static.host, static.admin_port), wire.DIGEST,
-                                    wire.body_digest([(self.local.id8, version)]), now)
+        self.ask_for_mesh([(static.host, static.admin_port)], now, version)
         return True
+
+    def ask_for_mesh(self, addrs: list[tuple[str, int]], now: float, version: int) -> None:
+        """Our digest with nothing but our own entry: each answer is the whole mesh."""
+        body = wire.body_digest([(self.local.id8, version)])
+        for addr in addrs:
+            self.transport.send_to_addr(addr, wire.DIGEST, body, now)
 
     def sync(self, now: float) -> None:
         """Anti-entropy with a random direct neighbour (like OSPF's database exchange: what one

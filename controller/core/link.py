@@ -120,6 +120,7 @@ class Link:
     up_since: float = 0.0
     used_since: float = 0.0  # when our path to the peer became this link
     last_ack: float = 0.0  # last probe answered over this link
+    last_probe_sent: float = 0.0  # (only the answer to the latest probe is an RTT sample: see Probes.answered)
     rtt: float = 0.0  # EWMA, ms
     rtt_hint: int = 0  # ms, before probes measured the link (see Links.up)
     claimed_rtt: int = 0
@@ -190,6 +191,7 @@ class Link:
         self.ever_up = True
         self.up_since = now
         self.last_ack = 0.0
+        self.last_probe_sent = 0.0
         self.used_since = 0.0
         self.fails = 0
         self.last_traffic = now

@@ -58,6 +58,8 @@ RESTART_FIRST_RECORD_WAIT = 3.0
 #: how often the runtime saves persistent_state() while state_dirty says it changed (the
 #: housekeeping tick; and on every clean stop)
 STATE_SAVE_INTERVAL = 5.0
+#: a restarted controller asks this many of the nodes it kept links to for the mesh at once
+RESTART_ASK = 3
 #: records kept verified per member (a few versions each), at least RECORDS_KEPT_MIN
 RECORDS_KEPT_PER_MEMBER = 4
 RECORDS_KEPT_MIN = 256
@@ -71,10 +73,12 @@ PLANES_KEPT = 16
 MAX_ENDPOINTS = 16
 #: anti-entropy rounds are spread over [0.75, 1.25] sync intervals (nodes do not fall into step)
 SYNC_JITTER = 0.5
-#: anti-entropy repairs what gossip lost while records change: at the configured interval for
-#: SYNC_CALM_AFTER after the last change we saw, then every SYNC_CALM_INTERVAL (a calm mesh is
-#: quiet; a change, ours or another's, brings the fast pace back at once)
-SYNC_CALM_AFTER = 30.0
+#: anti-entropy repairs what gossip lost while records change, paced as Trickle (RFC 6206)
+#: paces its rounds: the configured interval right after a change we saw (ours or another's),
+#: then twice as long after each round without one, up to SYNC_CALM_INTERVAL (a calm mesh is
+#: quiet: 5 rounds in the 31 s after a change, where a fixed pace for 30 s took 30 - the idle
+#: mesh's RTT claims still settle a few minutes after it formed, and each change cost every
+#: node 30 SYNCs)
 SYNC_CALM_INTERVAL = 30.0
 #: how often the data plane should be observed: while handshakes are awaited, while links
 #: carry traffic, otherwise. (2 s when every link is quiet saved a third of the idle CPU but
@@ -156,7 +160,7 @@ class Core:
         self._last_publish = -INFINITY
         self._last_recompute = -INFINITY
         self._last_jump = -INFINITY
-        self._last_change = now  # (the last record we took or published: see SYNC_CALM_AFTER)
+        self._sync_rounds = 0  # anti-entropy rounds since the last record we took or published
         kept = persisted.get("links")
         if isinstance(kept, dict) and kept and self.version:
             # a restart: our last record claimed links the data plane may still have. Our first
@@ -166,8 +170,14 @@ class Core:
             self.links.kept_claims = _kept_claims(kept)
             self._first_look = True
             self.t_publish = now + RESTART_FIRST_RECORD_WAIT
+            # ... and asks the nodes it kept links to for the mesh at once, through the tunnel
+            # (a calm mesh's anti-entropy and quiet probes reach a restarted static peer, which
+            # has no static peer to ask, only after 10-30 s)
+            bound = {identity[:wire.ID8_LEN]: ip for ip, identity in self.membership.bindings.items()}
+            self._ask_first = sorted(bound[id8] for id8 in self.links.kept_claims if id8 in bound)[:RESTART_ASK]
         else:
             self._first_look = False
+            self._ask_first = []
             self._publish(now)
 
     # ========================================================================= inputs
@@ -191,6 +201,9 @@ class Core:
             self._publish(now)
         if now >= self.t_paths:
             self._recompute(now)
+        if self._ask_first:
+            self.gossip.ask_for_mesh([(ip, cfg.admin_port) for ip in self._ask_first], now, self.version)
+            self._ask_first = []
         if now >= self.t_bootstrap:
             # (once every static peer is known, only a forgotten one would need it again)
             idle = not self.gossip.bootstrap(now, self.version)
@@ -203,8 +216,8 @@ class Core:
             self.t_gossip = now + cfg.gossip_interval if self.gossip.hot else INFINITY
         if now >= self.t_sync:
             self.gossip.sync(now)
-            calm = now - self._last_change >= SYNC_CALM_AFTER
-            interval = SYNC_CALM_INTERVAL if calm else cfg.sync_interval
+            interval = min(cfg.sync_interval * 2 ** self._sync_rounds, SYNC_CALM_INTERVAL)
+            self._sync_rounds = min(self._sync_rounds + 1, 16)
             self.t_sync = now + interval * (1 - SYNC_JITTER / 2 + SYNC_JITTER * self._rand_unit())
         if now >= self.t_gc:
             self._gc(now)
@@ -337,16 +350,19 @@ class Core:
 
     def settled(self, now: float) -> bool:
         """Whether the desired data plane is worth applying. After a (re)start, not before every
-        WireGuard peer with a live session is known and reachable again (or 15 s passed): a
-        controller restart must not apply a half-learned mesh over a working data plane."""
+        WireGuard peer with a live session is known and reachable again and its link adopted
+        (or 15 s passed): a controller restart must not apply a half-learned mesh over a
+        working data plane. (Reachable alone was not enough: a static peer that learned two
+        nodes a moment before its first Apply routed them through a third, their links not yet
+        adopted at the next look.)"""
         if self._settled:
             return True
         if now - self.started > SETTLE_MAX:
             self._settled = True
         elif self._observed_once:
-            owner, hops = self.membership.wg_owner, self.routing.hops
-            fresh = [key for key, o in self.observed.items() if live_session(o.last_handshake, now)]
-            self._settled = all(owner.get(key) in hops for key in fresh)
+            owner, hops, links = self.membership.wg_owner, self.routing.hops, self.links.links
+            fresh = [owner.get(key) for key, o in self.observed.items() if live_session(o.last_handshake, now)]
+            self._settled = all(id8 in hops and (id8 not in links or links[id8].state == UP) for id8 in fresh)
         return self._settled
 
     def observation_interval(self) -> float:
@@ -816,8 +832,8 @@ class Core:
     # ========================================================================= housekeeping
 
     def _membership_changed(self, now: float) -> None:
-        """A record came or went: anti-entropy at its fast pace again (see SYNC_CALM_AFTER)."""
-        self._last_change = now
+        """A record came or went: anti-entropy at its fast pace again (see SYNC_CALM_INTERVAL)."""
+        self._sync_rounds = 0
         if self.t_sync > now + self.config.sync_interval:
             self.t_sync = now + self.config.sync_interval
 
