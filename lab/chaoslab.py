@@ -271,24 +271,33 @@ class RssSampler(threading.Thread):
                     if mb:
                         self.samples.setdefault((name, daemon, proc.pid), []).append((now, mb))
 
-    def growth_mb_per_h(self, daemon: str, min_span: float) -> tuple[float | None, float]:
+    def growth_mb_per_h(self, daemon: str, min_span: float) -> tuple[float | None, float | None, float]:
         """The largest least-squares slope over processes that lived ``min_span`` s past their
-        first minute, and the largest RSS seen (MB)."""
-        slopes, peak = [], 0.0
+        first minute, the largest slope over the second half of those lives (warm-up left
+        out: a Python heap grows to its working size first), and the largest RSS seen (MB)."""
+        slopes, late, peak = [], [], 0.0
         for (_, kind, _), series in self.samples.items():
             if kind != daemon:
                 continue
             peak = max(peak, max(mb for _, mb in series))
             warm = [(t, mb) for t, mb in series if t - series[0][0] >= 60]
-            if len(warm) < 3 or warm[-1][0] - warm[0][0] < min_span:
+            if len(warm) < 6 or warm[-1][0] - warm[0][0] < min_span:
                 continue
-            mt = statistics.fmean(t for t, _ in warm)
-            mm = statistics.fmean(mb for _, mb in warm)
-            slope = sum((t - mt) * (mb - mm) for t, mb in warm) / sum((t - mt) ** 2 for t, _ in warm)
-            slopes.append(slope * 3600)
-            log(f"rss {daemon} {warm[0][1]:.1f} -> {warm[-1][1]:.1f} MB over "
-                f"{(warm[-1][0] - warm[0][0]) / 60:.1f} min: {slopes[-1]:+.2f} MB/h")
-        return (round(max(slopes), 2) if slopes else None), round(peak, 1)
+            slopes.append(_slope(warm) * 3600)
+            half = warm[len(warm) // 2:]
+            late.append(_slope(half) * 3600)
+            log(f"rss {daemon} {warm[0][1]:.1f} -> {half[0][1]:.1f} -> {warm[-1][1]:.1f} MB over "
+                f"{(warm[-1][0] - warm[0][0]) / 60:.1f} min: {slopes[-1]:+.2f} MB/h, "
+                f"second half {late[-1]:+.2f} MB/h")
+        return ((round(max(slopes), 2) if slopes else None), (round(max(late), 2) if late else None),
+                round(peak, 1))
+
+
+def _slope(series: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, y) samples, per second."""
+    mt = statistics.fmean(t for t, _ in series)
+    my = statistics.fmean(y for _, y in series)
+    return sum((t - mt) * (y - my) for t, y in series) / sum((t - mt) ** 2 for t, _ in series)
 
 
 def snmp_redirects(box: Box) -> int:
@@ -431,8 +440,8 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         log(f"#{i + 1} {fault.kind} {fault.target}: outage {worst:.2f} s ({which or '-'})"
             + (f", {fault.leaks} packets in clear text" if fault.leaks else ""))
     quiet_outage = max(outage(times, faults_end, quiet_end, None) for times in replies.values())
-    growth, peak = sampler.growth_mb_per_h("controller", minutes * 30)
-    helper_growth, helper_peak = sampler.growth_mb_per_h("helper", minutes * 30)
+    growth, growth_late, peak = sampler.growth_mb_per_h("controller", minutes * 30)
+    helper_growth, helper_late, helper_peak = sampler.growth_mb_per_h("helper", minutes * 30)
     result = {
         "faults": {k: len(v) for k, v in sorted(by_kind.items())},
         "max_outage_s": {k: round(max(v), 2) for k, v in sorted(by_kind.items())},
@@ -443,8 +452,9 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         "quiet_max_outage_s": round(quiet_outage, 2),
         "stale_peers": stale_peers, "stale_routes": stale_routes, "missing_routes": missing_routes,
         "cleartext_leaks": leaks, "cleartext_flows": flows, "redirects": redirects, "tracebacks": tracebacks,
-        "rss_growth_mb_per_h": growth, "controller_rss_peak_mb": peak,
-        "helper_rss_growth_mb_per_h": helper_growth, "helper_rss_peak_mb": helper_peak,
+        "rss_growth_mb_per_h": growth, "rss_growth_late_mb_per_h": growth_late, "controller_rss_peak_mb": peak,
+        "helper_rss_growth_mb_per_h": helper_growth, "helper_rss_growth_late_mb_per_h": helper_late,
+        "helper_rss_peak_mb": helper_peak,
         "direct_paths_at_end": direct, "worst": {k: v[1] for k, v in sorted(worst_pair.items())},
         "quiet_link_downs_by_node": {k: v for k, v in downs.items() if v},
         "quiet_log": {k: v for k, v in quiet_lines.items() if v},
