@@ -20,12 +20,14 @@ Everything is driven by one event queue and ``random.Random(seed)``: same seed, 
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
 import gc
 import heapq
 import ipaddress
 import random
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from wg_netmanager.controller import crypto, wire
@@ -907,3 +909,43 @@ class Sim:
 
     def events_of(self, kind: str) -> list[tuple[float, str, object]]:
         return [e for e in self.events if e[2].kind == kind]
+
+
+# ============================================================================ memory census
+
+
+_ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), range, memoryview)
+
+
+def census(root: object, name: str = "core", skip: tuple = ()) -> dict[str, int]:
+    """How many items the containers reachable from ``root`` hold, by path: attributes by
+    name, a container's items as ``[]`` (``core.membership.members[].record``...). A container
+    reached twice counts once; objects in ``skip`` (a cache shared between the simulator's
+    cores, a frozen config) and functions, methods, classes and modules are not entered. What
+    a core's memory is made of, as its growth law counts it (tests/test_faults_sim.py)."""
+    opaque = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.ModuleType, type,
+              functools.partial)
+    seen = {id(s) for s in skip}
+    sizes: dict[str, int] = {}
+    stack: list[tuple[object, str]] = [(root, name)]
+    while stack:
+        obj, path = stack.pop()
+        if isinstance(obj, _ATOMS) or isinstance(obj, opaque) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Mapping):
+            sizes[path] = sizes.get(path, 0) + len(obj)
+            for k, v in obj.items():
+                stack.append((k, path + "[k]"))
+                stack.append((v, path + "[]"))
+        elif isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+            sizes[path] = sizes.get(path, 0) + len(obj)
+            stack.extend((item, path + "[]") for item in obj)
+        else:
+            attrs = dict(getattr(obj, "__dict__", {}))
+            for cls in type(obj).__mro__:
+                for slot in getattr(cls, "__slots__", ()):
+                    if hasattr(obj, slot):
+                        attrs[slot] = getattr(obj, slot)
+            stack.extend((v, f"{path}.{k}") for k, v in attrs.items())
+    return sizes

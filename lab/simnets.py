@@ -50,3 +50,60 @@ def star(n: int, seed: int = 1, hubs: int = 3, **overrides) -> Sim:
     for name in names:
         sim.start(name)
     return sim
+
+
+HOME_LAN = "192.168.1."
+
+
+def chaos_mesh(seed: int = 1, **overrides) -> Sim:
+    """The chaos bench's eight boxes (lab/chaoslab.py) in the simulator: beta the static peer
+    and gamma public, alpha behind a firewall, charlie, delta, echo, foxtrot and golf behind one
+    home NAT; golf roams to a café NAT (see :func:`inject`)."""
+    sim = Sim(seed=seed, **overrides)
+    u = sim.underlay
+    u.site("dc-alpha", nat="firewall", outside_ip="198.51.100.10", latency=0.002)
+    u.site("dc", latency=0.002)
+    u.site("home", nat="eim", outside_ip="203.0.113.20", latency=0.0005)
+    u.site("cafe", nat="eim", outside_ip="203.0.113.50", latency=0.001)
+    sim.add_static("10.1.0.2", "198.51.100.20")
+    sim.add_node("beta", "198.51.100.20", "dc", "10.1.0.2")
+    sim.add_node("gamma", "198.51.100.30", "dc", "10.1.0.7")
+    sim.add_node("alpha", "198.51.100.10", "dc-alpha", "10.1.0.1")
+    for i, name in enumerate(("charlie", "delta", "echo", "foxtrot", "golf")):
+        sim.add_node(name, f"{HOME_LAN}{30 + 10 * i}", "home", f"10.1.0.{3 + i if i < 4 else 8}")
+    return sim
+
+
+#: the faults :func:`inject` draws from, as the chaos bench's (a box's restart and a kill -9 of
+#: the helper are the data plane's, which the simulator's does not model apart), plus a
+#: departure (``wg_netmanager down``, ``up`` 10 s later)
+SIM_FAULTS = ("kill_controller", "restart_controller", "pause", "reboot", "lan_cut", "roam", "leave")
+
+
+def inject(sim: Sim, kind: str, target: str) -> None:
+    """One fault of daily life, undone by itself (a pause 10 s, a reboot's box down 5 s, a LAN
+    cut 15 s, golf at the café 10 s, a departure 10 s): the chaos bench's, in the simulator."""
+    if kind == "kill_controller":
+        sim.model_saves = True
+        sim.restart_controller(target, down_for=1.0, killed=True)
+    elif kind == "restart_controller":
+        sim.restart_controller(target, down_for=1.0)
+    elif kind == "pause":
+        sim.pause(target, 10.0)
+    elif kind == "reboot":
+        sim.stop(target)
+        sim.schedule(5.0, sim.restart, target, True)
+    elif kind == "lan_cut":
+        def cut(_direction, src, dst) -> bool:
+            return src[0].startswith(HOME_LAN) and dst[0].startswith(HOME_LAN)
+        sim.underlay.drop_rules.append(cut)
+        sim.schedule(15.0, sim.underlay.drop_rules.remove, cut)
+    elif kind == "roam":
+        home = sim.nodes["golf"].underlay_ip
+        sim.move("golf", "192.168.77.70", "cafe")
+        sim.schedule(10.0, sim.move, "golf", home, "home")
+    elif kind == "leave":
+        sim.leave(target)
+        sim.schedule(10.0, sim.come_back, target)
+    else:
+        raise ValueError(f"unknown fault {kind!r}")

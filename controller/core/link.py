@@ -75,7 +75,13 @@ RTT_HINT_DEFAULT = 50
 #: WireGuard traffic beyond twice our admin bytes plus this much in a window counts as use of the link
 TRAFFIC_SLACK = 600
 TRAFFIC_WINDOW = 1.0
+#: probes waiting for an answer: at most this many (the oldest quarter goes beyond it), and
+#: none older than PENDING_PROBE_KEEP (an answer that late measures nothing and proves
+#: nothing a fresh probe would not - a link is down 3 s without answers; unanswered probes to
+#: links that went down or nodes that went away piled up towards the cap under churn, ~6 a
+#: minute at a node of the chaos mesh)
 MAX_PENDING_PROBES = 4096
+PENDING_PROBE_KEEP = 60.0
 #: a static peer says "ready" this long after our attempt began: our WireGuard's handshake is
 #: likely in its 5 s back-off (it was away), so the attempt starts over with a fresh peer
 STALE_ATTEMPT = 2.0

@@ -838,6 +838,7 @@ class Core:
             self.t_sync = now + self.config.sync_interval
 
     def _gc(self, now: float) -> None:
+        self.links.probes.expire(now)
         for member in self.membership.collect(now, self.routing.hops):
             self._membership_changed(now)
             id8 = member.record.id8

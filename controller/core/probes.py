@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .. import wire
-from .link import INFINITY, MAX_PENDING_PROBES, RESUME_WINDOW, RTT_PUBLISH_DELAY, UP, Link
+from .link import INFINITY, MAX_PENDING_PROBES, PENDING_PROBE_KEEP, RESUME_WINDOW, RTT_PUBLISH_DELAY, UP, Link
 from .routes import Routing
 from .transport import Transport
 from .types import CoreConfig, Counters
@@ -47,6 +47,16 @@ class Probes:
             for old in sorted(self.pending)[:MAX_PENDING_PROBES // 4]:
                 del self.pending[old]
         return pid
+
+    def expire(self, now: float) -> None:
+        """Forget probes unanswered for PENDING_PROBE_KEEP (the housekeeping tick's); not right
+        after our clock jumped (their answers may be waiting in our socket's backlog)."""
+        if now < self.resumed_at + RESUME_WINDOW:
+            return
+        for pid, pending in list(self.pending.items()):  # (in the order they were sent)
+            if now - pending[1] < PENDING_PROBE_KEEP:
+                break
+            del self.pending[pid]
 
     def answered(self, sender8: bytes, probe_id: int, now: float) -> tuple[float, bool] | None:
         """(RTT in ms, asked by the user) of an answered probe; None if we sent no such probe."""
