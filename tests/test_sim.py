@@ -503,6 +503,33 @@ def test_ranges_split_the_ids_by_prefix():
     assert ranges.entries(16, int.from_bytes(items[7][0], "big")) == [items[7]]
 
 
+def test_ranges_kept_up_to_date_hash_as_ranges_built_anew():
+    """Records come, change and go one at a time (the range hashes a tree by prefix: one path
+    is hashed again); every hash and bucket is the one of the same items sorted anew."""
+    rng = random.Random(5)
+    held = {rng.randbytes(8): rng.randrange(10) for _ in range(700)}
+    ranges = Ranges(sorted(held.items()))
+    ranges.hash(0, 0)  # (hashes cached, then changed under them)
+    ids = list(held)
+    for step in range(300):
+        id8 = rng.choice(ids) if step % 3 else rng.randbytes(8)
+        if step % 7 == 0 and id8 in held:
+            del held[id8]
+            ranges.set(id8, None)
+        else:
+            held[id8] = rng.randrange(100)
+            ranges.set(id8, held[id8])
+            ids.append(id8)
+        if step % 25 == 0:
+            fresh = Ranges(sorted(held.items()))
+            assert ranges.hash(0, 0) == fresh.hash(0, 0)
+            assert ranges.buckets(0, 0) == fresh.buckets(0, 0)
+            p = ranges.sub(0, 0, id8[0] >> 4)
+            assert ranges.buckets(1, p) == fresh.buckets(1, p)
+            assert ranges.entries(1, p) == fresh.entries(1, p)
+    assert ranges.hash(0, 0) != Ranges(sorted({**held, ids[0]: held.get(ids[0], 0) + 1}.items())).hash(0, 0)
+
+
 @pytest.mark.parametrize("who,back", [("delta", "up"), ("beta", "up"), ("alpha", "up"), ("delta", "reboot")])
 def test_a_node_that_leaves_is_dropped_at_once_and_comes_back(who, back):
     """``down``: a signed departure record; every node lists the node as left at once (not

@@ -34,9 +34,16 @@ STRANGERS_MAX = 4096
 LEFT_KEEP = 600.0
 
 
+#: a range of more ids than this is hashed as the hashes of its sixteenths, a smaller one as
+#: its entries: a tree by prefix, so one changed record re-hashes one path (a leaf of at most
+#: this many entries and 16 hashes a level above it), not every id held (26 ms at 10,000 ids)
+HASH_LEAF = 64
+
+
 class Ranges:
     """What a node holds as (id8, version), sorted, and the hash of any range of ids that share
-    a prefix of ``depth`` nibbles (the anti-entropy's digests: see wire.Digest)."""
+    a prefix of ``depth`` nibbles (the anti-entropy's digests: see wire.Digest), kept up to date
+    as records come and go (:meth:`set`)."""
 
     __slots__ = ("_items", "_ids", "_hashes")
 
@@ -44,6 +51,26 @@ class Ranges:
         self._items = items
         self._ids = [id8 for id8, _ in items]
         self._hashes: dict[tuple[int, int], bytes] = {}
+
+    def set(self, id8: bytes, version: int | None) -> None:
+        """``id8`` is now held at ``version`` (None: no longer held); the hashes of the ranges
+        that hold it are computed again when next asked for."""
+        i = bisect.bisect_left(self._ids, id8)
+        present = i < len(self._ids) and self._ids[i] == id8
+        if version is None:
+            if not present:
+                return
+            del self._ids[i], self._items[i]
+        elif present:
+            if self._items[i][1] == version:
+                return
+            self._items[i] = (id8, version)
+        else:
+            self._ids.insert(i, id8)
+            self._items.insert(i, (id8, version))
+        value = int.from_bytes(id8, "big")
+        for depth in range(2 * wire.ID8_LEN + 1):
+            self._hashes.pop((depth, value >> (64 - 4 * depth) << (64 - 4 * depth) if depth else 0), None)
 
     def bounds(self, depth: int, prefix: int) -> tuple[int, int]:
         if depth == 0:
@@ -65,9 +92,15 @@ class Ranges:
         key = (depth, prefix)
         h = self._hashes.get(key)
         if h is None:
-            b = hashlib.blake2b(digest_size=wire.DIGEST_HASH_LEN)
-            for id8, version in self.entries(depth, prefix):
-                b.update(id8 + version.to_bytes(8, "big"))
+            lo, hi = self.bounds(depth, prefix)
+            if hi - lo <= HASH_LEAF or depth >= 2 * wire.ID8_LEN:
+                b = hashlib.blake2b(digest_size=wire.DIGEST_HASH_LEN, person=b"wgnm-leaf")
+                for id8, version in self._items[lo:hi]:
+                    b.update(id8 + version.to_bytes(8, "big"))
+            else:
+                b = hashlib.blake2b(digest_size=wire.DIGEST_HASH_LEN, person=b"wgnm-tree")
+                for j in range(wire.DIGEST_FANOUT):
+                    b.update(self.hash(depth + 1, self.sub(depth, prefix, j)))
             h = self._hashes[key] = b.digest()
         return h
 
@@ -130,7 +163,7 @@ class Membership:
         self._conflicts_reported: set[tuple[str, bytes]] = set()
         #: the latest distinct refused claims, for `status` (address taken, revoked, ...)
         self.refusals: deque[dict] = deque(maxlen=REFUSALS_SHOWN)
-        self._ranges: Ranges | None = None  # what we hold, sorted for range digests (None: changed)
+        self._ranges: Ranges | None = None  # what we hold, sorted for range digests (None: not built yet)
 
     # ------------------------------------------------------------------ lookups
 
@@ -260,7 +293,7 @@ class Membership:
         self.counters.count("records_accepted")
         member = self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                             old.last_reachable if old else now)
-        self._ranges = None
+        self._ranged(id8, record.version)
         return Admission(member, old, address)
 
     @staticmethod
@@ -307,14 +340,14 @@ class Membership:
         member = self.members.pop(id8, None)
         if member is not None:
             self.wg_owner.pop(member.info.wg_public_key, None)
-            self._ranges = None
+            self._ranged(id8, None)
         return member
 
     def set_own(self, record: Record, info: NodeInfo, first_seen: float, now: float) -> None:
         """A new version of our own record."""
         self.members[self.id8] = Member(self.identity, record, info, first_seen, now)
         self.wg_owner[info.wg_public_key] = self.id8
-        self._ranges = None
+        self._ranged(self.id8, record.version)
         self.bindings_dirty = True
 
     def _report_conflict(self, reason: str, info: NodeInfo, record: Record) -> None:
@@ -338,6 +371,10 @@ class Membership:
         self.emit(EventKind.CLAIM_REFUSED, reason="underlay_address", ip=overlay_ip, name=name, identity=identity)
 
     # ------------------------------------------------------------------ digests
+
+    def _ranged(self, id8: bytes, version: int | None) -> None:
+        if self._ranges is not None:
+            self._ranges.set(id8, version)
 
     def ranges(self) -> Ranges:
         if self._ranges is None:
