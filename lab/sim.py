@@ -919,10 +919,11 @@ _ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), range, m
 
 def census(root: object, name: str = "core", skip: tuple = ()) -> dict[str, int]:
     """How many items the containers reachable from ``root`` hold, by path: attributes by
-    name, a container's items as ``[]`` (``core.membership.members[].record``...). A container
-    reached twice counts once; objects in ``skip`` (a cache shared between the simulator's
-    cores, a frozen config) and functions, methods, classes and modules are not entered. What
-    a core's memory is made of, as its growth law counts it (tests/test_faults_sim.py)."""
+    name, a container's items as ``[]`` (``core.membership.members[].record``...; a tuple is
+    looked into, not counted: it cannot grow). A container reached twice counts once; objects
+    in ``skip`` (a cache shared between the simulator's cores, a frozen config) and functions,
+    methods, classes and modules are not entered. What a core's memory is made of, as its
+    growth law counts it (tests/test_faults_sim.py)."""
     opaque = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.ModuleType, type,
               functools.partial)
     seen = {id(s) for s in skip}
@@ -939,7 +940,8 @@ def census(root: object, name: str = "core", skip: tuple = ()) -> dict[str, int]
                 stack.append((k, path + "[k]"))
                 stack.append((v, path + "[]"))
         elif isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
-            sizes[path] = sizes.get(path, 0) + len(obj)
+            if not isinstance(obj, tuple):  # (a tuple is a record of fixed size: it cannot grow)
+                sizes[path] = sizes.get(path, 0) + len(obj)
             stack.extend((item, path + "[]") for item in obj)
         else:
             attrs = dict(getattr(obj, "__dict__", {}))

@@ -278,11 +278,12 @@ def test_probes_a_paused_end_answers_at_once_on_resume_are_no_rtt(seed):
 
 
 def test_a_core_under_churn_holds_no_more_than_the_mesh_size_bounds():
-    """Bounded memory: 40 simulated minutes of the chaos bench's faults (a fault every 20 s on
-    six of the eight boxes) must not make the containers of the two untouched boxes' cores
-    grow with time - every cache is bounded by the mesh, not by the churn. (Unanswered probes
-    to links that went down piled up, ~6 a minute at delta, until the cap of 4096: now they
-    expire.)"""
+    """Bounded memory: an hour of the chaos bench's faults (simulated; one every 20 s on six of
+    the eight boxes) must not make the containers of the two untouched boxes' cores grow with
+    time - every cache is bounded by the mesh, not by the churn. What the last third of the
+    hour holds at most is compared with the first third (after ten minutes of warm-up).
+    (Unanswered probes to links that went down piled up, ~6 a minute at delta, towards the
+    cap of 4096: now they expire.)"""
     import random
 
     from wg_netmanager.lab.sim import census
@@ -292,23 +293,23 @@ def test_a_core_under_churn_holds_no_more_than_the_mesh_size_bounds():
     sim.keep_events = False
     rng = random.Random(1)
     sim.run_for(20)
-    samples = []  # (minute, {node: {path: items}})
-    for step in range(120):
+    samples = []  # every 5 minutes from the 10th on: {node: {path: items}}
+    for step in range(180):
         kind = rng.choice(SIM_FAULTS)
         inject(sim, kind, "golf" if kind == "roam" else rng.choice(["alpha", "beta", "charlie", "echo", "foxtrot",
                                                                      "golf"]))
         sim.run_for(20)
-        if step >= 30 and step % 15 == 14:  # every 5 minutes from the 10th on
+        if step >= 30 and step % 15 == 14:
             samples.append({name: census(sim.nodes[name].core, skip=(sim.cache, sim.pair_memo,
                                                                        sim.nodes[name].core.config))
                             for name in ("delta", "gamma")})
-    first, second = samples[:len(samples) // 2], samples[len(samples) // 2:]
+    third = len(samples) // 3
+    first, last = samples[:third], samples[-third:]
     for name in ("delta", "gamma"):
-        paths = set().union(*(s[name] for s in samples))
         grown = {}
-        for path in paths:
+        for path in set().union(*(s[name] for s in samples)):
             before = max(s[name].get(path, 0) for s in first)
-            after = max(s[name].get(path, 0) for s in second)
-            if after > before + max(8, before // 4):
+            after = max(s[name].get(path, 0) for s in last)
+            if after > 8 + 1.5 * before:
                 grown[path] = (before, after)
-        assert grown == {}, f"{name}: containers grew with time under churn (first half, second half): {grown}"
+        assert grown == {}, f"{name}: containers grew with time under churn (first third, last third): {grown}"

@@ -504,7 +504,7 @@ class Core:
         self.counters.count(RX_COUNTERS[inner.type])
         if inner.type in AMPLIFYING and self.validation.needs_check(src, over):
             # (its answer could be many times its size: not before src shows it receives there)
-            challenge = self.validation.hold(src, inner)
+            challenge = self.validation.hold(src, inner, now)
             if challenge is not None:
                 self.transport.send_to_addr(src, wire.PROBE, wire.body_probe(challenge), now, inner.sender)
             return
@@ -593,9 +593,10 @@ class Core:
 
     def _on_probe_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
         probe_id, _seen_admin, seen_wg = wire.parse_probe_ack(inner.body)
-        held = self.validation.answered(src, probe_id)
+        held = self.validation.answered(src, probe_id, now)
         if held is not None:  # src answered our challenge: what it sent before is answered now
-            self._handlers[held.type](held, held.sender[:wire.ID8_LEN], src, now)
+            for message in held:
+                self._handlers[message.type](message, message.sender[:wire.ID8_LEN], src, now)
             self.gossip.validated_addr(src, now)
             return
         answered = self.links.probes.answered(sender8, probe_id, now)

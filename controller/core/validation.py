@@ -9,10 +9,17 @@ from net.yaml, or an address that echoed a random challenge. From any other addr
 message is held (the latest one per address), a challenge goes out instead (a PROBE with a
 random id: a few dozen bytes, less than what came in), and its PROBE_ACK releases the held
 message: one round trip more for a node's very first exchange, nothing after.
+
+The challenge is stateless, as QUIC's Retry token is: its id is a keyed hash of the address and
+the time, so any echo of it validates the address, whether or not the held message is still
+there. (A table of outstanding challenges, 1024 at most, livelocked a hub when 2,000 nodes
+joined at once: each evicted challenge was answered too late, and the next message from that
+address drew a new one - no node was ever validated.)
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 from .. import wire
@@ -20,9 +27,13 @@ from .types import Counters
 
 #: messages whose answers may be much larger than they are
 AMPLIFYING = frozenset({wire.DIGEST, wire.SYNC, wire.REQUEST})
-#: addresses remembered as validated, and challenges outstanding (oldest forgotten first)
+#: addresses remembered as validated, and addresses with held messages (oldest forgotten first)
 VALIDATED_MAX = 4096
-CHALLENGES_MAX = 1024
+HELD_MAX = 1024
+#: a challenge is good in the epoch it was made in and the next; one goes to an address at
+#: most this often (the messages that come meanwhile replace the held ones)
+CHALLENGE_EPOCH = 30.0
+CHALLENGE_RESEND = 1.0
 
 Addr = tuple[str, int]
 
@@ -30,37 +41,46 @@ Addr = tuple[str, int]
 class AddressValidation:
     def __init__(self, random_bytes: Callable[[int], bytes], counters: Counters,
                  trusted: Callable[[Addr], bool]) -> None:
-        self.random_bytes = random_bytes
         self.counters = counters
         self.trusted = trusted  # a static peer's address from net.yaml
+        self._key = random_bytes(32)
         self.validated: dict[Addr, None] = {}  # (insertion order: oldest first)
-        self.challenges: dict[Addr, tuple[int, wire.Inner]] = {}  # address -> (challenge id, held message)
+        #: address -> (when its challenge went, the latest message of each amplifying type)
+        self.held: dict[Addr, tuple[float, dict[int, wire.Inner]]] = {}
 
     def needs_check(self, addr: Addr, overlay: bool) -> bool:
         return not overlay and addr not in self.validated and not self.trusted(addr)
 
-    def hold(self, addr: Addr, inner: wire.Inner) -> int | None:
-        """Hold ``inner`` until ``addr`` is validated; the challenge id to send, or None if one
-        is already out (the held message is replaced by this newer one)."""
-        self.counters.count("held_for_validation")
-        pending = self.challenges.pop(addr, None)
-        if pending is not None:
-            self.challenges[addr] = (pending[0], inner)
-            return None
-        if len(self.challenges) >= CHALLENGES_MAX:
-            del self.challenges[next(iter(self.challenges))]
-        challenge = int.from_bytes(self.random_bytes(4), "big")
-        self.challenges[addr] = (challenge, inner)
-        return challenge
+    def _challenge(self, addr: Addr, epoch: int) -> int:
+        mac = hashlib.blake2b(f"{addr[0]} {addr[1]} {epoch}".encode(), key=self._key, digest_size=4)
+        return int.from_bytes(mac.digest(), "big")
 
-    def answered(self, addr: Addr, probe_id: int) -> wire.Inner | None:
-        """A PROBE_ACK from ``addr``: the message it released if it answers our challenge."""
-        pending = self.challenges.get(addr)
-        if pending is None or pending[0] != probe_id:
+    def hold(self, addr: Addr, inner: wire.Inner, now: float) -> int | None:
+        """Hold ``inner`` until ``addr`` is validated; the challenge id to send, or None if one
+        went there less than CHALLENGE_RESEND ago."""
+        self.counters.count("held_for_validation")
+        sent_at, messages = self.held.pop(addr, (None, {}))
+        messages[inner.type] = inner
+        if sent_at is not None and 0 <= now - sent_at < CHALLENGE_RESEND:
+            self.held[addr] = (sent_at, messages)
             return None
-        del self.challenges[addr]
+        if len(self.held) >= HELD_MAX:
+            del self.held[next(iter(self.held))]
+        self.held[addr] = (now, messages)
+        return self._challenge(addr, int(now // CHALLENGE_EPOCH))
+
+    def answered(self, addr: Addr, probe_id: int, now: float) -> list[wire.Inner] | None:
+        """A PROBE_ACK from ``addr``: None if it answers no challenge of ours, else the address
+        is validated and the messages it released are returned (none if they were forgotten:
+        its next one is answered at once)."""
+        if addr in self.validated or self.trusted(addr):
+            return None
+        epoch = int(now // CHALLENGE_EPOCH)
+        if probe_id not in (self._challenge(addr, epoch), self._challenge(addr, epoch - 1)):
+            return None
         self.validated[addr] = None
         if len(self.validated) > VALIDATED_MAX:
             del self.validated[next(iter(self.validated))]
         self.counters.count("addresses_validated")
-        return pending[1]
+        _, messages = self.held.pop(addr, (None, {}))
+        return list(messages.values())
