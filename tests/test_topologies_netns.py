@@ -116,14 +116,21 @@ def test_two_nat_routers_in_series():
         assert "192.168.1.2:" in mesh.boxes["charlie"].run(["wg", "show", "wg0", "endpoints"]).stdout
 
 
+UDP_TIMEOUT = 30
+
+
 @pytest.mark.parametrize("mapping", ["eim", "symmetric"])
 def test_nat_mapping_and_short_conntrack_timeouts(mapping):
-    """3. Two homes behind two routers with 5 s conntrack UDP timeouts. Endpoint-independent
-    mapping: hole punching makes carol<->dave direct. Symmetric (a random port per
-    destination): it cannot, so they stay relayed via beta - and stay put (no flapping). After
-    idling for three timeouts, traffic from outside still gets in: keepalives hold the mappings."""
+    """3. Two homes behind two routers with 30 s conntrack UDP timeouts (Linux's own default for
+    a flow seen one way, and a common home router's). Endpoint-independent mapping: hole
+    punching makes carol<->dave direct. Symmetric (a random port per destination): it cannot,
+    so they stay relayed via beta - and stay put (no flapping). After idling longer than the
+    timeout, traffic from outside still gets in: our probes and keepalives hold the mappings
+    (quiet links are probed every 10 s towards a static peer, 20 s otherwise, a hole-punched
+    link keeps WireGuard's 25 s keepalive; with the 5 s timeouts this test once used, mappings
+    lapsed between quiet probes and outside pings got in only by luck)."""
     with Lab() as lab:
-        mesh = labnets.two_homes(lab, mapping, udp_timeout=5)
+        mesh = labnets.two_homes(lab, mapping, udp_timeout=UDP_TIMEOUT)
         boxes = mesh.boxes
         mesh.start()
         expected = {} if mapping == "eim" else {("carol", "dave"): "via beta"}
@@ -144,7 +151,7 @@ def test_nat_mapping_and_short_conntrack_timeouts(mapping):
             assert link is not None and link["failures"] >= 1 and link["last_failure"], report
             text = boxes["carol"].run(cli + ["why", "dave"]).stdout
             assert "relayed via beta" in text and "failures:" in text and "Traceback" not in text
-        time.sleep(15)
+        time.sleep(UDP_TIMEOUT + 5 - 15)  # (idle since convergence: the 15 s above and this)
         assert every_pair_pings(boxes, mesh.overlay) == []
 
 
