@@ -5,10 +5,11 @@ A holder of the shared key can sign datagrams from fresh identities with a forge
 address. A DIGEST, SYNC or REQUEST can draw many times its size in records (a new node's
 bootstrap DIGEST of 155 bytes draws the whole mesh), so those three are answered only towards
 an address that is validated: the tunnel (WireGuard authenticated it), a static peer's address
-from net.yaml, or an address that echoed a random challenge. From any other address the
-message is held (the latest one per address), a challenge goes out instead (a PROBE with a
-random id: a few dozen bytes, less than what came in), and its PROBE_ACK releases the held
-message: one round trip more for a node's very first exchange, nothing after.
+from net.yaml, or an address that echoed a challenge. From any other address the message is
+held (the latest of each type per address), a challenge goes out instead (a PROBE: a few
+dozen bytes, less than what came in; at most one a second per address), and its PROBE_ACK
+releases the held messages: one round trip more for a node's very first exchange, nothing
+after.
 
 The challenge is stateless, as QUIC's Retry token is: its id is a keyed hash of the address and
 the time, so any echo of it validates the address, whether or not the held message is still
