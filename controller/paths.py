@@ -149,6 +149,10 @@ class LinkGraph:
         change it afterwards."""
         old = self.claims.get(node)
         if old == links:
+            if old is not None:
+                # the new record's map, not the old one: the old record's goes with it (kept,
+                # each unchanged refresh left a copy that only the graph held)
+                self.claims[node] = links
             return False
         self.claims[node] = links
         if not old:

@@ -501,6 +501,7 @@ class Sim:
         self.events: list[tuple[float, str, object]] = []
         self.pings: dict[int, float | None] = {}
         self.ping_seq = 0
+        self.ping_sinks: dict[int, list[float]] = {}  # echo id -> where its reply's time goes (see pinger)
         self.cache = wire.RecordCache(1 << 20)  # records verified/decoded once per process
         self.pair_memo: dict[bytes, bytes] = {}  # pair MAC keys derived once per pair (see crypto.PairKeys)
         self.stats: dict[str, int] = {}
@@ -588,6 +589,12 @@ class Sim:
                              identity_seed=old.identity_seed, lan_prefix=old.lan_prefix, wg_key=old.wg_key,
                              persisted=state, **overrides)
         self.start(name)
+        # like the runtime: the first look at the (new, empty) device comes at once, and no
+        # Apply before the core has settled (a reboot's peers reconnect within the first second:
+        # applied before that look, their fresh sessions looked like ones the device kept)
+        node.settle_gate = True
+        node.poll_at = self.now
+        self.schedule(0, self._poll, name)
         return node
 
     def restart_controller(self, name: str, down_for: float = 1.0, killed: bool = False) -> None:
@@ -820,6 +827,9 @@ class Sim:
         elif pkt.proto == "echo_reply":
             if pkt.ident in self.pings and self.pings[pkt.ident] is None:
                 self.pings[pkt.ident] = self.now
+            sink = self.ping_sinks.pop(pkt.ident, None)
+            if sink is not None:
+                sink.append(self.now)
 
     # ---------------------------------------------------------------- observing
 
@@ -841,6 +851,22 @@ class Sim:
         node = self.nodes[src]
         for k in range(int(duration / interval)):
             self.schedule(k * interval, self._echo, node, dst_ip)
+
+    def pinger(self, src: str, dst: str, interval: float, duration: float) -> list[float]:
+        """The chaos bench's pinger: an echo from box ``src`` to box ``dst`` every ``interval``
+        for ``duration``, whichever node the box is by then (a rebooted box pings on); returns the
+        list the replies' arrival times go into."""
+        replies: list[float] = []
+        for k in range(int(duration / interval)):
+            self.schedule(k * interval, self._tagged_echo, src, dst, replies)
+        return replies
+
+    def _tagged_echo(self, src: str, dst: str, replies: list[float]) -> None:
+        node = self.nodes[src]
+        if node.alive:
+            self.ping_seq += 1
+            self.ping_sinks[self.ping_seq] = replies
+            node.send_overlay(Packet(node.overlay_ip, self.nodes[dst].overlay_ip, "echo", ident=self.ping_seq))
 
     @staticmethod
     def _echo(node: SimNode, dst_ip: str) -> None:

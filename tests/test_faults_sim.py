@@ -6,7 +6,8 @@ import itertools
 import pytest
 
 from wg_netmanager.controller.core.link import QUIET_PROBE_STATIC
-from wg_netmanager.lab.simnets import original_example
+from wg_netmanager.lab.chaoslab import INTERVAL, PAIRS, outage
+from wg_netmanager.lab.simnets import chaos_mesh, original_example
 
 NAMES = ["alpha", "beta", "charlie", "delta"]
 
@@ -182,6 +183,28 @@ def test_a_reboot_with_saved_state_does_not_wait_for_a_node_that_is_gone(seed):
     assert t is not None and t - started <= 2.5, f"reachable after {t and t - started}"
 
 
+@pytest.mark.parametrize("who,seed", [("charlie", 3), ("charlie", 15), ("charlie", 19), ("charlie", 13),
+                                      ("beta", 4), ("beta", 15), ("gamma", 22), ("foxtrot", 8), ("alpha", 9)])
+def test_a_rebooted_box_of_the_chaos_mesh_costs_every_pair_under_1_5_s(who, seed):
+    """The chaos bench's reboot in its mesh (saved state kept, down 1 s, the ten pairs pinging
+    at 5/s): from the daemons' start, no pair goes without replies for more than 1.5 s (the
+    bench's goal is 2 s with a real process's start-up on top). The cases are the slowest of
+    232 reboots (every box, seeds 1-29): a home box's link to the static peer waited for the
+    static end's next "ready" (it had started over while the box was away), 2.0 s; a static
+    end that judged a rebooted box dead just as its handshake came made it start over, 2.4 s.
+    Since: 1.23 s at most, median 0.45 s."""
+    sim = chaos_mesh(seed=seed)
+    replies = {(a, b): sim.pinger(a, b, INTERVAL, 75) for pair in PAIRS for a, b in (pair, pair[::-1])}
+    sim.run_for(40)
+    sim.stop(who)
+    sim.run_for(1)
+    started = sim.now
+    sim.restart(who, keep_state=True)
+    sim.run_for(25)
+    worst = max((outage(times, started, sim.now, started), pair) for pair, times in replies.items())
+    assert worst[0] <= 1.5, f"{worst[1]} went {worst[0]:.2f} s without replies"
+
+
 def _lan_cut(sim) -> float:
     sim.underlay.blocked.add(frozenset(("192.168.1.30", "192.168.1.40")))
     return sim.now
@@ -293,13 +316,13 @@ def test_a_core_under_churn_holds_no_more_than_the_mesh_size_bounds():
     sim.keep_events = False
     rng = random.Random(1)
     sim.run_for(20)
-    samples = []  # every 5 minutes from the 10th on: {node: {path: items}}
+    samples = []  # every 100 s from the 10th minute on: {node: {path: items}}
     for step in range(180):
         kind = rng.choice(SIM_FAULTS)
         inject(sim, kind, "golf" if kind == "roam" else rng.choice(["alpha", "beta", "charlie", "echo", "foxtrot",
                                                                      "golf"]))
         sim.run_for(20)
-        if step >= 30 and step % 15 == 14:
+        if step >= 30 and step % 5 == 4:  # (often: what a fault just left, e.g. probes, comes and goes)
             samples.append({name: census(sim.nodes[name].core, skip=(sim.cache, sim.pair_memo,
                                                                        sim.nodes[name].core.config))
                             for name in ("delta", "gamma")})

@@ -588,6 +588,12 @@ class Links:
         if link.static:
             # the static end has us configured: our handshake will not be dropped now
             send_to_addr(src, wire.CONNECT_ACK, wire.body_connect_ack(attempt), now, member.identity)
+            if not link.initiator and link.state == ATTEMPTING and link.connect_sent and attempt:
+                # our attempt's peer is applied and the other end is there now (it rebooted while
+                # we started over): our "ready" goes at once, not at its next repeat (its
+                # handshake waits for it: a home box's reboots took 1.8 s for that here)
+                link.connect_sent = now
+                send_to_addr(src, wire.CONNECT, link.connect_body, now, member.identity)
             if not link.initiator and link.state == UP and attempt:
                 # the other end starts over (it moved, or restarted) while we still have it
                 # configured: say so at once rather than let it wait for a CONNECT of ours.
