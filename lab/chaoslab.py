@@ -300,6 +300,34 @@ def _slope(series: list[tuple[float, float]]) -> float:
     return sum((t - mt) * (y - my) for t, y in series) / sum((t - mt) ** 2 for t, _ in series)
 
 
+#: what fault_log keeps of a controller's log: links, paths, nodes, the data plane, trouble
+FAULT_LOG_KEYS = ("msg=link_", "msg=path_changed", "msg=node_", "msg=applied", 'msg="device ready',
+                  'msg="controller running', "level=warning", "level=error")
+
+
+def fault_log(logs: dict[str, str], boxes: Sequence[str], start: float, end: float,
+              per_box: int = 60) -> dict[str, list[str]]:
+    """The lines of the boxes' controller logs stamped within [start, end] (epoch s) that say
+    what links, paths and the data plane did: what the worst fault of each type left, so
+    that a slow one can be read after the lab is gone."""
+    out = {}
+    for name in boxes:
+        kept = []
+        for line in logs.get(name, "").splitlines():
+            if not line.startswith("ts=") or not any(key in line for key in FAULT_LOG_KEYS):
+                continue
+            stamp = line[3:26]
+            try:
+                t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(stamp[19:] or 0)
+            except ValueError:
+                continue
+            if start <= t <= end:
+                kept.append(line[:240])
+        if kept:
+            out[name] = kept[:per_box]
+    return out
+
+
 def snmp_redirects(box: Box) -> int:
     lines = [line.split() for line in box.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
              if line.startswith("Icmp:")]
@@ -423,9 +451,11 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         tracebacks = sum(box.log(key).count("Traceback") for box in mesh.boxes.values()
                          for key in ("controller", "helper"))
         direct = sum(v == "direct" for box in mesh.boxes.values() for v in paths(box).values())
+        logs = {name: box.log("controller") for name, box in mesh.boxes.items()}
 
     by_kind: dict[str, list[float]] = {}
     worst_pair: dict[str, tuple[float, str]] = {}
+    worst_log: dict[str, dict[str, list[str]]] = {}
     for i, fault in enumerate(faults):
         end = faults[i + 1].start if i + 1 < len(faults) else faults_end
         worst, which = 0.0, ""
@@ -437,6 +467,9 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         by_kind.setdefault(fault.kind, []).append(worst)
         if worst >= worst_pair.get(fault.kind, (-1.0, ""))[0]:
             worst_pair[fault.kind] = (worst, f"{fault.target} #{i + 1} worst pair {which}")
+            until = (fault.excused[1] if fault.excused else fault.end) + worst + 2 * INTERVAL + 1.0
+            boxes = {b for b in [*which.split("-"), *fault.target.split("-")] if b in logs}
+            worst_log[fault.kind] = fault_log(logs, sorted(boxes), fault.start, until)
         log(f"#{i + 1} {fault.kind} {fault.target}: outage {worst:.2f} s ({which or '-'})"
             + (f", {fault.leaks} packets in clear text" if fault.leaks else ""))
     quiet_outage = max(outage(times, faults_end, quiet_end, None) for times in replies.values())
@@ -458,6 +491,7 @@ def run(minutes: float = 10.0, period: float = 20.0, quiet: float = 60.0, seed: 
         "direct_paths_at_end": direct, "worst": {k: v[1] for k, v in sorted(worst_pair.items())},
         "quiet_link_downs_by_node": {k: v for k, v in downs.items() if v},
         "quiet_log": {k: v for k, v in quiet_lines.items() if v},
+        "worst_log": worst_log,
         "minutes": minutes, "period_s": period, "quiet_s": quiet, "seed": seed,
         "boxes": len(every), "pairs": len(PAIRS), "ping_interval_s": INTERVAL,
     }
