@@ -5,7 +5,7 @@ bench meets about once in 20 reboots on real parts, swept over many seeds in min
 Every box of ``simnets.chaos_mesh`` (or ``--boxes``) is rebooted once per seed: 40 s after a
 cold start the box stops (daemons and device gone), 1 s later it starts again with its saved
 state, as the chaos bench's reboot; the bench's ten pairs ping both ways at 5/s throughout
-(``Sim.pinger``). A reboot's outage is the bench's (``chaoslab.outage``): the longest time any
+(``simnets.reboot_outage``). A reboot's outage is the bench's (``chaoslab.outage``): the longest time any
 pair went without a reply beyond the ping interval, from the restart. Simulated time: a real
 process's start-up (0.4-0.6 s on this machine) comes on top.
 Final stdout line: {"reboots", "max_s", "median_s", "over_1_5_s", "over_2_s", "worst": [[s,
@@ -18,24 +18,9 @@ import argparse
 import json
 import statistics
 
-from wg_netmanager.lab.chaoslab import INTERVAL, PAIRS, outage
-from wg_netmanager.lab.simnets import chaos_mesh
+from wg_netmanager.lab.simnets import reboot_outage
 
 BOXES = ("alpha", "beta", "charlie", "delta", "echo", "foxtrot", "gamma", "golf")
-
-
-def reboot(box: str, seed: int, down: float = 1.0) -> tuple[float, str]:
-    sim = chaos_mesh(seed=seed)
-    sim.keep_events = False
-    replies = {(a, b): sim.pinger(a, b, INTERVAL, 70) for pair in PAIRS for a, b in (pair, pair[::-1])}
-    sim.run_for(40)
-    sim.stop(box)
-    sim.run_for(down)
-    started = sim.now
-    sim.restart(box, keep_state=True)
-    sim.run_for(25)
-    worst, pair = max((outage(times, started, sim.now, started), pair) for pair, times in replies.items())
-    return worst, "-".join(pair)
 
 
 def main() -> None:
@@ -51,7 +36,7 @@ def main() -> None:
     results = []
     for seed in seeds:
         for box in args.boxes.split(","):
-            s, pair = reboot(box, seed)
+            s, pair = reboot_outage(box, seed)
             results.append((round(s, 2), box, seed, pair))
     outages = [r[0] for r in results]
     print(json.dumps({"reboots": len(results), "max_s": max(outages), "median_s": statistics.median(outages),

@@ -148,13 +148,11 @@ class LinkGraph:
         ``links`` is kept, not copied (the core passes NodeInfo.link_map, read-only): do not
         change it afterwards."""
         old = self.claims.get(node)
-        if old == links:
-            if old is not None:
-                # the new record's map, not the old one: the old record's goes with it (kept,
-                # each unchanged refresh left a copy that only the graph held)
-                self.claims[node] = links
-            return False
+        # the new record's map also when it claims the same: the old record's goes with it
+        # (kept, each unchanged refresh left a copy that only the graph held)
         self.claims[node] = links
+        if old == links:
+            return False
         if not old:
             peers = links
         else:  # the peers whose claim changed, in id order

@@ -1,5 +1,6 @@
 """Simulated topologies shared by tests and benchmarks."""
 
+from wg_netmanager.lab.chaoslab import INTERVAL, PAIRS, outage
 from wg_netmanager.lab.sim import Sim
 
 
@@ -107,3 +108,21 @@ def inject(sim: Sim, kind: str, target: str) -> None:
         sim.schedule(10.0, sim.come_back, target)
     else:
         raise ValueError(f"unknown fault {kind!r}")
+
+
+def reboot_outage(box: str, seed: int, down: float = 1.0) -> tuple[float, str]:
+    """The chaos bench's reboot in its mesh: 40 s after a cold start ``box`` stops (daemons and
+    device gone) and ``down`` s later starts again with its saved state, while the bench's ten
+    pairs ping both ways at 5/s (``Sim.pinger``). Returns the worst pair's outage from the
+    restart, as the bench measures it (``chaoslab.outage``), and that pair ("a-b")."""
+    sim = chaos_mesh(seed=seed)
+    sim.keep_events = False
+    replies = {(a, b): sim.pinger(a, b, INTERVAL, 40 + down + 25) for pair in PAIRS for a, b in (pair, pair[::-1])}
+    sim.run_for(40)
+    sim.stop(box)
+    sim.run_for(down)
+    started = sim.now
+    sim.restart(box, keep_state=True)
+    sim.run_for(25)
+    worst, pair = max((outage(times, started, sim.now, started), pair) for pair, times in replies.items())
+    return worst, "-".join(pair)
