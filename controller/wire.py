@@ -407,7 +407,7 @@ def parse_probe_ack(body: bytes) -> tuple[int, tuple[str, int] | None, tuple[str
     return (_U32.unpack_from(body)[0], *_parse_addr_pair(body[4:]))
 
 
-RECORDS_FLOOD = 1  # "you are my static neighbour: hand this on" (see Core._gossip)
+RECORDS_FLOOD = 1  # "hand this on": to a static neighbour, or from a hub (see Gossip._hand_on)
 
 
 def body_records(raws: list[bytes], flags: int = 0) -> bytes:

@@ -3,8 +3,10 @@ with a direct neighbour, and introductions of nodes behind one public address.
 
 Every node links to every static node, so static nodes are hubs: a hub hands each new record
 to those of its neighbours that whoever sent it to the hub does not reach directly (it knows
-everyone's links from their signed records). Every node pushes its own new versions to one
-static neighbour and gossips them to a few random nodes; anti-entropy repairs what was lost.
+everyone's links from their signed records); an ordinary node hands what a hub floods on once
+more, to its neighbours the hub has no link to (a hub that rebooted, links coming back). Every
+node pushes its own new versions to one static neighbour and gossips them to a few random
+nodes; anti-entropy repairs what was lost.
 """
 
 from __future__ import annotations
@@ -92,28 +94,31 @@ class Gossip:
                 del self.hot[id8]
 
     def _hand_on(self, now: float) -> None:
+        """Hand the records collected by :meth:`flood` on over our links: to every neighbour
+        but the one that sent a record and, if that one is a hub, those it floods to itself
+        (its links). A hub marks what it hands on (RECORDS_FLOOD): an ordinary node hands
+        that on once more, to its neighbours the hub has no link to (see Core._accept_record),
+        and unmarked."""
         flood, self._flood = self._flood, {}
         mine = [i for i, link in self.links.items() if link.state == UP]
         batches: dict[bytes, list[bytes]] = {}
-        reached: dict[bytes | None, set[bytes]] = {}  # source -> the neighbours it floods to
+        no_links: Mapping[bytes, int] = {}
         for origin, source in flood.items():
             member = self.members.get(origin)
             if member is None:
                 continue
-            covered = reached.get(source)
-            if covered is None:
-                covered = reached[source] = {source}
-                sender = self.members.get(source) if source is not None else None
-                if sender is not None and sender.info.is_static:  # it floods to its own
-                    covered.update(self.routing.graph.claims.get(source, ()))
+            sender = self.members.get(source) if source is not None else None
+            theirs = self.routing.graph.claims.get(source, no_links) if sender is not None and \
+                sender.info.is_static else no_links  # (a hub floods to its own)
             raw = member.record.raw
             for id8 in mine:
-                if id8 not in covered and id8 != origin:
+                if id8 != source and id8 != origin and id8 not in theirs:
                     batches.setdefault(id8, []).append(raw)
+        flags = wire.RECORDS_FLOOD if self.local.is_static else 0
         for id8, batch in batches.items():
             addr = self.transport.addr_of(id8)
             if addr is not None:
-                self.transport.send_records(addr, batch, now, "flood", self.members.identity_of(id8))
+                self.transport.send_records(addr, batch, now, "flood", self.members.identity_of(id8), flags)
 
     def _rand_choice(self, items: list, k: int) -> list:
         items = list(items)

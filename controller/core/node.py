@@ -552,6 +552,14 @@ class Core:
             # (a record without links is of use only to the static peers it connects to: it
             # sends it to them itself, see Links.applied)
             self.gossip.flood(id8, source, now)  # a hub hands new records on
+        elif not self.local.is_static and flood and source in members and members[source].info.is_static:
+            # a hub's flood reaches only the nodes it has links to: a hub that rebooted has few,
+            # and those it lost kept their old view of the mesh, routed to it by other relays
+            # than it routed to them, and WireGuard's check of the source address dropped what
+            # either sent the other (the simulator's static-peer reboots took up to 3.2 s for
+            # records that anti-entropy brought). Our neighbours it has no link to get them from
+            # us; none while it links to every node, as it does once the mesh has formed
+            self.gossip.flood(id8, source, now)
         if old is None:
             self._emit(EventKind.NODE_DISCOVERED, node=info.name, ip=info.overlay_ip,
                        identity=record.identity[:8].hex())
@@ -742,8 +750,9 @@ class Core:
             primary = statics[0] if statics else None
         flagged = wire.body_records([record.raw], wire.RECORDS_FLOOD)
         for id8 in changed:  # the other end of a changed link needs our claim to use the link
-            self.transport.send_both(id8, wire.RECORDS, flagged if id8 == primary else wire.body_records([record.raw]),
-                                     now)
+            # (marked as our flood would be: as a hub's, it is handed on; see Gossip._hand_on)
+            self.transport.send_both(id8, wire.RECORDS, flagged if id8 == primary or self.local.is_static
+                                     else wire.body_records([record.raw]), now)
         if primary is not None and primary not in changed:
             addr = self.transport.addr_of(primary)
             if addr is not None:

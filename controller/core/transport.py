@@ -108,7 +108,7 @@ class Transport:
             self.send(id8, mtype, body, now)
 
     def send_records(self, addr: tuple[str, int], raws: list[bytes], now: float, why: str = "reply",
-                     to: bytes | None = None) -> None:
+                     to: bytes | None = None, flags: int = 0) -> None:
         """Records in as few datagrams as fit (see RECORDS_LIMIT_*)."""
         self.counters.count(f"tx_records_{why}", len(raws))
         limit = RECORDS_LIMIT_OVERLAY if self.local.subnet.is_overlay(addr[0]) else RECORDS_LIMIT_UNDERLAY
@@ -116,9 +116,9 @@ class Transport:
         size = 0
         for raw in raws:
             if chunk and size + len(raw) > limit:
-                self.send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now, to)
+                self.send_to_addr(addr, wire.RECORDS, wire.body_records(chunk, flags), now, to)
                 chunk, size = [], 0
             chunk.append(raw)
             size += len(raw)
         if chunk:
-            self.send_to_addr(addr, wire.RECORDS, wire.body_records(chunk), now, to)
+            self.send_to_addr(addr, wire.RECORDS, wire.body_records(chunk, flags), now, to)
