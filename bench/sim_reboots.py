@@ -7,8 +7,8 @@ cold start the box stops (daemons and device gone), 1 s later it starts again wi
 state, as the chaos bench's reboot; the bench's ten pairs ping at 5/s throughout, one way
 as the bench's pingers do (``simnets.reboot_outage``). A reboot's outage is the bench's
 (``chaoslab.outage``): the longest time any pair went without a reply beyond the ping
-interval, from the restart. Simulated time: a real
-process's start-up (0.4-0.6 s on this machine) comes on top.
+interval, from the restart. Simulated time: a real process's start-up (0.4-0.6 s on this
+machine) comes on top.
 Final stdout line: {"reboots", "max_s", "median_s", "over_1_5_s", "over_2_s", "worst": [[s,
 box, seed, pair], ...]}.
 """

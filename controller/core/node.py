@@ -547,12 +547,13 @@ class Core:
         claims = info.link_map
         graph_changed = self.routing.set_claims(id8, claims)
         members = self.membership.members
+        from_hub = source in members and members[source].info.is_static
         if self.local.is_static and source is not None and (info.links or info.is_static or info.is_left) and (
-                (flood and source == id8) or (source in members and members[source].info.is_static)):
+                (flood and source == id8) or from_hub):
             # (a record without links is of use only to the static peers it connects to: it
             # sends it to them itself, see Links.applied)
             self.gossip.flood(id8, source, now)  # a hub hands new records on
-        elif not self.local.is_static and flood and source in members and members[source].info.is_static:
+        elif not self.local.is_static and flood and from_hub:
             # a hub's flood reaches only the nodes it has links to: a hub that rebooted has few,
             # and those it lost kept their old view of the mesh, routed to it by other relays
             # than it routed to them, and WireGuard's check of the source address dropped what
