@@ -64,7 +64,8 @@ def fail(message: str, code: int = 1) -> None:
 @click.option("-l", "--link-policy", type=click.Choice(["auto", "all", "static"]), default="auto",
               show_default=True, help="which pairs keep direct links (see README)")
 @click.option("--idle-timeout", type=click.FloatRange(5, 86400), default=120, show_default=True, metavar="SECONDS",
-              help="-l auto: a direct link without traffic for this long goes quiet (no keepalives/probes)")
+              help="-l auto: a direct link without traffic for this long (up to 1.5 times: links falling idle"
+                   " go together) goes silent (no keepalives/probes)")
 @click.option("--state-dir", type=str,
               default=lambda: os.environ.get("STATE_DIRECTORY", "/var/lib/wg-netmanager"),
               show_default="$STATE_DIRECTORY or /var/lib/wg-netmanager")

@@ -11,7 +11,7 @@ from wg_netmanager.controller.core.link import QUIET_GRACE, QUIET_PROBE, QUIET_P
 from wg_netmanager.controller.core.membership import LEFT_KEEP, Ranges
 from wg_netmanager.controller.core.node import GC_INTERVAL
 from wg_netmanager.lab.sim import EPOCH, Sim, admin_inner
-from wg_netmanager.lab.simnets import original_example, star
+from wg_netmanager.lab.simnets import chaos_mesh, original_example, star
 
 PAIRS = ["alpha", "beta", "charlie", "delta"]
 
@@ -273,6 +273,31 @@ def test_idle_policy_silences_idle_direct_links():
     # (a probe and its answer each QUIET_PROBE, a rekey, anti-entropy now and then: probes every
     # second would be ~30 KB alone)
     assert 0 < kept <= 5000, kept
+
+
+def test_links_that_fall_idle_together_go_silent_in_one_apply():
+    """echo (chaos_mesh) uses its four LAN links one after another within 4 s, then none: their
+    keepalives go once idle_timeout has passed, together (Links.active decides on a grid of
+    half an idle_timeout), not in one Apply each (4 in the code before). (At most 2: the 4 s
+    could straddle a step of the grid.)"""
+    sim = chaos_mesh(idle_timeout=30)
+    sim.run_for(80)
+    echo = sim.nodes["echo"]
+    lan = ["charlie", "delta", "foxtrot", "golf"]
+    keys = {sim.nodes[name].wg_key: name for name in lan}
+
+    def kept_alive():
+        return sorted(keys[p.public_key] for p in echo.core.dataplane.peers if p.keepalive and p.public_key in keys)
+    assert kept_alive() == []  # idle since the start
+    for name in lan:
+        for _ in range(10):
+            sim.ping("echo", sim.nodes[name].overlay_ip, timeout=2)
+            sim.run_for(0.1)
+    assert kept_alive() == lan
+    applies = echo.apply_count
+    sim.run_for(60)
+    assert kept_alive() == []
+    assert echo.apply_count - applies <= 2
 
 
 def test_a_quiet_link_is_probed_rarely():

@@ -61,6 +61,7 @@ from .types import CoreConfig, Counters, DesiredPeer, EventKind, PeerObservation
 
 #: how long after a link last carried traffic the data plane is still watched closely
 BUSY_WATCH = 5.0
+IDLE_STEPS = 2  # see Links.active
 
 
 class Links:
@@ -268,7 +269,12 @@ class Links:
         """Whether the link is kept alive (keepalive + probes) - the idle policy."""
         if link.static or link.pinned or self.config.link_policy == "all":
             return True
-        return now - link.last_traffic < self.config.idle_timeout
+        # decided on a grid of our clock (steps of idle_timeout / IDLE_STEPS), not per link:
+        # the links whose traffic stopped within one step fall idle together, and their
+        # keepalives go in one Apply, not one each; a link falls idle between idle_timeout and
+        # idle_timeout * (1 + 1 / IDLE_STEPS) after its last traffic
+        step = self.config.idle_timeout / IDLE_STEPS
+        return link.last_traffic > now - now % step - self.config.idle_timeout
 
     def wants_keepalive(self, link: Link, now: float) -> bool:
         """Who sends persistent keepalives: exactly one side of a link, so that handshakes
