@@ -10,7 +10,8 @@ from wg_netmanager.controller import wire
 from wg_netmanager.controller.core.link import QUIET_GRACE, QUIET_PROBE, QUIET_PROBE_STATIC
 from wg_netmanager.controller.core.membership import LEFT_KEEP, Ranges
 from wg_netmanager.controller.core.node import GC_INTERVAL
-from wg_netmanager.lab.sim import EPOCH, Sim, admin_inner
+from wg_netmanager.controller.core.types import StaticPeerConfig
+from wg_netmanager.lab.sim import ADMIN_PORT, EPOCH, WG_PORT, Sim, admin_inner
 from wg_netmanager.lab.simnets import chaos_mesh, original_example, star
 
 PAIRS = ["alpha", "beta", "charlie", "delta"]
@@ -169,6 +170,37 @@ def test_impostor_with_the_shared_key_cannot_take_an_address():
         assert sim.path(name, "alpha") is not None
     assert sim.ping("charlie", alpha.overlay_ip) is not None
     assert sim.ping("beta", alpha.overlay_ip) is not None
+
+
+def test_a_node_calling_itself_static_is_not_a_hub_unless_net_yaml_says_so():
+    """A holder of the shared key whose own net.yaml lists it as a static peer sets FLAG_STATIC in
+    its record; the others' net.yaml does not list it, so they do not trust it as a hub (one
+    rule: LocalNode.is_hub): what it floods is not handed on (charlie and delta did, to each
+    other, before), what it saw of their WireGuard endpoints is not taken as their public
+    endpoint, and `status` does not call it static. (It is linked as a static peer: a link's
+    roles follow the node's own word.)"""
+    sim = original_example(link_policy="static")
+    sim.underlay.site("evil", latency=0.002)
+    mallory_ip = "10.1.1.66"
+    claimed = (*sim.static_peers, StaticPeerConfig(mallory_ip, "203.0.113.66", WG_PORT, ADMIN_PORT))
+    mallory = sim.add_node("mallory", "203.0.113.66", "evil", mallory_ip, static_peers=claimed)
+    assert mallory.core.local.is_static
+    # delta cannot reach mallory directly: charlie would hand mallory's floods on to it
+    sim.underlay.drop_rules.append(lambda _d, src, dst: {src[0], dst[0]} == {"192.168.1.40", "203.0.113.66"})
+    sim.run_for(15)
+    link = sim.nodes["charlie"].core.links.get(mallory.core.id8)
+    assert link is not None and link.state == "up" and link.static
+    assert sim.nodes["delta"].core.links.get(mallory.core.id8).state != "up"
+    beta = sim.nodes["beta"].core.id8
+    for name in ("alpha", "charlie", "delta"):
+        core = sim.nodes[name].core
+        assert mallory.core.id8 in core.members
+        assert core.counters.get("tx_records_flood", 0) == 0, name
+        assert mallory.core.id8 not in core.local.seen_by and beta in core.local.seen_by, name
+        status = {m["name"]: m["static"] for m in core.member_status()}
+        assert status["mallory"] is False and status["beta"] is True
+    assert sim.ping("charlie", mallory_ip) is not None
+    assert sim.ping("delta", mallory_ip) is not None
 
 
 def test_replayed_datagrams_are_ignored():
@@ -784,8 +816,9 @@ def test_status_tells_the_nat_in_front_of_a_node(nat, hubs, expected):
     u = sim.underlay
     u.site("dc", latency=0.002)
     u.site("home", nat=nat, outside_ip="203.0.113.9", latency=0.001)
-    for h in range(hubs):
+    for h in range(hubs):  # (one net.yaml: every static peer in it, as every node has it)
         sim.add_static(f"10.1.0.{h + 1}", f"198.51.100.{h + 1}")
+    for h in range(hubs):
         sim.add_node(f"hub{h}", f"198.51.100.{h + 1}", "dc", f"10.1.0.{h + 1}")
     sim.add_node("laptop", "192.168.1.10", "home", "10.1.0.9")
     sim.run_for(10)

@@ -109,7 +109,7 @@ class Gossip:
                 continue
             sender = self.members.get(source) if source is not None else None
             theirs = self.routing.graph.claims.get(source, no_links) if sender is not None and \
-                sender.info.is_static else no_links  # (a hub floods to its own)
+                self.local.is_hub(sender.info) else no_links  # (a hub floods to its own)
             raw = member.record.raw
             for id8 in mine:
                 if id8 != source and id8 != origin and id8 not in theirs:
@@ -212,8 +212,8 @@ class Gossip:
         if addr is None:
             return
         newcomer = self.members.get(id8)
-        others = [m for i in self.members.behind(addr[0])
-                  if i != id8 and (m := self.members.get(i)) is not None and not m.info.is_static][:MAX_INTRODUCTIONS]
+        others = [m for i in self.members.behind(addr[0]) if i != id8 and (m := self.members.get(i)) is not None
+                  and not self.local.is_hub(m.info)][:MAX_INTRODUCTIONS]
         if not others:
             return
         if self.validated(addr):

@@ -101,6 +101,9 @@ class Links:
         if id8 == self.local.id8 or info.is_left:
             return False
         if self.local.is_static or info.is_static:
+            # (a link's roles follow the node's own word, its record's flag: it behaves as a
+            # static peer, waiting for us to start, even where our net.yaml is older than
+            # its; what we take from it as a hub follows LocalNode.is_hub)
             return True
         link = self.links.get(id8)
         if link is not None and link.pinned:

@@ -178,6 +178,15 @@ class LocalNode:
             note(ip, "an address of this box outside the tunnel")
         return found
 
+    def is_hub(self, info: NodeInfo) -> bool:
+        """Whether we trust a node as a static peer (a hub: we hand on what it floods, take our
+        public endpoint from what it saw, show it as static): its record says so and net.yaml
+        lists its address as a static peer's (bound to the identity first seen with it:
+        Membership.bindings). The flag alone is the node's own word: a holder of the shared key
+        calling itself static would have its floods handed on by every node and tell nodes
+        their public endpoint. (A link's roles follow the flag: see Links.wants_link.)"""
+        return info.is_static and info.overlay_ip in self.static_by_ip
+
     def is_static_admin_addr(self, addr: tuple[str, int]) -> bool:
         """A static peer's admin address from net.yaml (trusted as a source: see core.validation)."""
         return addr in self._static_admin

@@ -459,7 +459,7 @@ class Core:
                 "link": link.state if link else None, "endpoint": obs.endpoint if obs else "",
                 "last_handshake": obs.last_handshake if obs else 0.0,
                 "rx_bytes": obs.rx_bytes if obs else 0, "tx_bytes": obs.tx_bytes if obs else 0,
-                "static": m.info.is_static, "left": m.info.is_left,
+                "static": self.local.is_hub(m.info), "left": m.info.is_left,
             })
         return out
 
@@ -485,7 +485,7 @@ class Core:
         elif not path:
             reason = f"unreachable: {reason}" if not member.info.is_left else reason
         return {"name": member.info.name, "overlay_ip": member.info.overlay_ip, "reachable": bool(path),
-                "via": relays, "static": member.info.is_static, "left": member.info.is_left,
+                "via": relays, "static": self.local.is_hub(member.info), "left": member.info.is_left,
                 "endpoints": [f"{fmt_ep((ep.address, ep.port))} ({ENDPOINT_KINDS.get(ep.kind, ep.kind)})"
                               for ep in member.info.endpoints],
                 "link": link, "reason": reason}
@@ -547,8 +547,8 @@ class Core:
         claims = info.link_map
         graph_changed = self.routing.set_claims(id8, claims)
         members = self.membership.members
-        from_hub = source in members and members[source].info.is_static
-        if self.local.is_static and source is not None and (info.links or info.is_static or info.is_left) and (
+        from_hub = source in members and self.local.is_hub(members[source].info)
+        if self.local.is_static and source is not None and (info.links or self.local.is_hub(info) or info.is_left) and (
                 (flood and source == id8) or from_hub):
             # (a record without links is of use only to the static peers it connects to: it
             # sends it to them itself, see Links.applied)
@@ -564,7 +564,7 @@ class Core:
         if old is None:
             self._emit(EventKind.NODE_DISCOVERED, node=info.name, ip=info.overlay_ip,
                        identity=record.identity[:8].hex())
-            if self.local.is_static and source == id8 and not info.is_static:
+            if self.local.is_static and source == id8 and not self.local.is_hub(info):
                 self.gossip.introduce(id8, now)
             self.routing.table.added(id8, admission.address)
             if self._own_cache:
@@ -614,10 +614,11 @@ class Core:
         rtt_ms, user = answered
         link = self.links.get(sender8)
         member = self.membership.get(sender8)
-        if seen_wg is not None and member is not None and member.info.is_static:
+        hub = member is not None and self.local.is_hub(member.info)
+        if seen_wg is not None and hub:
             self.local.seen_by[sender8] = seen_wg
             self._learn_reflexive(seen_wg, now)
-        elif self.local.reflexive is None and link is not None and member is not None and member.info.is_static:
+        elif self.local.reflexive is None and link is not None and hub:
             self.links.probe_soon(link, now)  # its WireGuard has not reported our endpoint yet (it polls)
         if user and member is not None:
             via = ",".join(self.membership.members[h].info.name for h in self.path(sender8)[1:-1]) or "direct"
