@@ -69,7 +69,8 @@ class Links:
                  transport: Transport, counters: Counters, emit: Callable[..., None],
                  wake: Callable[[float], None], schedule_paths: Callable[..., None],
                  publish: Callable[..., None], changed: Callable[[bytes], None],
-                 announces_links: Callable[[], bool], links: dict[bytes, Link], now: float) -> None:
+                 announces_links: Callable[[], bool], resync: Callable[[bytes, float], None],
+                 links: dict[bytes, Link], now: float) -> None:
         self.config = config
         self.local = local
         self.members = members
@@ -82,6 +83,7 @@ class Links:
         self.publish = publish  # (now, delay=None): our record must change
         self.changed = changed  # a link of ours went up or down: tell its other end at once
         self.announces_links = announces_links
+        self.resync = resync  # (peer, now): anti-entropy with a node at once
         self.links = links  # id8 -> Link (shared read-only with transport and gossip)
         self.attempting = False  # any link waiting for a handshake
         #: a link carried traffic recently: watch the data plane closely until then (see suspect)
@@ -232,7 +234,14 @@ class Links:
         self.schedule_paths(now)
 
     def up(self, link: Link, member: Member, now: float) -> None:
+        back_to_hub = link.static and link.ever_up and not self.local.is_static
         link.went_up(now)
+        if back_to_hub:
+            # what the static peer flooded while our link to it was down (a static peer that
+            # rebooted floods its new record, and hands others' on, as its links come back)
+            # reached us only if another hub's or a neighbour's copy did: ask now, not at
+            # anti-entropy's next round
+            self.resync(link.peer, now)
         link.note(now, "up", link.endpoint)
         self.emit(EventKind.LINK_UP, node=member.info.name, endpoint=link.endpoint)
         self.changed(link.peer)
@@ -256,7 +265,9 @@ class Links:
             else:
                 self.publish(now, FIRST_LINKS_WAIT if pending else None)
             return
-        shortcut = link.peer in self.routing.hops and \
+        # (a link back to a static peer is no shortcut: the static peer that rebooted has none of
+        # its old links, whatever its old record still claims here)
+        shortcut = not back_to_hub and link.peer in self.routing.hops and \
             bool(self.routing.graph.edges.get(link.peer, {}).keys() - {self.local.id8})
         self.publish(now, LINK_BATCH_DELAY if shortcut else None)
 

@@ -130,7 +130,8 @@ class Core:
                                    self.routing, links, self.counters, random_bytes, pair_memo)
         self.links = Links(config, self.local, self.membership, self.routing, self.transport, self.counters,
                            self._emit, self._wake_links, self._schedule_paths, self._schedule_publish,
-                           self._changed_links.add, self._announces_links, links, now)
+                           self._changed_links.add, self._announces_links,
+                           lambda peer, at: self.gossip.sync_with(peer, at), links, now)
         self.validation = AddressValidation(random_bytes, self.counters, self.local.is_static_admin_addr)
         self.gossip = Gossip(self.local, self.membership, self.routing, links, self.transport, self._rand_unit,
                              self._wake_gossip, config.gossip_fanout, config.gossip_rounds,
