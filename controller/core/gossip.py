@@ -157,19 +157,15 @@ class Gossip:
         if not targets:
             return
         target = targets[int(self.rand_unit() * len(targets))]
-        self.transport.send(target, wire.SYNC, wire.body_sync(len(self.members.members), self.members.digest_hash()),
-                            now)
+        self.transport.send(target, wire.SYNC, self._sync_body(), now)
 
     def sync_with(self, id8: bytes, now: float) -> None:
-        """Anti-entropy with one node now (a static peer whose link to us came back): over the
-        underlay where we know its address (our overlay route to it may still go through a
-        relay that has no route back), else over the tunnel."""
-        body = wire.body_sync(len(self.members.members), self.members.digest_hash())
-        under = self.transport.underlay_of(id8, now)
-        if under is not None:
-            self.transport.send_to_addr(under, wire.SYNC, body, now, self.members.identity_of(id8))
-        else:
-            self.transport.send(id8, wire.SYNC, body, now)
+        """Anti-entropy with one node now (a static peer whose link to us came back): our overlay
+        route to it may still go through a relay that has no route back (Transport.send_outside)."""
+        self.transport.send_outside(id8, wire.SYNC, self._sync_body(), now)
+
+    def _sync_body(self) -> bytes:
+        return wire.body_sync(len(self.members.members), self.members.digest_hash())
 
     def on_sync(self, body: bytes, src: tuple[str, int], now: float, sender: bytes) -> None:
         _count, digest_hash = wire.parse_sync(body)

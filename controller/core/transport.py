@@ -107,6 +107,15 @@ class Transport:
         elif under is None:
             self.send(id8, mtype, body, now)
 
+    def send_outside(self, id8: bytes, mtype: int, body: bytes, now: float) -> None:
+        """As :meth:`send_both`, but once: over the underlay where possible, else the overlay."""
+        under = self.underlay_of(id8, now)
+        if under is not None:
+            member = self.members.get(id8)
+            self.send_to_addr(under, mtype, body, now, member.identity if member else None)
+        else:
+            self.send(id8, mtype, body, now)
+
     def send_records(self, addr: tuple[str, int], raws: list[bytes], now: float, why: str = "reply",
                      to: bytes | None = None, flags: int = 0) -> None:
         """Records in as few datagrams as fit (see RECORDS_LIMIT_*)."""
