@@ -9,7 +9,7 @@ through the WireGuard model (converged_s); then the steady-state admin traffic p
 (bytes/s sent, averaged over all nodes over 20 simulated seconds, from 10 s after convergence;
 ``--settle 40``: once links are quiet and anti-entropy calm); the largest admin
 datagram sent (bytes, and its type) over the whole run; the signature verifications per node
-(records each node accepted - a node verifies each record version once - plus signed datagrams
+(records and link pages each node accepted - a node verifies each version once - plus signed datagrams
 it received: datagrams between linked nodes carry the pair's MAC instead); and the wall time.
 Final stdout line: {"results": [{"n", "converged_s", "bytes_per_node_s", "peak_datagram",
 "peak_datagram_type", "sig_verify_per_node", "wall_s", ...}, ...]}
@@ -50,7 +50,8 @@ def run(n: int, seed: int, steady: float, settle: float = 10.0) -> dict:
     sim.run_for(steady)
     after = sum(node.stats.get("admin_tx_bytes", 0) for node in sim.nodes.values())
     wall = time.perf_counter() - wall0
-    accepted = sum(node.core.counters.get("records_accepted", 0) for node in sim.nodes.values())
+    accepted = sum(node.core.counters.get("records_accepted", 0) + node.core.counters.get("pages_accepted", 0)
+                   for node in sim.nodes.values())
     return {"n": n, "converged_s": round(t, 3) if t is not None else None,
             "bytes_per_node_s": round((after - before) / steady / n, 1),
             "peak_datagram": peak[0], "peak_datagram_type": wire.TYPE_NAMES[peak[1]],

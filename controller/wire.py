@@ -17,11 +17,14 @@ anybody else, and (timestamp, seq) lets receivers drop replays. ``auth`` is eith
 
 Records (a node's claims) are signed separately so anyone can relay them unchanged:
 ``identity(32) version(8) kind(1) length(2) payload sig(64)``.
+A node record (kind 0) holds a node's claims; a node with many links lists them in link
+pages (kind 1: ``index(2) count(2) links(2) link*``; see core/pages.py).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import ipaddress
 import struct
@@ -62,12 +65,17 @@ TYPE_NAMES = {PROBE: "probe", PROBE_ACK: "probe_ack", RECORDS: "records", SYNC: 
               REQUEST: "request", CONNECT: "connect", CONNECT_ACK: "connect_ack"}
 
 RECORD_NODE = 0
+#: a page of a node's links: a node with more links than fit one datagram (a hub of a large
+#: mesh) lists them in pages of their own (see Pages), each signed and versioned on its own, so
+#: no record grows with the mesh and a changed link re-sends one page, not every link
+RECORD_LINKS = 1
 
 # endpoint kinds in a node record
 EP_STATIC, EP_LAN, EP_REFLEXIVE = 1, 2, 3
 # record flags
 FLAG_STATIC = 1
 FLAG_LEFT = 2  # the node left the mesh (`wg_netmanager down`): drop it now, forget it soon
+FLAG_PAGED = 4  # the node's links are in its RECORD_LINKS pages, not in this record
 # link flags
 LINK_ACTIVE = 1
 
@@ -208,6 +216,10 @@ class NodeInfo:
     def is_left(self) -> bool:
         return bool(self.flags & FLAG_LEFT)
 
+    @property
+    def is_paged(self) -> bool:
+        return bool(self.flags & FLAG_PAGED)
+
     @functools.cached_property
     def lan_addresses(self) -> tuple[str, ...]:
         return tuple(ep.address for ep in self.endpoints if ep.kind == EP_LAN)
@@ -281,6 +293,63 @@ def decode_node_info(payload: bytes) -> NodeInfo:
         links.append(LinkClaim(peer, rtt, lflags))
     r.done()
     return NodeInfo(wg_key, overlay, wg_port, admin_port, name, flags, tuple(endpoints), tuple(links))
+
+
+@dataclass(frozen=True)
+class LinkPage:
+    """Page ``index`` of ``count`` of a node's links: the links to the peers whose id8, read as
+    a 32-bit number, falls in the index-th of ``count`` equal ranges (see page_of)."""
+
+    index: int
+    count: int
+    links: tuple[LinkClaim, ...]
+
+    @functools.cached_property
+    def link_map(self) -> dict[bytes, int]:
+        return {link.peer: link.rtt_ms for link in self.links}
+
+
+_PAGE_HEAD = struct.Struct(">HHH")  # index, count, links
+
+
+def page_of(peer: bytes, count: int) -> int:
+    """The page (of ``count``) that lists a link to ``peer``."""
+    return int.from_bytes(peer[:4], "big") * count >> 32
+
+
+def page_key(identity: bytes, index: int) -> bytes:
+    """The 8-byte key page ``index`` of ``identity``'s links goes by in digests and requests
+    (as a node's record goes by its id8)."""
+    return hashlib.blake2b(identity + index.to_bytes(2, "big"), digest_size=ID8_LEN, person=b"wgnm-page").digest()
+
+
+def encode_link_page(page: LinkPage) -> bytes:
+    return _PAGE_HEAD.pack(page.index, page.count, len(page.links)) + b"".join(
+        link.peer + struct.pack(">HB", link.rtt_ms, link.flags) for link in page.links)
+
+
+def decode_link_page(payload: bytes) -> LinkPage:
+    r = Reader(payload)
+    index, count, n = _PAGE_HEAD.unpack(r.take(_PAGE_HEAD.size))
+    if count == 0 or count & (count - 1) or index >= count:
+        raise ProtocolError("bad_page")
+    links = []
+    for _ in range(n):
+        peer = r.take(ID8_LEN)
+        if page_of(peer, count) != index:
+            raise ProtocolError("bad_page")
+        rtt, lflags = struct.unpack(">HB", r.take(3))
+        links.append(LinkClaim(peer, rtt, lflags))
+    r.done()
+    return LinkPage(index, count, tuple(links))
+
+
+def page_index_at(data: bytes, pos: int) -> int:
+    """The page index of the RECORD_LINKS record at ``pos`` (its header read): a cheap peek."""
+    at = pos + _RECORD_HEAD.size
+    if at + 2 > len(data):
+        raise ProtocolError("truncated")
+    return int.from_bytes(data[at:at + 2], "big")
 
 
 def make_record(identity: Identity, version: int, kind: int, payload: bytes) -> Record:

@@ -63,14 +63,14 @@ class Gossip:
         to every neighbour)."""
         return min(FLOOD_BATCH_MAX, FLOOD_BATCH * max(1.0, len(self.links) / FLOOD_BATCH_NEIGHBOURS))
 
-    def flood(self, origin: bytes, source: bytes | None, now: float) -> None:
-        """A hub hands ``origin``'s new record on (``source`` sent it; None: our own)."""
-        self._flood[origin] = source
+    def flood(self, key: bytes, source: bytes | None, now: float) -> None:
+        """A hub hands a new record (or link page, by its key) on (``source`` sent it; None: our own)."""
+        self._flood[key] = source
         self.wake(now + self.flood_batch())
 
-    def make_hot(self, id8: bytes, now: float, interval: float) -> None:
-        """Gossip this record for the next rounds."""
-        self.hot[id8] = self.rounds
+    def make_hot(self, key: bytes, now: float, interval: float) -> None:
+        """Gossip this record (or link page) for the next rounds."""
+        self.hot[key] = self.rounds
         self.wake(now + interval)
 
     def tick(self, now: float) -> None:
@@ -83,7 +83,7 @@ class Gossip:
         if not targets:
             targets = [m.record.id8 for ip in self.local.static_by_ip if (m := self.members.find(ip)) is not None]
         chosen = self._rand_choice(targets, self.fanout)
-        raws = [self.members.members[i].record.raw for i in self.hot if i in self.members.members]
+        raws = [held[1] for i in self.hot if (held := self.members.raw_of(i)) is not None]
         for id8 in chosen:
             addr = self.transport.addr_of(id8)
             if addr is not None:
@@ -103,14 +103,14 @@ class Gossip:
         mine = [i for i, link in self.links.items() if link.state == UP]
         batches: dict[bytes, list[bytes]] = {}
         no_links: Mapping[bytes, int] = {}
-        for origin, source in flood.items():
-            member = self.members.get(origin)
-            if member is None:
+        for key, source in flood.items():
+            held = self.members.raw_of(key)
+            if held is None:
                 continue
+            origin, raw = held
             sender = self.members.get(source) if source is not None else None
             theirs = self.routing.graph.claims.get(source, no_links) if sender is not None and \
                 self.local.is_hub(sender.info) else no_links  # (a hub floods to its own)
-            raw = member.record.raw
             for id8 in mine:
                 if id8 != source and id8 != origin and id8 not in theirs:
                     batches.setdefault(id8, []).append(raw)
@@ -198,9 +198,8 @@ class Gossip:
             self.transport.send_to_addr(src, wire.REQUEST, wire.body_request(want[i:i + REQUEST_CHUNK]), now, sender)
 
     def on_request(self, body: bytes, src: tuple[str, int], now: float, sender: bytes) -> None:
-        members = self.members.members
-        wanted = wire.parse_request(body)
-        self.transport.send_records(src, [members[i].record.raw for i in wanted if i in members], now, to=sender)
+        raws = [held[1] for key in wire.parse_request(body) if (held := self.members.raw_of(key)) is not None]
+        self.transport.send_records(src, raws, now, to=sender)
 
     # ------------------------------------------------------------------ introductions
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .. import wire
 from ..wire import NodeInfo, ProtocolError, Record
 from .local import Subnet
+from .pages import Pages
 from .types import CoreConfig, Counters, EventKind
 
 #: how many distinct refusals are remembered (each is reported once); the latest few are shown
@@ -164,6 +165,7 @@ class Membership:
         #: the latest distinct refused claims, for `status` (address taken, revoked, ...)
         self.refusals: deque[dict] = deque(maxlen=REFUSALS_SHOWN)
         self._ranges: Ranges | None = None  # what we hold, sorted for range digests (None: not built yet)
+        self.pages = Pages()  # the link pages of nodes with many links (see .pages)
 
     # ------------------------------------------------------------------ lookups
 
@@ -257,6 +259,32 @@ class Membership:
         member = self.members.get(identity[:wire.ID8_LEN])
         return member is not None and member.record.version >= version and member.identity == identity
 
+    def is_known_page(self, key: bytes, identity: bytes, version: int) -> bool:
+        """Whether we hold this link page (by its key) at this version or newer."""
+        held = self.pages.get(key)
+        return held is not None and held.record.version >= version and held.record.identity == identity
+
+    def version_of(self, key: bytes) -> int:
+        """The version we hold of a record or link page by its key (-1: none)."""
+        member = self.members.get(key)
+        if member is not None:
+            return member.record.version
+        held = self.pages.get(key)
+        return held.record.version if held is not None else -1
+
+    def raw_of(self, key: bytes) -> tuple[bytes, bytes] | None:
+        """(whose, the raw record) of a node record or link page we hold by its key."""
+        member = self.members.get(key)
+        if member is not None:
+            return key, member.record.raw
+        held = self.pages.get(key)
+        return (held.owner, held.record.raw) if held is not None else None
+
+    def claims_of(self, id8: bytes) -> Mapping[bytes, int]:
+        """A member's claimed links: its record's, or the union of its link pages."""
+        info = self.members[id8].info
+        return self.pages.links_of(id8) if info.is_paged else info.link_map
+
     def admit(self, record: Record, own_wg_key: bytes, now: float) -> Admission | None:
         """Check a verified record against the rules and take it; None if refused (counted
         and reported once as ``claim_refused``)."""
@@ -283,8 +311,8 @@ class Membership:
             self.bindings_dirty = True
         id8 = record.id8
         old = self.members.get(id8)
-        if old is not None and old.identity != record.identity:  # id8 collision: refuse the newcomer
-            self.counters.count("refused_id_collision")
+        if (old is not None and old.identity != record.identity) or id8 in self.pages.by_key:
+            self.counters.count("refused_id_collision")  # (an id8 taken: refuse the newcomer)
             return None
         if old is not None and old.info.wg_public_key != info.wg_public_key:
             self.wg_owner.pop(old.info.wg_public_key, None)
@@ -294,7 +322,48 @@ class Membership:
         member = self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                             old.last_reachable if old else now)
         self._ranged(id8, record.version)
+        if not info.is_paged and (id8 in self.pages.of or id8 in self.pages.before):
+            self._pages_gone(self.pages.drop(id8, older_than=record.version))  # (its links are back)
+            self.pages.before.pop(id8, None)
+        elif info.is_paged and old is not None and not old.info.is_paged:
+            self.pages.paged(id8, old.info.link_map)
         return Admission(member, old, address)
+
+    def admit_page(self, record: Record) -> bytes | None:
+        """Take a verified link page: the id8 of the node whose claims it changed, or None
+        (refused, not newer, or held until its node's record comes: see .pages)."""
+        try:
+            page = wire.RecordCache.decoded(record, wire.decode_link_page)
+        except ProtocolError as e:
+            self.counters.count(f"drop_{e.reason}")
+            return None
+        key = wire.page_key(record.identity, page.index)
+        owner = self.members.get(record.id8)
+        if key in self.members:
+            self.counters.count("refused_id_collision")
+            return None
+        if owner is None or owner.identity != record.identity:
+            self.counters.count("pages_orphaned")
+            self.pages.hold_orphan(key, record)
+            return None
+        if self.is_known_page(key, record.identity, record.version):
+            self.counters.count("records_known")
+            return None
+        if owner.info.is_left or (not owner.info.is_paged and record.version < owner.record.version):
+            self.counters.count("pages_stale")  # (superseded by a record that lists its links)
+            return None
+        dropped = self.pages.take(key, record.id8, record, page)
+        if dropped is None:
+            self.counters.count("pages_stale")
+            return None
+        self._pages_gone(dropped)
+        self._ranged(key, record.version)
+        self.counters.count("pages_accepted")
+        return record.id8
+
+    def _pages_gone(self, keys: list[bytes]) -> None:
+        for key in keys:
+            self._ranged(key, None)
 
     @staticmethod
     def left_expired(record: Record, now: float) -> bool:
@@ -341,6 +410,7 @@ class Membership:
         if member is not None:
             self.wg_owner.pop(member.info.wg_public_key, None)
             self._ranged(id8, None)
+            self._pages_gone(self.pages.drop(id8))
         return member
 
     def set_own(self, record: Record, info: NodeInfo, first_seen: float, now: float) -> None:
@@ -349,6 +419,15 @@ class Membership:
         self.wg_owner[info.wg_public_key] = self.id8
         self._ranged(self.id8, record.version)
         self.bindings_dirty = True
+
+    def set_own_page(self, key: bytes, record: Record, page: wire.LinkPage) -> None:
+        """A new version of one of our link pages (pages of another count go)."""
+        self._pages_gone(self.pages.take(key, self.id8, record, page) or [])
+        self._ranged(key, record.version)
+
+    def drop_own_pages(self) -> None:
+        """Our links are back in our record."""
+        self._pages_gone(self.pages.drop(self.id8))
 
     def _report_conflict(self, reason: str, info: NodeInfo, record: Record) -> None:
         key = (reason + info.overlay_ip, record.identity)
@@ -378,7 +457,8 @@ class Membership:
 
     def ranges(self) -> Ranges:
         if self._ranges is None:
-            self._ranges = Ranges(sorted((id8, m.record.version) for id8, m in self.members.items()))
+            self._ranges = Ranges(sorted([*((id8, m.record.version) for id8, m in self.members.items()),
+                                          *((key, p.record.version) for key, p in self.pages.items().items())]))
         return self._ranges
 
     def digest_hash(self) -> bytes:
@@ -386,17 +466,20 @@ class Membership:
         return self.ranges().hash(0, 0)
 
     def newer_than(self, theirs: Mapping[bytes, int], depth: int = 0, prefix: int = 0) -> list[bytes]:
-        """The records in a range (all, by default) that a digest of that range lacks or has older."""
-        members = self.members
+        """The records and link pages in a range (all, by default) that a digest of that range
+        lacks or has older (of all: the nodes' records first; a page that comes before its
+        node's record waits for it, see .pages)."""
+        members, pages = self.members, self.pages.by_key
         if depth == 0:
-            return [m.record.raw for id8, m in members.items() if theirs.get(id8, -1) < m.record.version]
-        return [members[id8].record.raw for id8, version in self.ranges().entries(depth, prefix)
-                if theirs.get(id8, -1) < version]
+            return [*(m.record.raw for id8, m in members.items() if theirs.get(id8, -1) < m.record.version),
+                    *(p.record.raw for key, p in pages.items() if theirs.get(key, -1) < p.record.version)]
+        return [members[key].record.raw if key in members else pages[key].record.raw
+                for key, version in self.ranges().entries(depth, prefix) if theirs.get(key, -1) < version]
 
     def wanted(self, theirs: Mapping[bytes, int]) -> list[bytes]:
-        """The ids of a digest whose record we lack or have older."""
-        return [id8 for id8, version in theirs.items()
-                if id8 != self.id8 and (id8 not in self.members or self.members[id8].record.version < version)]
+        """The keys of a digest whose record or link page we lack or have older."""
+        version_of = self.version_of
+        return [key for key, version in theirs.items() if key != self.id8 and version_of(key) < version]
 
     # ------------------------------------------------------------------ forgetting
 

@@ -20,6 +20,7 @@ from ..wire import (
     EP_REFLEXIVE,
     EP_STATIC,
     FLAG_LEFT,
+    FLAG_PAGED,
     FLAG_STATIC,
     Endpoint,
     Identity,
@@ -28,6 +29,7 @@ from ..wire import (
     ProtocolError,
     Record,
 )
+from . import pages
 from .gossip import BOOTSTRAP_IDLE_FACTOR, Gossip
 from .link import ENDPOINT_KINDS, FIRST_LINKS_WAIT, LINK_BATCH_DELAY, UP, Link, live_session
 from .links import Links
@@ -121,6 +123,7 @@ class Core:
         self._observed_once = False
         self._settled = False
         self._changed_links: set[bytes] = set()  # links up or down since our last record
+        self._page_count = 0  # our links are in this many link pages (0: in our record; see .pages)
 
         self.membership = Membership(config, self.identity.public, self.local.subnet, self.counters, self._emit,
                                      persisted)
@@ -516,8 +519,16 @@ class Core:
 
     def _records_received(self, body: bytes, now: float, source: bytes | None = None) -> None:
         flood = bool(body and body[0] & wire.RECORDS_FLOOD)
-        for identity, version, _kind, pos, total in wire.iter_records(body, True):
-            if self.membership.is_known(identity, version):
+        for identity, version, kind, pos, total in wire.iter_records(body, True):
+            page_key = None
+            if kind == wire.RECORD_LINKS:
+                try:
+                    page_key = wire.page_key(identity, wire.page_index_at(body, pos))
+                except ProtocolError as e:
+                    self.counters.count(f"drop_{e.reason}")
+                    continue
+            if self.membership.is_known(identity, version) if page_key is None else \
+                    self.membership.is_known_page(page_key, identity, version):
                 self.counters.count("records_known")
                 continue
             if identity == self.identity.public:
@@ -534,7 +545,24 @@ class Core:
             except ProtocolError as e:
                 self.counters.count(f"drop_{e.reason}")
                 continue
-            self._accept_record(record, now, source, flood)
+            if page_key is None:
+                self._accept_record(record, now, source, flood)
+            else:
+                self._accept_page(record, page_key, now, source, flood)
+
+    def _accept_page(self, record: Record, key: bytes, now: float, source: bytes | None, flood: bool) -> None:
+        """A link page (see .pages): its node's claims change as a record's would."""
+        id8 = self.membership.admit_page(record)
+        if id8 is None:
+            return
+        self._membership_changed(now)
+        info = self.membership.members[id8].info
+        claims_before = self.routing.graph.claims.get(id8, {})
+        claims = self.membership.claims_of(id8)
+        graph_changed = self.routing.set_claims(id8, claims)
+        self._hand_on(key, id8, info, now, source, flood)
+        self._claims_changed(id8, claims_before, claims, now, graph_changed)
+        self.links.follow_claim(id8, claims, now)
 
     def _accept_record(self, record: Record, now: float, source: bytes | None = None, flood: bool = False) -> bool:
         admission = self.membership.admit(record, self.local.wg_public_key, now)
@@ -545,23 +573,9 @@ class Core:
         if admission.key_rotated:
             self.links.key_rotated(id8, now)
         claims_before = self.routing.graph.claims.get(id8, {})
-        claims = info.link_map
+        claims = self.membership.claims_of(id8)
         graph_changed = self.routing.set_claims(id8, claims)
-        members = self.membership.members
-        from_hub = source in members and self.local.is_hub(members[source].info)
-        if self.local.is_static and source is not None and (info.links or self.local.is_hub(info) or info.is_left) and (
-                (flood and source == id8) or from_hub):
-            # (a record without links is of use only to the static peers it connects to: it
-            # sends it to them itself, see Links.applied)
-            self.gossip.flood(id8, source, now)  # a hub hands new records on
-        elif not self.local.is_static and flood and from_hub:
-            # a hub's flood reaches only the nodes it has links to: a hub that rebooted has few,
-            # and those it lost kept their old view of the mesh, routed to it by other relays
-            # than it routed to them, and WireGuard's check of the source address dropped what
-            # either sent the other (the simulator's static-peer reboots took up to 3.2 s for
-            # records that anti-entropy brought). Our neighbours it has no link to get them from
-            # us; none while it links to every node, as it does once the mesh has formed
-            self.gossip.flood(id8, source, now)
+        self._hand_on(id8, id8, info, now, source, flood)
         if old is None:
             self._emit(EventKind.NODE_DISCOVERED, node=info.name, ip=info.overlay_ip,
                        identity=record.identity[:8].hex())
@@ -572,19 +586,51 @@ class Core:
                 self.verified.size = max(RECORDS_KEPT_MIN, RECORDS_KEPT_PER_MEMBER * len(self.membership.members))
         elif admission.address_changed:
             self.routing.table.invalidate()
-        if info.is_left and (old is None or not old.info.is_left):
+        just_left = info.is_left and (old is None or not old.info.is_left)
+        if just_left:
             self._emit(EventKind.NODE_LEFT, node=info.name, ip=info.overlay_ip)
             self.links.left(id8, now)
-        elif self.id8 in claims_before and self.id8 not in claims:
-            self.links.dropped_by_peer(id8, now)
-        if graph_changed or old is None or admission.address_changed or admission.key_rotated:
-            # a change of a link to us completes or breaks an edge the other end already
-            # switched: follow at once (the window between the two switches loses packets)
-            self._schedule_paths(now, urgent=(self.id8 in claims_before) != (self.id8 in claims))
+        self._claims_changed(id8, claims_before, claims, now, graph_changed or old is None
+                             or admission.address_changed or admission.key_rotated, just_left)
         if self.links.get(id8) is None and self.links.wants_link(info, id8):
             self.links.ensure(admission.member, now)  # (links no longer wanted go in Links.manage)
         self.links.follow_claim(id8, claims, now)
+        if info.is_paged:
+            for page in self.membership.pages.orphans_of(record.identity):  # (they came first)
+                self._accept_page(page, wire.page_key(record.identity, wire.RecordCache.decoded(
+                    page, wire.decode_link_page).index), now, None, False)
         return True
+
+    def _hand_on(self, key: bytes, id8: bytes, info: NodeInfo, now: float, source: bytes | None,
+                 flood: bool) -> None:
+        """Whether a new record or link page (by its key) of the node ``id8`` is handed on."""
+        members = self.membership.members
+        from_hub = source in members and self.local.is_hub(members[source].info)
+        if self.local.is_static and source is not None and (
+                info.links or info.is_paged or self.local.is_hub(info) or info.is_left) and (
+                (flood and source == id8) or from_hub):
+            # (a record without links is of use only to the static peers it connects to: it
+            # sends it to them itself, see Links.applied)
+            self.gossip.flood(key, source, now)  # a hub hands new records on
+        elif not self.local.is_static and flood and from_hub:
+            # a hub's flood reaches only the nodes it has links to: a hub that rebooted has few,
+            # and those it lost kept their old view of the mesh, routed to it by other relays
+            # than it routed to them, and WireGuard's check of the source address dropped what
+            # either sent the other (the simulator's static-peer reboots took up to 3.2 s for
+            # records that anti-entropy brought). Our neighbours it has no link to get them from
+            # us; none while it links to every node, as it does once the mesh has formed
+            self.gossip.flood(key, source, now)
+
+    def _claims_changed(self, id8: bytes, claims_before: Mapping[bytes, int], claims: Mapping[bytes, int],
+                        now: float, changed: bool, left: bool = False) -> None:
+        """A node's claims were replaced (``changed``: its edges, or more about it): a link to us
+        it no longer claims is down at its end (unless it just left); paths follow."""
+        if not left and self.id8 in claims_before and self.id8 not in claims:
+            self.links.dropped_by_peer(id8, now)
+        if changed:
+            # a change of a link to us completes or breaks an edge the other end already
+            # switched: follow at once (the window between the two switches loses packets)
+            self._schedule_paths(now, urgent=(self.id8 in claims_before) != (self.id8 in claims))
 
     def _on_probe(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
         probe_id = wire.parse_probe(inner.body)
@@ -706,7 +752,7 @@ class Core:
 
     def _announces_links(self) -> bool:
         me = self.membership.get(self.id8)
-        return me is not None and bool(me.info.links)
+        return me is not None and bool(me.info.links or me.info.is_paged)
 
     def _own_info(self) -> NodeInfo:
         local = self.local
@@ -729,17 +775,38 @@ class Core:
         self.t_publish = INFINITY
         self._last_publish = now
         info = self._own_info()
+        count = pages.page_count(info.links, self._page_count)
+        shown = info if not count else replace(info, flags=info.flags | FLAG_PAGED, links=())
         current = self.membership.get(self.id8)
-        if current is not None and current.info == info:
+        node_changed = current is None or current.info != shown
+        held = self.membership.pages
+        new_pages = [] if not count else [
+            (index, links) for index, links in enumerate(pages.split(info.links, count))
+            if (h := held.get(wire.page_key(self.identity.public, index))) is None
+            or h.page.count != count or h.page.links != links]
+        if not node_changed and not new_pages:
             return
         self.version = max(self.version + 1, int(now * 1000))
         self.counters.count("records_published")
-        record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(info))
         self.routing.set_claims(self.id8, info.link_map)
-        self.membership.set_own(record, info, self.started, now)
+        fresh: list[tuple[bytes, bytes]] = []  # (key, raw) of what is new, our record first
+        if node_changed:
+            record = wire.make_record(self.identity, self.version, wire.RECORD_NODE, wire.encode_node_info(shown))
+            self.membership.set_own(record, shown, self.started, now)
+            fresh.append((self.id8, record.raw))
+        for index, links in new_pages:
+            page = wire.LinkPage(index, count, links)
+            record = wire.make_record(self.identity, self.version, wire.RECORD_LINKS, wire.encode_link_page(page))
+            key = wire.page_key(self.identity.public, index)
+            self.membership.set_own_page(key, record, page)
+            fresh.append((key, record.raw))
+        if not count and self._page_count:
+            self.membership.drop_own_pages()
+        self._page_count = count
         self._membership_changed(now)
-        if info.links or self.local.is_static or self.left:  # (nobody can reach a node without links yet)
-            self.gossip.make_hot(self.id8, now, self.config.gossip_interval)
+        for key, _ in fresh:
+            if info.links or self.local.is_static or self.left:  # (nobody can reach a node without links yet)
+                self.gossip.make_hot(key, now, self.config.gossip_interval)
         self._schedule_paths(now, urgent=bool(self._changed_links))
         # a link change matters most to the link's other end: tell it at once; and hand the
         # record to one static neighbour, which floods it (a static node floods its own)
@@ -747,20 +814,23 @@ class Core:
         self._changed_links.clear()
         primary = None
         if self.local.is_static:
-            self.gossip.flood(self.id8, None, now)
+            for key, _ in fresh:
+                self.gossip.flood(key, None, now)
         else:
             statics = sorted(i for i, link in self.links.links.items() if link.static and link.state == UP)
             primary = statics[0] if statics else None
-        flagged = wire.body_records([record.raw], wire.RECORDS_FLOOD)
+        raws = [raw for _, raw in fresh]
         for id8 in changed:  # the other end of a changed link needs our claim to use the link
             # (marked as our flood would be: as a hub's, it is handed on; see Gossip._hand_on)
-            self.transport.send_both(id8, wire.RECORDS, flagged if id8 == primary or self.local.is_static
-                                     else wire.body_records([record.raw]), now)
+            mine = raws if not count else [raw for key, raw in fresh if key == self.id8] + [
+                held.get(wire.page_key(self.identity.public, wire.page_of(id8, count))).record.raw]
+            self.transport.send_both(id8, wire.RECORDS, wire.body_records(
+                mine, wire.RECORDS_FLOOD if id8 == primary or self.local.is_static else 0), now)
         if primary is not None and primary not in changed:
             addr = self.transport.addr_of(primary)
             if addr is not None:
-                self.counters.count("tx_records_publish")
-                self.transport.send_to_addr(addr, wire.RECORDS, flagged, now, self.membership.identity_of(primary))
+                self.transport.send_records(addr, raws, now, "publish", self.membership.identity_of(primary),
+                                            wire.RECORDS_FLOOD)
 
     # ========================================================================= paths
 
