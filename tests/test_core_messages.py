@@ -87,8 +87,9 @@ def test_bootstrap_is_one_digest_and_its_answer():
     p = Pair()
     p.tick()
     sent = p.flush()
-    # the leaf asks the static peer with its digest; the answer carries the hub's record and asks for the leaf's
-    assert sent[0] == ("leaf", wire.DIGEST)
+    # the leaf challenges the static peer's address (validation.StaticProof) and asks it with its
+    # digest; the answer carries the hub's record and asks for the leaf's
+    assert sent[:2] == [("leaf", wire.PROBE), ("leaf", wire.DIGEST)]
     assert ("hub", wire.RECORDS) in sent and ("hub", wire.REQUEST) in sent
     assert p.leaf.id8 in p.hub.members and p.hub.id8 in p.leaf.members
     assert "node_discovered" in kinds(p.hub) and "node_discovered" in kinds(p.leaf)
@@ -97,7 +98,7 @@ def test_bootstrap_is_one_digest_and_its_answer():
 def test_a_replayed_datagram_is_dropped():
     p = Pair()
     p.tick()
-    (data, addr), = p.leaf.take_datagrams()
+    _challenge, (data, addr) = p.leaf.take_datagrams()
     p.hub.datagram_received(data, LEAF, p.now)
     p.hub.datagram_received(data, LEAF, p.now)
     assert p.hub.counters["drop_replay"] == 1 and p.hub.counters["rx_digest"] == 1
@@ -356,3 +357,29 @@ def test_device_packets_reads_this_namespaces_counters():
     rx, tx = device_packets("lo")
     assert rx >= 0 and tx >= 0
     assert device_packets("no-such-dev0") is None
+
+
+def test_a_static_peers_address_goes_only_to_who_answers_there():
+    """A holder of the shared key reaches a brand-new node first with a record that claims the
+    static peer's overlay address (even from the static peer's own address, forged): refused,
+    unbound, not reported as a conflict; the static peer answers the challenge sent to its
+    net.yaml address and gets its address (validation.StaticProof)."""
+    p = Pair()
+    mallory = wire.Identity(bytes([9]) * 32)
+    info = wire.NodeInfo(b"M" * 32, "10.1.0.1", 51820, 55555, "hub", wire.FLAG_STATIC)
+    record = wire.make_record(mallory, 1, wire.RECORD_NODE, wire.encode_node_info(info)).raw
+    for src in (("203.0.113.9", 55555), HUB):
+        sealed = wire.seal(p.leaf.transport.key, bytes(24), mallory, wire.RECORDS, int(p.now * 1000),
+                           1 if src != HUB else 2, wire.body_records([record]))
+        p.leaf.datagram_received(sealed, src, p.now)
+    assert p.leaf.counters["refused_static_unproven"] == 2
+    assert "10.1.0.1" not in p.leaf.membership.bindings and len(p.leaf.members) == 1
+    assert "claim_refused" not in kinds(p.leaf)
+    p.tick()
+    p.flush()
+    assert p.leaf.membership.bindings["10.1.0.1"] == p.hub.identity.public
+    assert p.leaf.counters["static_peers_proven"] == 1
+    assert p.hub.id8 in p.leaf.members and p.leaf.local.is_hub(p.leaf.members[p.hub.id8].info)
+    # an answer to the challenge from another identity proves nothing once the address is bound
+    assert p.leaf.static_proof.answered(p.leaf.static_proof.challenge("10.1.0.1", p.now), mallory.public,
+                                        p.leaf._unproven_static_peers(), p.now) is None

@@ -143,7 +143,8 @@ class Admission:
 
 class Membership:
     def __init__(self, config: CoreConfig, identity: bytes, subnet: Subnet, counters: Counters,
-                 emit: Callable[..., None], persisted: Mapping) -> None:
+                 emit: Callable[..., None], persisted: Mapping, proven: Mapping[str, bytes] | None = None,
+                 static_ips: Callable[[], Mapping[str, object]] = dict) -> None:
         self.config = config
         self.identity = identity
         self.id8 = identity[:wire.ID8_LEN]
@@ -166,6 +167,11 @@ class Membership:
         self.refusals: deque[dict] = deque(maxlen=REFUSALS_SHOWN)
         self._ranges: Ranges | None = None  # what we hold, sorted for range digests (None: not built yet)
         self.pages = Pages()  # the link pages of nodes with many links (see .pages)
+        #: a static peer's overlay address -> the identity that answered a challenge sent to its
+        #: net.yaml address (validation.StaticProof); None: no such rule. ``static_ips``: the
+        #: static peers' overlay addresses (net.yaml, as reloaded)
+        self.proven = proven
+        self.static_ips = static_ips
 
     # ------------------------------------------------------------------ lookups
 
@@ -285,9 +291,9 @@ class Membership:
         info = self.members[id8].info
         return self.pages.links_of(id8) if info.is_paged else info.link_map
 
-    def admit(self, record: Record, own_wg_key: bytes, now: float) -> Admission | None:
+    def admit(self, record: Record, own_wg_key: bytes, now: float, from_hub: bool = False) -> Admission | None:
         """Check a verified record against the rules and take it; None if refused (counted
-        and reported once as ``claim_refused``)."""
+        and reported once as ``claim_refused``). ``from_hub``: a static peer we trust sent it."""
         if record.kind != wire.RECORD_NODE:
             self.counters.count("drop_unknown_record_kind")
             return None
@@ -300,11 +306,12 @@ class Membership:
             self.counters.count("records_left_expired")
             return None
         address = self.subnet.host_value(info.overlay_ip)
-        refusal = self._refusal(record, info, address, own_wg_key)
+        refusal = self._refusal(record, info, address, own_wg_key, from_hub)
         if refusal is not None:
             counter, reason = refusal
             self.counters.count(counter)
-            self._report_conflict(reason, info, record)
+            if reason is not None:
+                self._report_conflict(reason, info, record)
             return None
         if info.overlay_ip not in self.bindings:
             self.bindings[info.overlay_ip] = record.identity
@@ -370,8 +377,9 @@ class Membership:
         return now * 1000 - record.version > LEFT_KEEP * 1000
 
     def _refusal(self, record: Record, info: NodeInfo, address: int | None,
-                 own_wg_key: bytes) -> tuple[str, str] | None:
-        """(counter, reason) if the record's claims break a rule, else None."""
+                 own_wg_key: bytes, from_hub: bool = False) -> tuple[str, str | None] | None:
+        """(counter, reason: None for one not reported) if the record's claims break a rule,
+        else None."""
         if address is None:
             return "refused_outside_subnet", "outside_subnet"
         if info.overlay_ip == self.config.overlay_ip:
@@ -384,6 +392,11 @@ class Membership:
         bound = self.bindings.get(info.overlay_ip)
         if bound is not None and bound != record.identity:
             return "refused_address_bound", "address_bound"
+        if bound is None and not from_hub and self.proven is not None and info.overlay_ip in self.static_ips() \
+                and self.proven.get(info.overlay_ip) != record.identity:
+            # a static peer's address goes first to the identity that answered there, or that
+            # a static peer we trust hands on (one we cannot reach directly): validation.StaticProof
+            return "refused_static_unproven", None
         owner = self.wg_owner.get(info.wg_public_key)
         if (owner is not None and owner != record.id8) or info.wg_public_key == own_wg_key:
             return "refused_wg_key_taken", "wg_key_taken"

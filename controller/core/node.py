@@ -38,7 +38,7 @@ from .membership import Member, Membership
 from .routes import Routing
 from .transport import Transport
 from .types import CoreConfig, Counters, DataPlane, Event, EventKind, PeerObservation, StaticPeerConfig
-from .validation import AMPLIFYING, AddressValidation
+from .validation import AMPLIFYING, AddressValidation, StaticProof
 
 INFINITY = float("inf")  # "no deadline", for every timer
 RX_COUNTERS = {t: f"rx_{name}" for t, name in wire.TYPE_NAMES.items()}
@@ -125,8 +125,9 @@ class Core:
         self._changed_links: set[bytes] = set()  # links up or down since our last record
         self._page_count = 0  # our links are in this many link pages (0: in our record; see .pages)
 
+        proven: dict[str, bytes] = {}  # (see StaticProof)
         self.membership = Membership(config, self.identity.public, self.local.subnet, self.counters, self._emit,
-                                     persisted)
+                                     persisted, proven, lambda: self.local.static_by_ip)
         self.routing = Routing(self.id8, self.membership.members, config.hop_cost_ms, self.local.subnet.max_prefixlen)
         links: dict[bytes, Link] = {}
         self.transport = Transport(crypto.derive_admin_key(config.shared_key), self.local, self.membership,
@@ -136,6 +137,7 @@ class Core:
                            self._changed_links.add, self._announces_links,
                            lambda peer, at: self.gossip.sync_with(peer, at), links, now)
         self.validation = AddressValidation(random_bytes, self.counters, self.local.is_static_admin_addr)
+        self.static_proof = StaticProof(self.validation.key, proven)
         self.gossip = Gossip(self.local, self.membership, self.routing, links, self.transport, self._rand_unit,
                              self._wake_gossip, config.gossip_fanout, config.gossip_rounds,
                              config.digest_leaf, self.links.active,
@@ -209,6 +211,7 @@ class Core:
             self.gossip.ask_for_mesh([(ip, cfg.admin_port) for ip in self._ask_first], now, self.version)
             self._ask_first = []
         if now >= self.t_bootstrap:
+            self._prove_static_peers(now)
             # (once every static peer is known, only a forgotten one would need it again)
             idle = not self.gossip.bootstrap(now, self.version)
             self.t_bootstrap = now + cfg.bootstrap_interval * (BOOTSTRAP_IDLE_FACTOR if idle else 1)
@@ -307,6 +310,19 @@ class Core:
         if key != self.local.wg_public_key:
             self.local.wg_public_key = key
             self._schedule_publish(now)
+
+    def _unproven_static_peers(self) -> list[str]:
+        """The static peers' overlay addresses not bound to an identity yet (see StaticProof)."""
+        bindings = self.membership.bindings
+        return [ip for ip in sorted(self.local.static_by_ip) if ip not in bindings]
+
+    def _prove_static_peers(self, now: float) -> None:
+        """A challenge to each static peer whose address no identity has yet (before the
+        bootstrap's DIGEST: its answer then comes first, and the records after it are taken)."""
+        for ip in self._unproven_static_peers():
+            static = self.local.static_by_ip[ip]
+            self.transport.send_to_addr((static.host, static.admin_port), wire.PROBE,
+                                        wire.body_probe(self.static_proof.challenge(ip, now)), now)
 
     def update_static_peers(self, peers: Iterable[StaticPeerConfig], now: float) -> None:
         """Static peers re-resolved (dynamic DNS): new endpoints for links still being set up."""
@@ -565,7 +581,9 @@ class Core:
         self.links.follow_claim(id8, claims, now)
 
     def _accept_record(self, record: Record, now: float, source: bytes | None = None, flood: bool = False) -> bool:
-        admission = self.membership.admit(record, self.local.wg_public_key, now)
+        members = self.membership.members
+        admission = self.membership.admit(record, self.local.wg_public_key, now, source != record.id8 and (
+            source in members and self.local.is_hub(members[source].info)))
         if admission is None:
             return False
         self._membership_changed(now)
@@ -655,6 +673,15 @@ class Core:
                 self._handlers[message.type](message, message.sender[:wire.ID8_LEN], src, now)
             self.gossip.validated_addr(src, now)
             return
+        if sender8 not in self.membership.members:
+            unproven = self._unproven_static_peers()
+            ip = self.static_proof.answered(probe_id, inner.sender, unproven, now) if unproven else None
+            if ip is not None:  # (its record, if it came first, was refused: ask again)
+                self.counters.count("static_peers_proven")
+                static = self.local.static_by_ip[ip]
+                self.transport.send_to_addr((static.host, static.admin_port), wire.REQUEST,
+                                            wire.body_request([sender8]), now, inner.sender)
+                return
         answered = self.links.probes.answered(sender8, probe_id, now)
         if answered is None:
             return

@@ -44,7 +44,7 @@ class AddressValidation:
                  trusted: Callable[[Addr], bool]) -> None:
         self.counters = counters
         self.trusted = trusted  # a static peer's address from net.yaml
-        self._key = random_bytes(32)
+        self.key = random_bytes(32)  # (StaticProof's challenges use it too, hashing other text)
         self.validated: dict[Addr, None] = {}  # (insertion order: oldest first)
         #: address -> (when its challenge went, the latest message of each amplifying type)
         self.held: dict[Addr, tuple[float, dict[int, wire.Inner]]] = {}
@@ -53,7 +53,7 @@ class AddressValidation:
         return not overlay and addr not in self.validated and not self.trusted(addr)
 
     def _challenge(self, addr: Addr, epoch: int) -> int:
-        mac = hashlib.blake2b(f"{addr[0]} {addr[1]} {epoch}".encode(), key=self._key, digest_size=4)
+        mac = hashlib.blake2b(f"{addr[0]} {addr[1]} {epoch}".encode(), key=self.key, digest_size=4)
         return int.from_bytes(mac.digest(), "big")
 
     def hold(self, addr: Addr, inner: wire.Inner, now: float) -> int | None:
@@ -85,3 +85,38 @@ class AddressValidation:
         self.counters.count("addresses_validated")
         _, messages = self.held.pop(addr, (None, {}))
         return list(messages.values())
+
+
+class StaticProof:
+    """Who answers at a static peer's address. A static peer's overlay address is bound to the
+    first identity seen with it (trust on first use, see Membership.bindings); a holder of the
+    shared key whose record reached a brand-new node before the real static peer's would take
+    it, and be trusted as a hub (LocalNode.is_hub). So that first binding goes only to an
+    identity that answered a challenge sent to the address net.yaml gives for that static peer:
+    a PROBE whose id is a keyed hash of the static peer's overlay address and the time (stateless,
+    as AddressValidation's), answered from any source (a static peer whose replies leave from
+    another address than it is reached at still proves itself; only a holder of the shared key
+    on the path to it could read the challenge). A record claiming the address is refused until
+    then (Membership._refusal); the challenge goes with each bootstrap round (see Core)."""
+
+    def __init__(self, key: bytes, proven: dict[str, bytes]) -> None:
+        self._key = key
+        #: static peer's overlay address -> the identity that answered there (Membership reads it)
+        self.proven = proven
+
+    def challenge(self, overlay_ip: str, now: float) -> int:
+        return self._id(overlay_ip, int(now // CHALLENGE_EPOCH))
+
+    def _id(self, overlay_ip: str, epoch: int) -> int:
+        mac = hashlib.blake2b(f"static {overlay_ip} {epoch}".encode(), key=self._key, digest_size=4)
+        return int.from_bytes(mac.digest(), "big")
+
+    def answered(self, probe_id: int, sender: bytes, candidates: list[str], now: float) -> str | None:
+        """A PROBE_ACK from ``sender``: the static peer's address (of ``candidates``) whose
+        challenge it answers, now proven to be ``sender``'s; None if it answers none."""
+        epoch = int(now // CHALLENGE_EPOCH)
+        for ip in candidates:
+            if probe_id in (self._id(ip, epoch), self._id(ip, epoch - 1)):
+                self.proven[ip] = sender
+                return ip
+        return None
