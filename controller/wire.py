@@ -386,6 +386,7 @@ class Inner(NamedTuple):
     timestamp_ms: int
     seq: int
     body: bytes
+    mac: bool = False  # authenticated by the pair's MAC: the sender links to us (else signed)
 
 
 def seal(key: bytes, nonce: bytes, identity: Identity, mtype: int, timestamp_ms: int, seq: int,
@@ -435,7 +436,7 @@ def open_datagram(key: bytes, data: bytes, pairs: PairKeys | None = None) -> Inn
         signed, sig = inner[:-SIG_LEN], inner[-SIG_LEN:]
         if not verify(sender, signed, sig):
             raise ProtocolError("bad_signature")
-    return Inner(mtype, sender, ts, seq, signed[_INNER_HEAD.size:])
+    return Inner(mtype, sender, ts, seq, signed[_INNER_HEAD.size:], bool(inner[0] & AUTH_MAC))
 
 
 # ---------------------------------------------------------------- message bodies

@@ -172,6 +172,9 @@ class Membership:
         #: static peers' overlay addresses (net.yaml, as reloaded)
         self.proven = proven
         self.static_ips = static_ips
+        #: static peers' addresses whose record was refused for want of that proof (asked again
+        #: once it comes)
+        self.unproven_refused: set[str] = set()
 
     # ------------------------------------------------------------------ lookups
 
@@ -396,6 +399,7 @@ class Membership:
                 and self.proven.get(info.overlay_ip) != record.identity:
             # a static peer's address goes first to the identity that answered there, or that
             # a static peer we trust hands on (one we cannot reach directly): validation.StaticProof
+            self.unproven_refused.add(info.overlay_ip)
             return "refused_static_unproven", None
         owner = self.wg_owner.get(info.wg_public_key)
         if (owner is not None and owner != record.id8) or info.wg_public_key == own_wg_key:

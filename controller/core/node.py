@@ -660,9 +660,12 @@ class Core:
                 seen_wg = parse_ep(obs.endpoint)
         self.transport.send_to_addr(src, wire.PROBE_ACK, wire.body_probe_ack(probe_id, src, seen_wg), now,
                                     inner.sender)
-        if member is None:
+        if member is None and inner.mac:
             # (a restarted static peer learns every node from the probes that come each second,
-            # rather than waiting for their anti-entropy to pick it)
+            # rather than waiting for their anti-entropy to pick it: probes of nodes that link
+            # to us. Not a new node's challenge to a static peer's address, validation.StaticProof:
+            # its DIGEST follows, and a static peer that learnt the node from it one round trip
+            # earlier sent three times the bytes in a 300-node simulated cold start)
             self._ask_for_record(inner, sender8, src, now)
 
     def _on_probe_ack(self, inner: wire.Inner, sender8: bytes, src: tuple[str, int], now: float) -> None:
@@ -676,11 +679,13 @@ class Core:
         if sender8 not in self.membership.members:
             unproven = self._unproven_static_peers()
             ip = self.static_proof.answered(probe_id, inner.sender, unproven, now) if unproven else None
-            if ip is not None:  # (its record, if it came first, was refused: ask again)
+            if ip is not None:
                 self.counters.count("static_peers_proven")
-                static = self.local.static_by_ip[ip]
-                self.transport.send_to_addr((static.host, static.admin_port), wire.REQUEST,
-                                            wire.body_request([sender8]), now, inner.sender)
+                if ip in self.membership.unproven_refused:  # (its record came first: ask again)
+                    self.membership.unproven_refused.discard(ip)
+                    static = self.local.static_by_ip[ip]
+                    self.transport.send_to_addr((static.host, static.admin_port), wire.REQUEST,
+                                                wire.body_request([sender8]), now, inner.sender)
                 return
         answered = self.links.probes.answered(sender8, probe_id, now)
         if answered is None:
