@@ -122,11 +122,12 @@ def test_arbitrary_bodies_in_valid_envelopes_raise_only_protocol_error(mtype, bo
         pass
 
 
+@pytest.mark.parametrize("decode", [wire.decode_node_info, wire.decode_link_page])
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
-def test_arbitrary_node_payloads_raise_only_protocol_error(payload):
+def test_arbitrary_record_payloads_raise_only_protocol_error(decode, payload):
     try:
-        wire.decode_node_info(payload)
+        decode(payload)
     except ProtocolError:
         pass
 
