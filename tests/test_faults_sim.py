@@ -348,10 +348,14 @@ def test_a_core_under_churn_holds_no_more_than_the_mesh_size_bounds():
     """Bounded memory: an hour of the chaos bench's faults (simulated; one every 20 s on six of
     the eight boxes) must not make the containers of the two untouched boxes' cores grow with
     time - every cache is bounded by the mesh, not by the churn. What the last third of the
-    hour holds at most is compared with the first third (after ten minutes of warm-up).
+    hour holds is compared with the first third (after ten minutes of warm-up), as medians of
+    the samples: a container that grows grows in most samples, while what one fault leaves for a
+    while - probes to a paused static peer, kept unanswered for PENDING_PROBE_KEEP - is a spike
+    in one sample (35 once, among medians of 8).
     (Unanswered probes to links that went down piled up, ~6 a minute at delta, towards the
     cap of 4096: now they expire.)"""
     import random
+    import statistics
 
     from wg_netmanager.lab.sim import census
     from wg_netmanager.lab.simnets import SIM_FAULTS, chaos_mesh, inject
@@ -375,8 +379,8 @@ def test_a_core_under_churn_holds_no_more_than_the_mesh_size_bounds():
     for name in ("delta", "gamma"):
         grown = {}
         for path in set().union(*(s[name] for s in samples)):
-            before = max(s[name].get(path, 0) for s in first)
-            after = max(s[name].get(path, 0) for s in last)
+            before = statistics.median(s[name].get(path, 0) for s in first)
+            after = statistics.median(s[name].get(path, 0) for s in last)
             if after > 8 + 1.5 * before:
                 grown[path] = (before, after)
         assert grown == {}, f"{name}: containers grew with time under churn (first third, last third): {grown}"
