@@ -332,9 +332,8 @@ class Membership:
         member = self.members[id8] = Member(record.identity, record, info, old.first_seen if old else now,
                                             old.last_reachable if old else now)
         self._ranged(id8, record.version)
-        if not info.is_paged and (id8 in self.pages.of or id8 in self.pages.before):
-            self._pages_gone(self.pages.drop(id8, older_than=record.version))  # (its links are back)
-            self.pages.before.pop(id8, None)
+        if not info.is_paged:
+            self._pages_gone(self.pages.unpaged(id8, record.version))  # (its links are back, if paged)
         elif info.is_paged and old is not None and not old.info.is_paged:
             self.pages.paged(id8, old.info.link_map)
         return Admission(member, old, address)

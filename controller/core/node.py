@@ -581,9 +581,8 @@ class Core:
         self.links.follow_claim(id8, claims, now)
 
     def _accept_record(self, record: Record, now: float, source: bytes | None = None, flood: bool = False) -> bool:
-        members = self.membership.members
-        admission = self.membership.admit(record, self.local.wg_public_key, now, source != record.id8 and (
-            source in members and self.local.is_hub(members[source].info)))
+        admission = self.membership.admit(record, self.local.wg_public_key, now,
+                                          source != record.id8 and self._from_hub(source))
         if admission is None:
             return False
         self._membership_changed(now)
@@ -614,16 +613,19 @@ class Core:
             self.links.ensure(admission.member, now)  # (links no longer wanted go in Links.manage)
         self.links.follow_claim(id8, claims, now)
         if info.is_paged:
-            for page in self.membership.pages.orphans_of(record.identity):  # (they came first)
-                self._accept_page(page, wire.page_key(record.identity, wire.RecordCache.decoded(
-                    page, wire.decode_link_page).index), now, None, False)
+            for key, page in self.membership.pages.orphans_of(record.identity):  # (they came first)
+                self._accept_page(page, key, now, None, False)
         return True
+
+    def _from_hub(self, source: bytes | None) -> bool:
+        """Whether ``source`` (who sent us a record) is a static peer we trust (LocalNode.is_hub)."""
+        member = self.membership.members.get(source) if source is not None else None
+        return member is not None and self.local.is_hub(member.info)
 
     def _hand_on(self, key: bytes, id8: bytes, info: NodeInfo, now: float, source: bytes | None,
                  flood: bool) -> None:
         """Whether a new record or link page (by its key) of the node ``id8`` is handed on."""
-        members = self.membership.members
-        from_hub = source in members and self.local.is_hub(members[source].info)
+        from_hub = self._from_hub(source)
         if self.local.is_static and source is not None and (
                 info.links or info.is_paged or self.local.is_hub(info) or info.is_left) and (
                 (flood and source == id8) or from_hub):

@@ -131,6 +131,12 @@ class Pages:
             del self.of[owner]
         return gone
 
+    def unpaged(self, owner: bytes, version: int) -> list[bytes]:
+        """``owner``'s record at ``version`` lists its links again: its older pages go (their
+        keys), and the links claimed before."""
+        self.before.pop(owner, None)
+        return self.drop(owner, older_than=version)
+
     def links_of(self, owner: bytes) -> dict[bytes, int]:
         """The union of ``owner``'s pages: peer -> claimed RTT (a new dict: the graph keeps it);
         while pages of a new count are missing, the links claimed before that the missing pages
@@ -164,9 +170,9 @@ class Pages:
             del self._orphan_keys[record.identity]
         return record
 
-    def orphans_of(self, identity: bytes) -> list[Record]:
-        """The orphans signed by ``identity`` (its record came), taken out."""
-        return [self._unorphan(key) for key in sorted(self._orphan_keys.get(identity, ()))]
+    def orphans_of(self, identity: bytes) -> list[tuple[bytes, Record]]:
+        """The orphans signed by ``identity`` (its record came), taken out: (key, record)."""
+        return [(key, self._unorphan(key)) for key in sorted(self._orphan_keys.get(identity, ()))]
 
     def items(self) -> Mapping[bytes, HeldPage]:
         return self.by_key

@@ -39,6 +39,17 @@ CHALLENGE_RESEND = 1.0
 Addr = tuple[str, int]
 
 
+def challenge_id(key: bytes, subject: str, epoch: int) -> int:
+    """A stateless challenge: a keyed hash of what it is about and the epoch, as a probe id."""
+    return int.from_bytes(hashlib.blake2b(f"{subject} {epoch}".encode(), key=key, digest_size=4).digest(), "big")
+
+
+def answers(probe_id: int, challenge: Callable[[int], int], now: float) -> bool:
+    """Whether ``probe_id`` echoes ``challenge`` of this epoch or the one before."""
+    epoch = int(now // CHALLENGE_EPOCH)
+    return probe_id in (challenge(epoch), challenge(epoch - 1))
+
+
 class AddressValidation:
     def __init__(self, random_bytes: Callable[[int], bytes], counters: Counters,
                  trusted: Callable[[Addr], bool]) -> None:
@@ -53,8 +64,7 @@ class AddressValidation:
         return not overlay and addr not in self.validated and not self.trusted(addr)
 
     def _challenge(self, addr: Addr, epoch: int) -> int:
-        mac = hashlib.blake2b(f"{addr[0]} {addr[1]} {epoch}".encode(), key=self.key, digest_size=4)
-        return int.from_bytes(mac.digest(), "big")
+        return challenge_id(self.key, f"{addr[0]} {addr[1]}", epoch)
 
     def hold(self, addr: Addr, inner: wire.Inner, now: float) -> int | None:
         """Hold ``inner`` until ``addr`` is validated; the challenge id to send, or None if one
@@ -76,8 +86,7 @@ class AddressValidation:
         its next one is answered at once)."""
         if addr in self.validated or self.trusted(addr):
             return None
-        epoch = int(now // CHALLENGE_EPOCH)
-        if probe_id not in (self._challenge(addr, epoch), self._challenge(addr, epoch - 1)):
+        if not answers(probe_id, lambda epoch: self._challenge(addr, epoch), now):
             return None
         self.validated[addr] = None
         if len(self.validated) > VALIDATED_MAX:
@@ -108,15 +117,13 @@ class StaticProof:
         return self._id(overlay_ip, int(now // CHALLENGE_EPOCH))
 
     def _id(self, overlay_ip: str, epoch: int) -> int:
-        mac = hashlib.blake2b(f"static {overlay_ip} {epoch}".encode(), key=self._key, digest_size=4)
-        return int.from_bytes(mac.digest(), "big")
+        return challenge_id(self._key, f"static {overlay_ip}", epoch)
 
     def answered(self, probe_id: int, sender: bytes, candidates: list[str], now: float) -> str | None:
         """A PROBE_ACK from ``sender``: the static peer's address (of ``candidates``) whose
         challenge it answers, now proven to be ``sender``'s; None if it answers none."""
-        epoch = int(now // CHALLENGE_EPOCH)
         for ip in candidates:
-            if probe_id in (self._id(ip, epoch), self._id(ip, epoch - 1)):
+            if answers(probe_id, lambda epoch, ip=ip: self._id(ip, epoch), now):
                 self.proven[ip] = sender
                 return ip
         return None
