@@ -310,6 +310,12 @@ class LinkPage:
 
 
 _PAGE_HEAD = struct.Struct(">HHH")  # index, count, links
+#: bounds of what one member may make every node hold in link pages (< 3 MB, where the u16
+#: fields alone would allow 32,768 pages of ~5,000 links): 1,024 pages of 256 links lists
+#: ~200,000 links at the sizes a page count reaches (pages.page_count), beyond what a mesh of
+#: full membership reaches (ARCHITECTURE.md, Scaling)
+MAX_PAGES = 1024
+MAX_PAGE_LINKS = 256
 
 
 def page_of(peer: bytes, count: int) -> int:
@@ -331,7 +337,7 @@ def encode_link_page(page: LinkPage) -> bytes:
 def decode_link_page(payload: bytes) -> LinkPage:
     r = Reader(payload)
     index, count, n = _PAGE_HEAD.unpack(r.take(_PAGE_HEAD.size))
-    if count == 0 or count & (count - 1) or index >= count:
+    if count == 0 or count & (count - 1) or index >= count or count > MAX_PAGES or n > MAX_PAGE_LINKS:
         raise ProtocolError("bad_page")
     links = []
     for _ in range(n):

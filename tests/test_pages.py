@@ -32,6 +32,24 @@ def test_a_page_round_trips_and_a_link_in_the_wrong_page_is_refused():
             wire.decode_link_page(wire.encode_link_page(LinkPage(index, count, ())))
 
 
+def test_what_one_member_can_make_others_hold_in_pages_is_bounded(monkeypatch):
+    # a page count past MAX_PAGES, or a page past MAX_PAGE_LINKS, is refused ...
+    many = sorted(_links(3 * wire.MAX_PAGE_LINKS), key=lambda x: x.peer)
+    for page in (LinkPage(0, 2 * wire.MAX_PAGES, ()), LinkPage(0, 1, tuple(many))):
+        with pytest.raises(ProtocolError, match="bad_page"):
+            wire.decode_link_page(wire.encode_link_page(page))
+    # ... and never made: at the most pages, a page lists its fastest links
+    monkeypatch.setattr(wire, "MAX_PAGES", 2)
+    count = pages.page_count(many, 0)
+    assert count == 2
+    parts = pages.split(many, count)
+    for index, part in enumerate(parts):
+        assert len(part) == wire.MAX_PAGE_LINKS and list(part) == sorted(part, key=lambda x: x.peer)
+        wire.decode_link_page(wire.encode_link_page(LinkPage(index, count, part)))
+        mine = sorted((x for x in many if wire.page_of(x.peer, count) == index), key=lambda x: x.rtt_ms)
+        assert {x.peer for x in part} == {x.peer for x in mine[:wire.MAX_PAGE_LINKS]}
+
+
 def test_the_page_count_has_room_either_way():
     limit = pages.PAGE_LINKS
     assert pages.page_count(_links(limit), 0) == 0  # fits the record

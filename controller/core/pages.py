@@ -37,10 +37,15 @@ class HeldPage:
 
 
 def split(links: Sequence[LinkClaim], count: int) -> list[tuple[LinkClaim, ...]]:
-    """``links`` (in peer order) as ``count`` pages."""
+    """``links`` (in peer order) as ``count`` pages; a page past wire.MAX_PAGE_LINKS (only at
+    wire.MAX_PAGES pages: ~200,000 links) lists its fastest links, in peer order."""
     pages: list[list[LinkClaim]] = [[] for _ in range(count)]
     for link in links:
         pages[wire.page_of(link.peer, count)].append(link)
+    for i, page in enumerate(pages):
+        if len(page) > wire.MAX_PAGE_LINKS:
+            fastest = sorted(page, key=lambda link: link.rtt_ms)[:wire.MAX_PAGE_LINKS]
+            pages[i] = sorted(fastest, key=lambda link: link.peer)
     return [tuple(p) for p in pages]
 
 
@@ -64,7 +69,7 @@ def page_count(links: Sequence[LinkClaim], current: int) -> int:
             sizes[wire.page_of(link.peer, count)] += 1
         return max(sizes)
 
-    while fullest(current) > PAGE_LINKS:
+    while fullest(current) > PAGE_LINKS and current < wire.MAX_PAGES:
         current *= 2
     while current > 1 and fullest(current // 2) <= PAGE_LINKS * 3 // 4:
         current //= 2
