@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 Graph = dict[bytes, dict[bytes, int]]  # node -> neighbour -> weight (ms)
 
@@ -143,17 +143,20 @@ class LinkGraph:
         #: first (so a node's predecessor comes before it, or did not change); None = maybe all
         self.touched: list[bytes] | None = None
 
-    def set_claims(self, node: bytes, links: Mapping[bytes, int]) -> bool:
+    def set_claims(self, node: bytes, links: Mapping[bytes, int], peers: Iterable[bytes] | None = None) -> bool:
         """Replace ``node``'s claimed links; True if an edge (a mutually claimed link) changed.
         ``links`` is kept, not copied (the core passes NodeInfo.link_map, read-only): do not
-        change it afterwards."""
+        change it afterwards. ``peers``: the peers whose claim changed, in id order, when the
+        caller knows (None: compare every link)."""
         old = self.claims.get(node)
         # the new record's map also when it claims the same: the old record's goes with it
         # (kept, each unchanged refresh left a copy that only the graph held)
         self.claims[node] = links
-        if old == links:
+        if peers is not None:
+            pass
+        elif old == links:
             return False
-        if not old:
+        elif not old:
             peers = links
         else:  # the peers whose claim changed, in id order
             peers = sorted({peer for peer, _ in old.items() ^ links.items()})

@@ -180,9 +180,16 @@ def test_links_claimed_before_stand_until_a_page_of_the_new_count_covers_them():
     assert held.links_of(owner) == claimed  # page 1's half still from before
     newer = [LinkClaim(x.peer, x.rtt_ms + 1) for x in links]
     record, page = _page_record(newer, 1, 2, 6)
+    old_view = held.links_of(owner)
     held.take(wire.page_key(ALICE.public, 1), owner, record, page)
     assert owner not in held.before
-    assert held.links_of(owner) == {x.peer: (x.rtt_ms + (wire.page_of(x.peer, 2) == 1)) for x in links}
+    view = held.links_of(owner)
+    assert view == {x.peer: (x.rtt_ms + (wire.page_of(x.peer, 2) == 1)) for x in links}
+    # the view tells the graph which links changed: page 1's, not page 0's
+    in_1 = sorted(x.peer for x in links if wire.page_of(x.peer, 2) == 1)
+    assert pages.changed_peers(old_view, view) == in_1 and len(view) == len(links)
+    assert all(view.get(x.peer) == view[x.peer] and x.peer in view for x in links)
+    assert pages.changed_peers(claimed, view) is None  # (not two views: every link compared)
     # the count doubles: the first page of 4 replaces a quarter, the rest stands
     record, page = _page_record(links[:-1], 3, 4, 7)
     held.take(wire.page_key(ALICE.public, 3), owner, record, page)

@@ -10,14 +10,17 @@ and re-sends that page only. Each page is signed and versioned on its own and go
 its own in digests and requests (wire.page_key), like one more record.
 
 A node's links, as others see them, are the union of the pages they hold of its current page
-count (the count of its newest page; pages of another count are dropped). A page that arrives
+count (the count of its newest page; pages of another count are dropped). The core hands the routing
+graph that union as a view over the pages' own maps (PagedLinks), so a changed page costs
+every node the links of that page, not of all the hub's pages. A page that arrives
 before its node's record is held a while (an orphan: up to ORPHANS_MAX), then taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .. import wire
 from ..wire import LinkClaim, LinkPage, Record
@@ -34,6 +37,56 @@ class HeldPage:
     owner: bytes  # id8 of the node whose links these are
     record: Record
     page: LinkPage
+
+
+_NONE: Mapping[bytes, int] = MappingProxyType({})
+
+
+class PagedLinks(Mapping[bytes, int]):
+    """A paged node's links as others see them, read-only: page i's links, or while that page
+    (of the node's current count) is missing, the links claimed before that it would list. A
+    view over the pages' own maps, not a merged copy: a page that changes builds this object
+    (O(page count)) and, with changed_peers, costs the routing graph that page's links only,
+    where a merged copy cost every link of a hub (a link to each node) at each node."""
+
+    __slots__ = ("parts", "_shift")
+
+    def __init__(self, parts: tuple[Mapping[bytes, int], ...]) -> None:
+        self.parts = parts  # page index -> its links (a power of two of them)
+        # wire.page_of for a power of two, inlined: this is looked up for every edge update
+        self._shift = 33 - len(parts).bit_length()
+
+    def __getitem__(self, peer: bytes) -> int:
+        return self.parts[int.from_bytes(peer[:4], "big") >> self._shift][peer]
+
+    def get(self, peer: bytes, default: int | None = None) -> int | None:  # type: ignore[override]
+        return self.parts[int.from_bytes(peer[:4], "big") >> self._shift].get(peer, default)
+
+    def __contains__(self, peer: object) -> bool:  # (peer: an id8)
+        return peer in self.parts[int.from_bytes(peer[:4], "big") >> self._shift]  # type: ignore[index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.parts:
+            yield from part
+
+    def __len__(self) -> int:
+        return sum(map(len, self.parts))
+
+    def __repr__(self) -> str:
+        return f"PagedLinks({len(self.parts)} pages, {len(self)} links)"
+
+
+def changed_peers(old: Mapping[bytes, int], new: Mapping[bytes, int]) -> list[bytes] | None:
+    """The peers whose claim differs from ``old`` to ``new`` (two views of one node's links),
+    in id order, from the pages that are not the same object; None when they are not two page
+    views of one count (compare every link)."""
+    if not (isinstance(old, PagedLinks) and isinstance(new, PagedLinks)) or len(old.parts) != len(new.parts):
+        return None
+    peers: set[bytes] = set()
+    for before, after in zip(old.parts, new.parts, strict=True):
+        if before is not after:
+            peers.update(peer for peer, _ in before.items() ^ after.items())
+    return sorted(peers)
 
 
 def split(links: Sequence[LinkClaim], count: int) -> list[tuple[LinkClaim, ...]]:
@@ -85,6 +138,7 @@ class Pages:
         #: owner id8 -> the links it claimed before its page count changed (or before it paged),
         #: each kept until a page of the new count covers it
         self.before: dict[bytes, dict[bytes, int]] = {}
+        self._before_parts: dict[bytes, tuple[Mapping[bytes, int], ...]] = {}  # owner -> before, split by page
         self.orphans: dict[bytes, Record] = {}  # key -> a page whose node we do not hold yet
         self._orphan_keys: dict[bytes, set[bytes]] = {}  # identity -> its orphans' keys
 
@@ -104,14 +158,14 @@ class Pages:
         if keys and self.count_of(owner) != page.count:
             if max(self.by_key[k].record.version for k in keys.values()) > record.version:
                 return None  # (a page from before the count changed)
-            before = self.links_of(owner)
+            before = dict(self.links_of(owner))
             dropped = self.drop(owner)
-            self.before[owner] = before
+            self._set_before(owner, before)
             keys = self.of.setdefault(owner, {})
         keys[page.index] = key
         self.by_key[key] = HeldPage(owner, record, page)
         if len(keys) == page.count:
-            self.before.pop(owner, None)  # (every link is covered by a page of the new count)
+            self._set_before(owner, None)  # (every link is covered by a page of the new count)
         return dropped
 
     def paged(self, owner: bytes, links: Mapping[bytes, int]) -> None:
@@ -119,12 +173,12 @@ class Pages:
         until the pages that cover them come."""
         count = self.count_of(owner)
         if links and (not count or len(self.of[owner]) < count):
-            self.before[owner] = dict(links)
+            self._set_before(owner, dict(links))
 
     def drop(self, owner: bytes, older_than: int | None = None) -> list[bytes]:
         """Forget ``owner``'s pages (older than a version only, if given): their keys."""
         if older_than is None:
-            self.before.pop(owner, None)
+            self._set_before(owner, None)
         keys = self.of.get(owner)
         if not keys:
             self.of.pop(owner, None)
@@ -139,23 +193,32 @@ class Pages:
     def unpaged(self, owner: bytes, version: int) -> list[bytes]:
         """``owner``'s record at ``version`` lists its links again: its older pages go (their
         keys), and the links claimed before."""
-        self.before.pop(owner, None)
+        self._set_before(owner, None)
         return self.drop(owner, older_than=version)
 
-    def links_of(self, owner: bytes) -> dict[bytes, int]:
-        """The union of ``owner``'s pages: peer -> claimed RTT (a new dict: the graph keeps it);
-        while pages of a new count are missing, the links claimed before that the missing pages
-        would list (a hub's page count doubling, or its links going into pages, does not make
-        its links vanish for the time its pages take to arrive)."""
-        merged: dict[bytes, int] = {}
+    def _set_before(self, owner: bytes, links: dict[bytes, int] | None) -> None:
+        self._before_parts.pop(owner, None)
+        if links is None:
+            self.before.pop(owner, None)
+        else:
+            self.before[owner] = links
+
+    def links_of(self, owner: bytes) -> PagedLinks:
+        """The union of ``owner``'s pages (a view: see PagedLinks); while pages of a new count
+        are missing, the links claimed before that the missing pages would list (a hub's page
+        count doubling, or its links going into pages, does not make its links vanish for the
+        time its pages take to arrive)."""
         keys = self.of.get(owner, {})
-        before = self.before.get(owner)
-        if before:
-            count = self.count_of(owner)
-            merged = {peer: rtt for peer, rtt in before.items() if not count or wire.page_of(peer, count) not in keys}
-        for key in keys.values():
-            merged.update(self.by_key[key].page.link_map)
-        return merged
+        count = self.count_of(owner) or 1
+        before = self._before_parts.get(owner)
+        if owner in self.before and (before is None or len(before) != count):
+            split_before: list[dict[bytes, int]] = [{} for _ in range(count)]
+            for peer, rtt in self.before[owner].items():
+                split_before[wire.page_of(peer, count)][peer] = rtt
+            before = self._before_parts[owner] = tuple(split_before)
+        by_key = self.by_key
+        return PagedLinks(tuple(by_key[keys[i]].page.link_map if i in keys else before[i] if before else _NONE
+                                for i in range(count)))
 
     def hold_orphan(self, key: bytes, record: Record) -> None:
         old = self.orphans.pop(key, None)

@@ -13,6 +13,7 @@ import functools
 from collections.abc import Iterable, Mapping
 
 from .. import paths
+from . import pages
 from .local import ip_int
 from .types import DesiredRoute
 
@@ -181,8 +182,9 @@ class Routing:
         self._graph_dirty = True  # the mutually claimed links changed: the tree again
 
     def set_claims(self, node: bytes, claims: Mapping[bytes, int]) -> bool:
-        """A node's claimed links; True if a mutually claimed link changed."""
-        changed = self.graph.set_claims(node, claims)
+        """A node's claimed links; True if a mutually claimed link changed. (Two views of a
+        paged node's links tell which of its pages changed: only their links are compared.)"""
+        changed = self.graph.set_claims(node, claims, pages.changed_peers(self.graph.claims.get(node, {}), claims))
         self._graph_dirty |= changed
         return changed
 
