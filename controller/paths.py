@@ -152,14 +152,11 @@ class LinkGraph:
         # the new record's map also when it claims the same: the old record's goes with it
         # (kept, each unchanged refresh left a copy that only the graph held)
         self.claims[node] = links
-        if peers is not None:
-            pass
-        elif old == links:
-            return False
-        elif not old:
-            peers = links
-        else:  # the peers whose claim changed, in id order
-            peers = sorted({peer for peer, _ in old.items() ^ links.items()})
+        if peers is None:
+            if old == links:
+                return False
+            # every peer, or those whose claim changed, in id order
+            peers = links if not old else sorted({peer for peer, _ in old.items() ^ links.items()})
         changed = False
         update = self._update
         mine = self.edges.get(node)

@@ -323,6 +323,13 @@ def page_of(peer: bytes, count: int) -> int:
     return int.from_bytes(peer[:4], "big") * count >> 32
 
 
+def page_shift(count: int) -> int:
+    """page_of as a shift, for a power-of-two ``count`` (every count a page may have):
+    ``int.from_bytes(peer[:4], "big") >> page_shift(count) == page_of(peer, count)``; for a
+    lookup in a hot loop (core.pages.PagedLinks)."""
+    return 33 - count.bit_length()
+
+
 def page_key(identity: bytes, index: int) -> bytes:
     """The 8-byte key page ``index`` of ``identity``'s links goes by in digests and requests
     (as a node's record goes by its id8)."""

@@ -32,6 +32,13 @@ def test_a_page_round_trips_and_a_link_in_the_wrong_page_is_refused():
             wire.decode_link_page(wire.encode_link_page(LinkPage(index, count, ())))
 
 
+def test_the_page_of_a_peer_as_a_shift_is_the_same_page():
+    peers = [bytes(8), b"\xff" * 8, *(wire.page_key(ALICE.public, i) for i in range(200))]
+    for bits in range(wire.MAX_PAGES.bit_length()):  # every count a page may have
+        count = 1 << bits
+        assert all(int.from_bytes(p[:4], "big") >> wire.page_shift(count) == wire.page_of(p, count) for p in peers)
+
+
 def test_what_one_member_can_make_others_hold_in_pages_is_bounded(monkeypatch):
     # a page count past MAX_PAGES, or a page past MAX_PAGE_LINKS, is refused ...
     many = sorted(_links(3 * wire.MAX_PAGE_LINKS), key=lambda x: x.peer)

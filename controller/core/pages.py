@@ -53,8 +53,8 @@ class PagedLinks(Mapping[bytes, int]):
 
     def __init__(self, parts: tuple[Mapping[bytes, int], ...]) -> None:
         self.parts = parts  # page index -> its links (a power of two of them)
-        # wire.page_of for a power of two, inlined: this is looked up for every edge update
-        self._shift = 33 - len(parts).bit_length()
+        # wire.page_of as a shift, inlined: this is looked up for every edge update
+        self._shift = wire.page_shift(len(parts))
 
     def __getitem__(self, peer: bytes) -> int:
         return self.parts[int.from_bytes(peer[:4], "big") >> self._shift][peer]
@@ -192,7 +192,10 @@ class Pages:
 
     def unpaged(self, owner: bytes, version: int) -> list[bytes]:
         """``owner``'s record at ``version`` lists its links again: its older pages go (their
-        keys), and the links claimed before."""
+        keys), and the links claimed before. (Called for every node record accepted: at once
+        for a node that never paged.)"""
+        if owner not in self.of and owner not in self.before:
+            return []
         self._set_before(owner, None)
         return self.drop(owner, older_than=version)
 
