@@ -178,9 +178,9 @@ class LinkGraph:
             return False
         claims, edges = self.claims, self.edges
         ca, cb, ea = claims.get(a), claims.get(b), edges.get(a)
-        ab = ca.get(b) if ca else None
-        ba = cb.get(a) if cb else None
-        current = ea.get(b) if ea else None
+        ab = ca.get(b) if ca is not None else None
+        ba = cb.get(a) if cb is not None else None
+        current = ea.get(b) if ea is not None else None
         if ab is None or ba is None:
             if current is None:
                 return False

@@ -72,6 +72,9 @@ class PagedLinks(Mapping[bytes, int]):
     def __len__(self) -> int:
         return sum(map(len, self.parts))
 
+    def __bool__(self) -> bool:  # (without it, truth is len: a sum over every page)
+        return any(self.parts)
+
     def __repr__(self) -> str:
         return f"PagedLinks({len(self.parts)} pages, {len(self)} links)"
 
